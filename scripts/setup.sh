@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# One-shot, idempotent set-up: Python venv, Foundry + solc from npm, Debian build deps.
+# Every step is skipped when its stamp says it already ran with the same inputs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+TOOLS="$ROOT/.tools"
+VENV="$ROOT/.venv"
+mkdir -p "$TOOLS"
+
+log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
+
+# --- Debian packages that Python dependencies need to build (fastecdsa for libp2p needs GMP) ---
+need_apt=()
+[ -e /usr/include/gmp.h ] || [ -e /usr/include/x86_64-linux-gnu/gmp.h ] || need_apt+=(libgmp-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    log "apt-get install ${need_apt[*]}"
+    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    log "missing Debian packages: ${need_apt[*]} (run: sudo apt-get install ${need_apt[*]})"
+  fi
+fi
+
+# --- Foundry (anvil, forge, cast), solc and OpenZeppelin from npm ---
+NPM_STAMP="$TOOLS/.npm-stamp"
+NPM_SPEC="$(cat scripts/tools-package.json)"
+if [ ! -f "$NPM_STAMP" ] || [ "$(cat "$NPM_STAMP")" != "$NPM_SPEC" ]; then
+  log "npm install Foundry binaries, solc and OpenZeppelin into .tools/"
+  cp scripts/tools-package.json "$TOOLS/package.json"
+  (cd "$TOOLS" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+  printf '%s' "$NPM_SPEC" > "$NPM_STAMP"
+fi
+mkdir -p "$TOOLS/bin"
+for b in anvil forge cast; do
+  src="$TOOLS/node_modules/@foundry-rs/$b-linux-amd64/bin/$b"
+  chmod +x "$src"
+  ln -sf "$src" "$TOOLS/bin/$b"
+done
+ln -sf "$ROOT/scripts/solc-wrapper" "$TOOLS/bin/solc"
+
+# --- Python venv ---
+PY_STAMP="$VENV/.stamp"
+PY_SPEC="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ ! -f "$PY_STAMP" ] || [ "$(cat "$PY_STAMP")" != "$PY_SPEC" ]; then
+  [ -x "$VENV/bin/python" ] || { log "creating .venv"; python3 -m venv "$VENV"; }
+  PIP="$VENV/bin/pip"
+  "$PIP" install -q --upgrade pip >/dev/null
+  if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+      log "CUDA present: pip install torch (CUDA build)"
+      "$PIP" install -q torch
+    else
+      log "no CUDA: pip install torch==2.13.0 (CPU build)"
+      "$PIP" install -q torch==2.13.0
+    fi
+  fi
+  log "pip install -e .[dev] (transformers, peft, web3, ...)"
+  "$PIP" install -q -e ".[dev]"
+  printf '%s' "$PY_SPEC" > "$PY_STAMP"
+fi
+log "ready: .venv and .tools/bin"
