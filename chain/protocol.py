@@ -1,0 +1,78 @@
+"""Typed access to the three protocol contracts of one deployment (AsyncWeb3)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from web3 import AsyncWeb3
+from web3.contract import AsyncContract
+
+from chain.artifacts import load_artifact
+from chain.deployment import Deployment
+
+
+class JobStatus(IntEnum):
+    NONE = 0
+    OPEN = 1
+    CLAIMED = 2
+    COMPLETED = 3
+    EXPIRED = 4
+    CANCELLED = 5
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    adapter_id: int
+    publisher: str
+    content_hash: bytes
+    base_model: bytes
+    rank: int
+    size: int
+    fee_per_job: int
+    retired: bool
+    cid: str
+
+
+class Protocol:
+    def __init__(self, w3: AsyncWeb3, deployment: Deployment) -> None:
+        self.w3 = w3
+        self.deployment = deployment
+        self.adapters: AsyncContract = w3.eth.contract(
+            address=deployment.adapter_registry, abi=load_artifact("AdapterRegistry").abi)
+        self.nodes: AsyncContract = w3.eth.contract(
+            address=deployment.node_registry, abi=load_artifact("NodeRegistry").abi)
+        self.market: AsyncContract = w3.eth.contract(
+            address=deployment.job_market, abi=load_artifact("JobMarket").abi)
+
+    @property
+    def contracts(self) -> list[AsyncContract]:
+        return [self.adapters, self.nodes, self.market]
+
+    def calldata(self, contract: AsyncContract, fn: str, *args: object) -> str:
+        return contract.encode_abi(fn, args=list(args))
+
+    async def adapter(self, adapter_id: int) -> AdapterInfo:
+        a = await self.adapters.functions.getAdapter(adapter_id).call()
+        return AdapterInfo(adapter_id, a[0], bytes(a[1]), bytes(a[2]), a[3], a[4], a[5], a[6], a[7])
+
+    async def job_status(self, job_id: int) -> JobStatus:
+        job = await self.market.functions.getJob(job_id).call()
+        return JobStatus(_field(job, "status"))
+
+    async def job_node(self, job_id: int) -> str:
+        return _field(await self.market.functions.getJob(job_id).call(), "node")
+
+    async def attestations(self, adapter_id: int) -> int:
+        return await self.adapters.functions.attestationCount(adapter_id).call()
+
+    async def withdrawable(self, account: str) -> int:
+        return await self.market.functions.balanceOf(account).call()
+
+
+def _field(struct: object, name: str) -> object:
+    """web3 returns structs as tuples; read a field by its ABI name via the JobMarket ABI."""
+    if isinstance(struct, dict):
+        return struct[name]
+    comps = next(o for o in load_artifact("JobMarket").abi if o.get("name") == "getJob")["outputs"][0]["components"]
+    return struct[[c["name"] for c in comps].index(name)]

@@ -1,0 +1,108 @@
+"""Persistence for the transaction manager, behind a small interface (SQLite here)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+
+class TxState(StrEnum):
+    SIGNED = "signed"  # persisted with its nonce and raw bytes, maybe not yet broadcast
+    SENT = "sent"  # broadcast, no receipt yet
+    MINED = "mined"  # receipt with status 1, not yet deep enough
+    CONFIRMED = "confirmed"  # status 1 and `confirmations` blocks deep
+    REVERTED = "reverted"  # mined with status 0
+    FAILED = "failed"  # never mined: nonce used by another tx, or given up
+
+
+TERMINAL = {TxState.CONFIRMED, TxState.REVERTED, TxState.FAILED}
+
+
+@dataclass
+class TxRecord:
+    key: str  # idempotency key, e.g. "claim:42": one logical transaction, whatever the fee bumps
+    sender: str
+    to: str
+    data: str
+    value: int
+    nonce: int
+    gas: int
+    max_fee: int
+    priority_fee: int
+    state: TxState = TxState.SIGNED
+    raw: str = ""  # latest signed raw tx (hex), re-broadcast as is after a restart or a reorg
+    hashes: list[str] = field(default_factory=list)  # every hash sent for this nonce (fee bumps)
+    sent_at: float = 0.0
+    mined_block: int | None = None
+    mined_block_hash: str | None = None
+    mined_hash: str | None = None
+    gas_used: int | None = None
+    effective_gas_price: int | None = None
+    error: str | None = None
+    bumps: int = 0
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+class TxStore(Protocol):
+    def get(self, key: str) -> TxRecord | None: ...
+    def put(self, record: TxRecord) -> None: ...
+    def active(self, sender: str) -> list[TxRecord]: ...
+    def max_nonce(self, sender: str) -> int | None: ...
+
+
+class SqliteTxStore:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS txs (key TEXT PRIMARY KEY, sender TEXT NOT NULL, nonce INTEGER NOT NULL,"
+            " state TEXT NOT NULL, body TEXT NOT NULL)"
+        )
+        conn.execute("CREATE INDEX IF NOT EXISTS txs_sender_state ON txs(sender, state)")
+        conn.commit()
+
+    def get(self, key: str) -> TxRecord | None:
+        row = self.conn.execute("SELECT body FROM txs WHERE key = ?", (key,)).fetchone()
+        return _decode(row[0]) if row else None
+
+    def put(self, record: TxRecord) -> None:
+        self.conn.execute(
+            "INSERT INTO txs(key, sender, nonce, state, body) VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE"
+            " SET nonce = excluded.nonce, state = excluded.state, body = excluded.body",
+            (record.key, record.sender, record.nonce, record.state.value, json.dumps(asdict(record))),
+        )
+        self.conn.commit()
+
+    def active(self, sender: str) -> list[TxRecord]:
+        rows = self.conn.execute(
+            "SELECT body FROM txs WHERE sender = ? AND state NOT IN (?, ?, ?) ORDER BY nonce",
+            (sender, *[s.value for s in TERMINAL]),
+        ).fetchall()
+        return [_decode(r[0]) for r in rows]
+
+    def max_nonce(self, sender: str) -> int | None:
+        row = self.conn.execute(
+            "SELECT MAX(nonce) FROM txs WHERE sender = ? AND state != ?", (sender, TxState.FAILED.value)
+        ).fetchone()
+        return row[0]
+
+    def totals(self, sender: str) -> tuple[int, int]:
+        """(transactions mined, wei spent on gas) for metrics."""
+        count, spent = 0, 0
+        for (body,) in self.conn.execute("SELECT body FROM txs WHERE sender = ?", (sender,)):
+            rec = _decode(body)
+            if rec.gas_used is not None and rec.effective_gas_price is not None:
+                count += 1
+                spent += rec.gas_used * rec.effective_gas_price
+        return count, spent
+
+
+def _decode(body: str) -> TxRecord:
+    data = json.loads(body)
+    data["state"] = TxState(data["state"])
+    return TxRecord(**data)

@@ -1,0 +1,103 @@
+"""The operator's HTTP surface (aiohttp): /healthz, /readyz, /metrics (Prometheus text), /status (JSON)."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:
+    from node.daemon import NodeDaemon
+
+
+def status_snapshot(daemon: NodeDaemon) -> dict:
+    engine = daemon.service.engine.stats()
+    jobs = daemon.jobs
+    return {
+        "operator": daemon.operator.address,
+        "signer": daemon.signer.address,
+        "base_model": daemon.config.node.base_model,
+        "ready": daemon.ready,
+        "uptime_s": round(time.time() - daemon.metrics.started_at, 1),
+        "jobs_by_state": jobs.counts(),
+        "recent_jobs": [
+            {"job_id": j.job_id, "state": j.state.value, "adapter_id": j.adapter_id, "adapter_cid": j.adapter_cid,
+             "price_wei": str(j.price), "node_amount_wei": str(j.node_amount or 0), "claim_tx": j.claim_tx,
+             "result_tx": j.result_tx, "error": j.error, "updated_at": j.updated_at}
+            for j in jobs.recent(25)
+        ],
+        "earned_wei": str(daemon.metrics.earned_wei),
+        "tokens_generated": daemon.metrics.tokens_generated,
+        "engine": engine.to_dict() if hasattr(engine, "to_dict") else _plain(engine),
+        "cache": {"usage_bytes": daemon.service.store.usage_bytes(), "budget_bytes": daemon.service.store.budget_bytes},
+    }
+
+
+def _plain(obj: object) -> object:
+    if hasattr(obj, "__dataclass_fields__"):
+        return {k: _plain(getattr(obj, k)) for k in obj.__dataclass_fields__}
+    if isinstance(obj, list | tuple):
+        return [_plain(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    return obj
+
+
+def prometheus_text(daemon: NodeDaemon) -> str:
+    m = daemon.metrics
+    lines = [
+        "# HELP openlora_jobs Jobs known to this node by state.", "# TYPE openlora_jobs gauge",
+    ]
+    lines += [f'openlora_jobs{{state="{s}"}} {n}' for s, n in daemon.jobs.counts().items()]
+    mined, gas_wei = daemon.tx.store.totals(daemon.operator.address)
+    stats = _plain(daemon.service.engine.stats())
+    lines += [
+        "# TYPE openlora_jobs_paid_total counter", f"openlora_jobs_paid_total {m.jobs_paid}",
+        "# TYPE openlora_earned_wei_total counter", f"openlora_earned_wei_total {m.earned_wei}",
+        "# TYPE openlora_tokens_generated_total counter", f"openlora_tokens_generated_total {m.tokens_generated}",
+        "# TYPE openlora_adapter_rejections_total counter",
+        f"openlora_adapter_rejections_total {m.adapter_rejections}",
+        "# TYPE openlora_rpc_errors_total counter", f"openlora_rpc_errors_total {m.rpc_errors}",
+        "# TYPE openlora_txs_mined_total counter", f"openlora_txs_mined_total {mined}",
+        "# TYPE openlora_gas_spent_wei_total counter", f"openlora_gas_spent_wei_total {gas_wei}",
+    ]
+    if m.claim_latency_s:
+        lat = sorted(m.claim_latency_s)
+        lines += ["# TYPE openlora_claim_latency_seconds summary",
+                  f'openlora_claim_latency_seconds{{quantile="0.5"}} {lat[len(lat) // 2]:.3f}',
+                  f"openlora_claim_latency_seconds_count {len(lat)}",
+                  f"openlora_claim_latency_seconds_sum {sum(lat):.3f}"]
+    for key in ("swaps_in", "evictions", "tokens_generated"):
+        if isinstance(stats, dict) and isinstance(stats.get(key), int | float):
+            lines += [f"# TYPE openlora_engine_{key} counter", f"openlora_engine_{key} {stats[key]}"]
+    return "\n".join(lines) + "\n"
+
+
+def build_app(daemon: NodeDaemon) -> web.Application:
+    app = web.Application()
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    async def readyz(_: web.Request) -> web.Response:
+        return web.json_response({"ready": daemon.ready}, status=200 if daemon.ready else 503)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=prometheus_text(daemon), content_type="text/plain", charset="utf-8")
+
+    async def status(_: web.Request) -> web.Response:
+        return web.json_response(status_snapshot(daemon))
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/status", status)
+    return app
+
+
+async def start_api(daemon: NodeDaemon, host: str, port: int) -> web.AppRunner:
+    runner = web.AppRunner(build_app(daemon), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

@@ -1,0 +1,171 @@
+"""The node's TOML config: typed sections, validated at start with messages that say what to fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """The config file is wrong; the message names the key and what is expected."""
+
+
+@dataclass
+class NodeSection:
+    data_dir: Path = Path("run/node")
+    base_model: str = "smollm2-135m-instruct"
+    log_format: str = "text"  # "text" or "json"
+    log_level: str = "INFO"
+    max_inflight_jobs: int = 8
+
+
+@dataclass
+class ChainSection:
+    rpc_urls: list[str] = field(default_factory=lambda: ["http://127.0.0.1:8545"])
+    deployment: Path = Path("run/deployment.json")
+    keystore: Path = Path("run/node/operator.keystore.json")
+    password_file: Path | None = None  # else env OPENLORA_KEYSTORE_PASSWORD
+    signer_keystore: Path | None = None  # the key that signs results; defaults to the operator key
+    confirmations: int = 1
+    poll_interval_s: float = 1.0
+    max_fee_gwei: float = 200.0
+    max_priority_fee_gwei: float = 5.0
+    bump_after_s: float = 30.0
+
+
+@dataclass
+class IpfsSection:
+    gateways: list[str] = field(default_factory=list)
+    kubo_rpc: str | None = None
+    cache_dir: Path | None = None  # default: <data_dir>/adapters
+    cache_budget_mb: int = 2048
+    max_adapter_mb: int = 512
+
+
+@dataclass
+class PolicySection:
+    min_attestations: int = 0
+    allowed_publishers: list[str] = field(default_factory=list)  # empty = anyone
+    denied_cids: list[str] = field(default_factory=list)
+    min_price_wei: int = 0
+
+
+@dataclass
+class EngineSection:
+    max_slots: int = 8
+    max_rank: int = 64
+    host_budget_mb: int = 512
+    max_batch: int = 8
+    max_queue: int = 256
+    max_tokens_cap: int = 512
+    device: str = "auto"  # "auto", "cpu", "cuda"
+
+
+@dataclass
+class ApiSection:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8700
+    completions: bool = False  # local OpenAI-style /v1/completions, off by default
+
+
+@dataclass
+class NodeConfig:
+    node: NodeSection = field(default_factory=NodeSection)
+    chain: ChainSection = field(default_factory=ChainSection)
+    ipfs: IpfsSection = field(default_factory=IpfsSection)
+    policy: PolicySection = field(default_factory=PolicySection)
+    engine: EngineSection = field(default_factory=EngineSection)
+    api: ApiSection = field(default_factory=ApiSection)
+    source: Path | None = None
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.ipfs.cache_dir or self.node.data_dir / "adapters"
+
+    @property
+    def db_path(self) -> Path:
+        return self.node.data_dir / "node.sqlite"
+
+
+def _coerce(value: object, hint: object, where: str, base: Path) -> object:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _coerce(value, options[0], where, base)
+    if hint is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a path string, got {value!r}")
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base / p
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]", base) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (type(value) is not hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _section(cls: type, data: dict, name: str, base: Path) -> object:
+    if not isinstance(data, dict):
+        raise ConfigError(f"[{name}] must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"[{name}]: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    kwargs = {k: _coerce(v, hints[k], f"[{name}].{k}", base) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def parse_config(data: dict, *, base: Path = Path.cwd(), source: Path | None = None) -> NodeConfig:
+    sections = {f.name: f for f in dataclasses.fields(NodeConfig) if f.name != "source"}
+    unknown = sorted(set(data) - set(sections))
+    if unknown:
+        raise ConfigError(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(sections)}")
+    hints = typing.get_type_hints(NodeConfig)
+    values = {name: _section(hints[name], data.get(name, {}), name, base) for name in sections}
+    config = NodeConfig(**values, source=source)
+    if not data.get("node", {}).get("data_dir"):
+        config.node.data_dir = base / config.node.data_dir
+    _check(config)
+    return config
+
+
+def _check(c: NodeConfig) -> None:
+    if c.node.log_format not in ("text", "json"):
+        raise ConfigError(f"[node].log_format: expected 'text' or 'json', got {c.node.log_format!r}")
+    if not c.chain.rpc_urls:
+        raise ConfigError("[chain].rpc_urls: list at least one JSON-RPC endpoint")
+    for url in c.chain.rpc_urls + c.ipfs.gateways:
+        if not url.startswith(("http://", "https://", "ws://", "wss://")):
+            raise ConfigError(f"endpoint {url!r} must start with http(s):// or ws(s)://")
+    if c.chain.confirmations < 1:
+        raise ConfigError("[chain].confirmations must be >= 1 (1 = accept the head block)")
+    if c.engine.max_slots < 1 or c.engine.max_batch < 1:
+        raise ConfigError("[engine].max_slots and max_batch must be >= 1")
+    if c.engine.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"[engine].device: expected auto, cpu or cuda, got {c.engine.device!r}")
+    if not 0 < c.api.port < 65536:
+        raise ConfigError(f"[api].port: {c.api.port} is not a TCP port")
+
+
+def load_config(path: Path) -> NodeConfig:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} not found (create one with `openlora node init`)") from None
+    try:
+        data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    return parse_config(data, base=path.resolve().parent, source=path)

@@ -1,0 +1,213 @@
+"""`openlora dev`: the whole system on a local devnet, as separate processes an operator would run.
+
+Anvil ─ contracts deployed ─ demo adapters published (blocks in a local store served over the IPFS
+trustless-gateway protocol, registered on chain) ─ a node daemon (child process, its own keystore) ─
+demo jobs submitted by an outside submitter ─ results, transactions and payments printed."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+from web3 import HTTPProvider, Web3
+
+from chain.client import ProtocolClient
+from chain.deployment import ProtocolParams, deploy
+from chain.devnet import Anvil, dev_private_key, free_port
+from node.keys import write_keystore
+
+console = Console(highlight=False)
+
+ROLES = {"deployer": 0, "operator": 1, "publisher": 2, "submitter": 3}
+ADAPTER_FEE_WEI = Web3.to_wei(0.002, "ether")
+JOB_PRICE_WEI = Web3.to_wei(0.01, "ether")
+NODE_STAKE_WEI = Web3.to_wei(2, "ether")
+
+
+@dataclass(frozen=True)
+class DevOptions:
+    once: bool = False
+    base_model: str = "smollm2-135m-instruct"
+    workdir: Path = Path("run/dev")
+    jobs_per_adapter: int = 1
+    max_tokens: int = 48
+
+
+def _wait_http(url: str, timeout: float = 60.0, proc: subprocess.Popen | None = None) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process for {url} exited with code {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f}s")
+
+
+class DevStack:
+    def __init__(self, opts: DevOptions) -> None:
+        self.opts = opts
+        self.dir = opts.workdir.resolve()
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.anvil: Anvil | None = None
+
+    def _spawn(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
+        log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def stop(self) -> None:
+        for name, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    console.print(f"[yellow]{name} did not stop in 30 s: killing it[/]")
+                    proc.kill()
+                    proc.wait()
+        self.procs.clear()
+        if self.anvil:
+            self.anvil.stop()
+            self.anvil = None
+
+    def run(self) -> int:
+        from inference.models import load_base_model
+        from node.demo_adapters import DEMO_PROMPTS, ensure_demo_adapters
+
+        # Chain state lives and dies with this Anvil; cached models and adapters live in OPENLORA_HOME.
+        shutil.rmtree(self.dir, ignore_errors=True)
+        self.dir.mkdir(parents=True)
+        with console.status(f"preparing base model {self.opts.base_model} and demo adapters (cached after the first run)"):
+            base = load_base_model(self.opts.base_model)
+            adapters = ensure_demo_adapters(base)
+        console.print(f"[bold]base model[/] {self.opts.base_model}; demo adapters: {', '.join(adapters)}")
+
+        self.anvil = Anvil(block_time=1, log_path=self.dir / "anvil.log").start()
+        w3 = Web3(HTTPProvider(self.anvil.url))
+        keys = {role: dev_private_key(i) for role, i in ROLES.items()}
+        accounts = {role: w3.eth.account.from_key(k) for role, k in keys.items()}
+        deployment = deploy(w3, accounts["deployer"], ProtocolParams())
+        deployment.save(self.dir / "deployment.json")
+        console.print(f"[bold]anvil[/] {self.anvil.url} (chain {deployment.chain_id}); JobMarket {deployment.job_market}")
+
+        # Publisher: content-address each adapter, put its blocks behind the gateway, register it on chain.
+        from inference.ipfs.blockstore import BlockStore
+        from inference.models import base_model_id
+        from inference.publish import package_adapter, publish_to_store
+
+        store = BlockStore(self.dir / "blocks")
+        publisher = ProtocolClient(w3, deployment, accounts["publisher"])
+        adapter_ids: dict[str, int] = {}
+        for name, path in adapters.items():
+            pkg = package_adapter(path)
+            publish_to_store(pkg, store)
+            adapter_ids[name] = publisher.register_adapter(
+                pkg.cid, pkg.content_hash, base_model_id(self.opts.base_model), pkg.rank, pkg.size, ADAPTER_FEE_WEI)
+            console.print(f"[bold]published[/] {name}: id {adapter_ids[name]} cid {pkg.cid} "
+                          f"sha256 {pkg.content_hash.hex()[:16]}… rank {pkg.rank} {pkg.size / 1024:.0f} KiB")
+
+        gw_port = free_port()
+        gw = self._spawn("gateway", [sys.executable, "-m", "inference.ipfs.gateway_server", "--store",
+                                     str(self.dir / "blocks"), "--host", "127.0.0.1", "--port", str(gw_port)])
+        gateway_url = f"http://127.0.0.1:{gw_port}"
+        _wait_http(f"{gateway_url}/ipfs/{pkg.cid}?format=raw", proc=gw)
+
+        # Operator: keystore, stake, config, daemon.
+        operator = ProtocolClient(w3, deployment, accounts["operator"])
+        operator.register_node(accounts["operator"].address, base_model_id(self.opts.base_model), "", NODE_STAKE_WEI)
+        password_file = self.dir / "keystore.password"
+        password_file.write_text("dev-only-password\n")
+        password_file.chmod(0o600)
+        write_keystore(self.dir / "operator.keystore.json", keys["operator"], "dev-only-password",
+                       kdf_iterations=2**14)
+        api_port = free_port()
+        config_path = self.dir / "node.toml"
+        config_path.write_text(_node_toml(self.dir, self.anvil.url, gateway_url, self.opts.base_model, api_port))
+        node = self._spawn("node", [sys.executable, "-m", "node.cli", "node", "run", "--config", str(config_path)],
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        with console.status("node starting (loading the base model)"):
+            _wait_http(f"http://127.0.0.1:{api_port}/readyz", timeout=300, proc=node)
+        console.print(f"[bold]node[/] {accounts['operator'].address} ready; status http://127.0.0.1:{api_port}/status "
+                      f"(log: {self.dir / 'node.log'})")
+
+        # Submitter: an outside client paying into escrow through the contract.
+        submitter = ProtocolClient(w3, deployment, accounts["submitter"])
+        jobs: list[tuple[int, str, str]] = []
+        for _ in range(self.opts.jobs_per_adapter):
+            for name, prompt in DEMO_PROMPTS:
+                if name in adapter_ids:
+                    job_id = submitter.submit_job(adapter_ids[name], prompt, max_tokens=self.opts.max_tokens,
+                                                  price_wei=JOB_PRICE_WEI)
+                    jobs.append((job_id, name, prompt))
+                    console.print(f"[bold]submitted[/] job {job_id}: [{name}] {prompt!r}")
+
+        table = Table(title="demo jobs", show_lines=True)
+        for col in ("job", "adapter", "prompt", "output", "result tx", "paid (ETH)"):
+            table.add_column(col, overflow="fold")
+        with console.status("waiting for the node to serve the jobs"):
+            for job_id, name, prompt in jobs:
+                r = submitter.wait_result(job_id, timeout=600)
+                paid = (f"node {Web3.from_wei(r.node_amount, 'ether')}\npublisher "
+                        f"{Web3.from_wei(r.adapter_amount, 'ether')}\nprotocol {Web3.from_wei(r.protocol_amount, 'ether')}")
+                table.add_row(str(job_id), name, prompt, r.output.decode(errors="replace"), r.tx_hash, paid)
+        console.print(table)
+        console.print("withdrawable: " + ", ".join(
+            f"{role} {Web3.from_wei(submitter.withdrawable(accounts[role].address), 'ether')} ETH"
+            for role in ("operator", "publisher", "deployer")) + " (deployer = protocol treasury)")
+        if self.opts.once:
+            return 0
+        console.print("[bold green]devnet and node running[/] — Ctrl-C to stop everything")
+        while all(p.poll() is None for _, p in self.procs):
+            time.sleep(1)
+        dead = [n for n, p in self.procs if p.poll() is not None]
+        console.print(f"[red]{', '.join(dead)} exited; see {self.dir}/*.log[/]")
+        return 1
+
+
+def _node_toml(workdir: Path, rpc: str, gateway: str, base_model: str, api_port: int) -> str:
+    return f"""# written by `openlora dev`
+[node]
+data_dir = "{workdir / 'node'}"
+base_model = "{base_model}"
+
+[chain]
+rpc_urls = ["{rpc}"]
+deployment = "{workdir / 'deployment.json'}"
+keystore = "{workdir / 'operator.keystore.json'}"
+password_file = "{workdir / 'keystore.password'}"
+confirmations = 1
+poll_interval_s = 0.5
+
+[ipfs]
+gateways = ["{gateway}"]
+
+[api]
+port = {api_port}
+"""
+
+
+def run_dev(opts: DevOptions) -> int:
+    stack = DevStack(opts)
+    try:
+        return stack.run()
+    except KeyboardInterrupt:
+        console.print("\nstopping…")
+        return 0
+    finally:
+        with contextlib.suppress(KeyboardInterrupt):
+            stack.stop()

@@ -1,0 +1,96 @@
+"""Assemble a node from its config and run it until SIGTERM/SIGINT (drains in-flight jobs first)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from chain.deployment import Deployment
+from chain.protocol import Protocol
+from chain.tx import FeePolicy, TxManager
+from chain.tx_store import SqliteTxStore
+from chain.watcher import CursorStore, EventWatcher
+from inference.engine import EngineConfig
+from inference.ipfs.fetcher import GatewaySource, KuboRpcSource
+from inference.models import LoadedModel, load_base_model
+from inference.service import InferenceService
+from inference.store import AdapterStore
+from node.api import start_api
+from node.config import NodeConfig
+from node.daemon import NodeDaemon
+from node.errors import StartupError
+from node.jobs import JobBook, connect
+from node.keys import load_keystore, read_password
+from node.registry_view import RegistryView
+
+log = logging.getLogger("openlora.node")
+
+
+def engine_config(config: NodeConfig) -> EngineConfig:
+    e = config.engine
+    device = e.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return EngineConfig(max_slots=e.max_slots, max_rank=e.max_rank, host_budget_bytes=e.host_budget_mb << 20,
+                        max_batch=e.max_batch, max_queue=e.max_queue, device=device)
+
+
+async def build_daemon(config: NodeConfig, *, base: LoadedModel | None = None) -> NodeDaemon:
+    password = read_password(config.chain.password_file)
+    operator = load_keystore(config.chain.keystore, password)
+    signer = load_keystore(config.chain.signer_keystore, password) if config.chain.signer_keystore else operator
+    deployment = Deployment.load(config.chain.deployment)
+
+    w3 = AsyncWeb3(AsyncHTTPProvider(config.chain.rpc_urls[0], request_kwargs={"timeout": 10}))
+    try:
+        chain_id = await w3.eth.chain_id
+    except Exception as e:
+        raise StartupError(f"cannot reach the RPC endpoint {config.chain.rpc_urls[0]}: {e}") from None
+    if chain_id != deployment.chain_id:
+        raise StartupError(f"RPC is chain {chain_id} but the deployment file is for chain {deployment.chain_id}")
+
+    conn = connect(config.db_path)
+    protocol = Protocol(w3, deployment)
+    watcher = EventWatcher(w3, protocol.contracts, CursorStore(conn), start_block=deployment.start_block,
+                           confirmations=config.chain.confirmations)
+    fees = FeePolicy(max_fee_gwei=config.chain.max_fee_gwei, max_priority_fee_gwei=config.chain.max_priority_fee_gwei,
+                     bump_after_s=config.chain.bump_after_s)
+    tx = TxManager(w3, operator, SqliteTxStore(conn), fees=fees, confirmations=config.chain.confirmations,
+                   chain_id=chain_id)
+
+    sources = []
+    if config.ipfs.kubo_rpc:
+        sources.append(KuboRpcSource(config.ipfs.kubo_rpc))
+    sources += [GatewaySource(url) for url in config.ipfs.gateways]
+    store = AdapterStore(config.cache_dir, budget_bytes=config.ipfs.cache_budget_mb << 20, sources=sources,
+                         max_adapter_bytes=config.ipfs.max_adapter_mb << 20)
+    if base is None:
+        log.info("loading base model %s", config.node.base_model)
+        base = await asyncio.to_thread(load_base_model, config.node.base_model)
+    service = InferenceService(base, store, engine_config(config))
+    return NodeDaemon(config, w3, protocol, operator, signer, JobBook(conn), RegistryView(conn), watcher, tx, service)
+
+
+async def run_node(config: NodeConfig, *, stop: asyncio.Event | None = None, base: LoadedModel | None = None) -> None:
+    daemon = await build_daemon(config, base=base)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):
+            pass
+    runner = await start_api(daemon, config.api.host, config.api.port) if config.api.enabled else None
+    if runner:
+        log.info("API on http://%s:%d (/healthz /readyz /metrics /status)", config.api.host, config.api.port)
+    try:
+        await daemon.run(stop)
+    finally:
+        if runner:
+            await runner.cleanup()
+        log.info("node stopped")

@@ -1,0 +1,69 @@
+"""The transaction manager against a real Anvil: idempotency, nonces, fee bumping, restart recovery."""
+
+from __future__ import annotations
+
+import pytest
+from eth_account import Account
+from web3 import AsyncHTTPProvider, AsyncWeb3
+
+from chain.devnet import Anvil
+from chain.tx import FeePolicy, TxManager
+from chain.tx_store import SqliteTxStore, TxState
+from node.jobs import connect
+
+
+@pytest.fixture()
+def chain():
+    with Anvil() as a:
+        yield a
+
+
+def _manager(url: str, key: str, db, **fees) -> TxManager:
+    w3 = AsyncWeb3(AsyncHTTPProvider(url))
+    return TxManager(w3, Account.from_key(key), SqliteTxStore(connect(db)), fees=FeePolicy(**fees), confirmations=1)
+
+
+async def test_send_is_idempotent_and_nonces_sequence(chain: Anvil, dev_keys: list[str], tmp_path) -> None:
+    tm = _manager(chain.url, dev_keys[0], tmp_path / "db")
+    to = Account.from_key(dev_keys[1]).address
+    first = await tm.send("pay:1", to, "0x", value=1)
+    again = await tm.send("pay:1", to, "0x", value=1)
+    second = await tm.send("pay:2", to, "0x", value=2)
+    assert first.nonce == again.nonce and second.nonce == first.nonce + 1
+    r1 = await tm.wait("pay:1", timeout=20)
+    r2 = await tm.wait("pay:2", timeout=20)
+    assert r1.state == r2.state == TxState.CONFIRMED
+    assert await tm.w3.eth.get_transaction_count(tm.address) == 2  # the repeated key sent nothing
+
+
+async def test_stuck_tx_is_bumped_with_the_same_nonce(chain: Anvil, dev_keys: list[str], tmp_path) -> None:
+    tm = _manager(chain.url, dev_keys[0], tmp_path / "db", bump_after_s=0.0)
+    w3 = tm.w3
+    await w3.provider.make_request("evm_setAutomine", [False])
+    to = Account.from_key(dev_keys[1]).address
+    record = await tm.send("pay:stuck", to, "0x", value=5)
+    await tm.poll()  # no receipt and bump_after_s elapsed: replace with higher fees
+    bumped = tm.store.get("pay:stuck")
+    assert bumped.bumps == 1 and len(bumped.hashes) == 2 and bumped.nonce == record.nonce
+    assert bumped.max_fee > record.max_fee and bumped.priority_fee > record.priority_fee
+    await w3.provider.make_request("evm_mine", [])
+    await w3.provider.make_request("evm_setAutomine", [True])
+    done = await tm.wait("pay:stuck", timeout=20)
+    assert done.mined_hash == bumped.hashes[-1]  # the replacement was mined, the original never
+    assert await w3.eth.get_transaction_count(tm.address) == 1
+
+
+async def test_restart_rebroadcasts_signed_but_unsent(chain: Anvil, dev_keys: list[str], tmp_path) -> None:
+    tm = _manager(chain.url, dev_keys[0], tmp_path / "db")
+    w3 = tm.w3
+    await w3.provider.make_request("evm_setAutomine", [False])
+    to = Account.from_key(dev_keys[1]).address
+    await tm.send("pay:crash", to, "0x", value=7)
+    # simulate a crash that lost the mempool: drop the tx from Anvil's pool
+    await w3.provider.make_request("anvil_dropAllTransactions", [])
+    await w3.provider.make_request("evm_setAutomine", [True])
+    restarted = _manager(chain.url, dev_keys[0], tmp_path / "db")
+    await restarted.recover()
+    done = await restarted.wait("pay:crash", timeout=20)
+    assert done.state == TxState.CONFIRMED
+    assert await w3.eth.get_transaction_count(tm.address) == 1
