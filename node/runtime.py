@@ -6,10 +6,11 @@ import asyncio
 import logging
 import signal
 
-from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3 import AsyncWeb3
 
 from chain.deployment import Deployment
 from chain.protocol import Protocol
+from chain.rpc import FailoverProvider
 from chain.tx import FeePolicy, TxManager
 from chain.tx_store import SqliteTxStore
 from chain.watcher import CursorStore, EventWatcher
@@ -46,11 +47,13 @@ async def build_daemon(config: NodeConfig, *, base: LoadedModel | None = None) -
     signer = load_keystore(config.chain.signer_keystore, password) if config.chain.signer_keystore else operator
     deployment = Deployment.load(config.chain.deployment)
 
-    w3 = AsyncWeb3(AsyncHTTPProvider(config.chain.rpc_urls[0], request_kwargs={"timeout": 10}))
+    w3 = AsyncWeb3(FailoverProvider(config.chain.rpc_urls))
     try:
         chain_id = await w3.eth.chain_id
-    except Exception as e:
-        raise StartupError(f"cannot reach the RPC endpoint {config.chain.rpc_urls[0]}: {e}") from None
+    except Exception:
+        raise StartupError(
+            f"cannot reach any RPC endpoint ({', '.join(config.chain.rpc_urls)}): is the node running? "
+            "check [chain].rpc_urls") from None
     if chain_id != deployment.chain_id:
         raise StartupError(f"RPC is chain {chain_id} but the deployment file is for chain {deployment.chain_id}")
 

@@ -9,6 +9,8 @@ VENV="$ROOT/.venv"
 mkdir -p "$TOOLS"
 
 log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
+# pip on these machines warns about configured local indexes that hold no such package: noise, not errors.
+quiet_pip() { "$@" 2> >(grep -v -e "is ignored: it is neither" -e "BuildBackendWarning" >&2); }
 
 # --- Debian packages that Python dependencies need to build (fastecdsa for libp2p needs GMP) ---
 need_apt=()
@@ -45,18 +47,18 @@ PY_SPEC="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$PY_STAMP" ] || [ "$(cat "$PY_STAMP")" != "$PY_SPEC" ]; then
   [ -x "$VENV/bin/python" ] || { log "creating .venv"; python3 -m venv "$VENV"; }
   PIP="$VENV/bin/pip"
-  "$PIP" install -q --upgrade pip >/dev/null
+  quiet_pip "$PIP" install -q --upgrade pip >/dev/null
   if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
       log "CUDA present: pip install torch (CUDA build)"
-      "$PIP" install -q torch
+      quiet_pip "$PIP" install -q torch
     else
       log "no CUDA: pip install torch==2.13.0 (CPU build)"
-      "$PIP" install -q torch==2.13.0
+      quiet_pip "$PIP" install -q torch==2.13.0
     fi
   fi
   log "pip install -e .[dev] (transformers, peft, web3, ...)"
-  "$PIP" install -q -e ".[dev]"
+  quiet_pip "$PIP" install -q -e ".[dev]"
   printf '%s' "$PY_SPEC" > "$PY_STAMP"
 fi
 log "ready: .venv and .tools/bin"

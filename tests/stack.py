@@ -1,0 +1,193 @@
+"""A real protocol stack for end-to-end tests: Anvil, the deployed contracts, a trustless gateway over a
+block store, and a node daemon running in-process on the tiny model. Outside parties (publisher,
+submitter) talk to the contracts with plain web3, not with the node's code."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import ClientSession, web
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import HTTPProvider, Web3
+
+from chain.artifacts import load_artifact
+from chain.deployment import Deployment, ProtocolParams, deploy
+from chain.devnet import Anvil, dev_private_key, free_port
+from inference.ipfs.blockstore import BlockStore
+from inference.ipfs.gateway_server import TrustlessGateway
+from inference.models import LoadedModel, base_model_id
+from inference.publish import PackagedAdapter, package_adapter, publish_to_store
+from node.config import NodeConfig, parse_config
+from node.keys import write_keystore
+
+ADAPTER_FEE = Web3.to_wei(0.002, "ether")
+PRICE = Web3.to_wei(0.01, "ether")
+STAKE = Web3.to_wei(2, "ether")
+PASSWORD = "test-password"
+
+
+def send(w3: Web3, account: LocalAccount, fn, value: int = 0) -> dict:
+    """Plain web3: build, sign, send, wait. Raises on revert."""
+    tx = fn.build_transaction({"from": account.address, "value": value,
+                               "nonce": w3.eth.get_transaction_count(account.address, "pending")})
+    receipt = w3.eth.wait_for_transaction_receipt(
+        w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction), timeout=60)
+    assert receipt["status"] == 1, f"transaction reverted: {receipt['transactionHash'].hex()}"
+    return receipt
+
+
+@dataclass
+class Stack:
+    anvil: Anvil
+    w3: Web3
+    deployment: Deployment
+    deployer: LocalAccount
+    operator: LocalAccount
+    publisher: LocalAccount
+    submitter: LocalAccount
+    blocks: BlockStore
+    workdir: Path
+    gateway_url: str = ""
+    contracts: dict = field(default_factory=dict)
+
+    def contract(self, name: str):
+        if name not in self.contracts:
+            address = {"AdapterRegistry": self.deployment.adapter_registry, "NodeRegistry": self.deployment.node_registry,
+                       "JobMarket": self.deployment.job_market}[name]
+            self.contracts[name] = self.w3.eth.contract(address=address, abi=load_artifact(name).abi)
+        return self.contracts[name]
+
+    def publish(self, adapter_dir: Path, base: LoadedModel, fee: int = ADAPTER_FEE) -> tuple[int, PackagedAdapter]:
+        pkg = package_adapter(adapter_dir)
+        publish_to_store(pkg, self.blocks)
+        reg = self.contract("AdapterRegistry")
+        receipt = send(self.w3, self.publisher, reg.functions.register(
+            pkg.cid, pkg.content_hash, base_model_id(base.name), pkg.rank, pkg.size, fee))
+        (event,) = reg.events.AdapterRegistered().process_receipt(receipt)
+        return event["args"]["adapterId"], pkg
+
+    def register_node(self, base: LoadedModel, operator: LocalAccount | None = None) -> None:
+        op = operator or self.operator
+        send(self.w3, op, self.contract("NodeRegistry").functions.register(op.address, base_model_id(base.name), ""),
+             value=STAKE)
+
+    def submit(self, adapter_id: int, prompt: str, *, max_tokens: int = 12, price: int = PRICE, ttl: int = 600) -> int:
+        market = self.contract("JobMarket")
+        deadline = self.w3.eth.get_block("latest")["timestamp"] + ttl
+        receipt = send(self.w3, self.submitter, market.functions.submitJob(adapter_id, prompt.encode(), max_tokens,
+                                                                             deadline), value=price)
+        (event,) = market.events.JobSubmitted().process_receipt(receipt)
+        return event["args"]["jobId"]
+
+    def result_event(self, job_id: int):
+        logs = self.contract("JobMarket").events.ResultSubmitted.get_logs(
+            from_block=self.deployment.start_block, argument_filters={"jobId": job_id})
+        return logs[-1] if logs else None
+
+    async def wait_result(self, job_id: int, timeout: float = 120.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            event = await asyncio.to_thread(self.result_event, job_id)
+            if event is not None:
+                return event
+            await asyncio.sleep(0.3)
+        raise TimeoutError(f"job {job_id} got no result in {timeout}s")
+
+    def node_config(self, gateways: list[str] | None = None, **sections: dict) -> NodeConfig:
+        keystore = self.workdir / "operator.json"
+        if not keystore.exists():
+            write_keystore(keystore, self.operator.key, PASSWORD, kdf_iterations=2**10)
+            (self.workdir / "pw").write_text(PASSWORD)
+        data = {
+            "node": {"data_dir": str(self.workdir / "node"), "base_model": "tiny-llama"},
+            "chain": {"rpc_urls": [self.anvil.url], "deployment": str(self.workdir / "deployment.json"),
+                      "keystore": str(keystore), "password_file": str(self.workdir / "pw"),
+                      "confirmations": 1, "poll_interval_s": 0.2},
+            "ipfs": {"gateways": gateways if gateways is not None else [self.gateway_url]},
+            "engine": {"max_slots": 4, "max_batch": 4},
+            "api": {"port": free_port()},
+        }
+        for name, values in sections.items():
+            data.setdefault(name, {}).update(values)
+        return parse_config(data, base=self.workdir)
+
+
+@contextlib.asynccontextmanager
+async def protocol_stack(workdir: Path, **anvil_kwargs):
+    with Anvil(**anvil_kwargs) as anvil:
+        w3 = Web3(HTTPProvider(anvil.url))
+        accounts = [Account.from_key(dev_private_key(i)) for i in range(4)]
+        deployment = deploy(w3, accounts[0], ProtocolParams())
+        deployment.save(workdir / "deployment.json")
+        stack = Stack(anvil, w3, deployment, *accounts, BlockStore(workdir / "published-blocks"), workdir)
+        gateway = TrustlessGateway(stack.blocks)
+        stack.gateway_url = await gateway.start()
+        try:
+            yield stack
+        finally:
+            await gateway.stop()
+
+
+@contextlib.asynccontextmanager
+async def running_node(config: NodeConfig, base: LoadedModel):
+    """The node daemon in this event loop; stopped (drained) on exit."""
+    from node.runtime import run_node
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_node(config, stop=stop, base=base))
+    url = f"http://{config.api.host}:{config.api.port}"
+    async with ClientSession() as http:
+        for _ in range(200):
+            if task.done():
+                task.result()  # raises the startup error
+            with contextlib.suppress(Exception):
+                async with http.get(f"{url}/readyz") as r:
+                    if r.status == 200:
+                        break
+            await asyncio.sleep(0.1)
+        else:
+            raise TimeoutError("node did not become ready")
+    try:
+        yield url
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
+
+class TamperingGateway:
+    """An adversary: a trustless gateway that proxies another and flips one byte of the blocks it is told to."""
+
+    def __init__(self, upstream: str, tamper: set[str]) -> None:
+        self.upstream = upstream
+        self.tamper = tamper
+        self.served_tampered = 0
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        cid = request.match_info["cid"]
+        async with ClientSession() as http, http.get(f"{self.upstream}/ipfs/{cid}", params=request.query,
+                                                     headers={"Accept": request.headers.get("Accept", "")}) as r:
+            body = await r.read()
+            status, ctype = r.status, r.headers.get("Content-Type", "application/octet-stream")
+        if status == 200 and cid in self.tamper and body:
+            body = bytes([body[0] ^ 0x01]) + body[1:]
+            self.served_tampered += 1
+        return web.Response(body=body, status=status, headers={"Content-Type": ctype})
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_get("/ipfs/{cid}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = free_port()
+        await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        return f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()

@@ -1,0 +1,115 @@
+"""The spine, end to end: Anvil, the contracts, an adapter published over the trustless-gateway
+protocol, a job submitted by an outside client, served by the node, signed and paid."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from eth_account import Account
+from eth_account.messages import encode_typed_data
+from eth_utils import keccak
+
+from chain.deployment import ProtocolParams
+from inference.models import LoadedModel
+from inference.reference import peft_generate
+from inference.store import AdapterStore
+from tests.factories import make_peft_adapter
+from tests.stack import PRICE, TamperingGateway, protocol_stack, running_node
+
+PROMPT = "Write one line about swapping adapters."
+
+
+def _recover_result_signer(stack, job_id: int, input_hash: bytes, adapter_hash: bytes, output: bytes,
+                           signature: bytes) -> str:
+    """Independent of the node's code: eth-account's EIP-712 over the contract's domain."""
+    typed = {
+        "types": {
+            "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
+                             {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}],
+            "Result": [{"name": "jobId", "type": "uint256"}, {"name": "inputHash", "type": "bytes32"},
+                       {"name": "adapterHash", "type": "bytes32"}, {"name": "outputHash", "type": "bytes32"}],
+        },
+        "primaryType": "Result",
+        "domain": {"name": "OpenLoRA", "version": "1", "chainId": stack.w3.eth.chain_id,
+                   "verifyingContract": stack.deployment.job_market},
+        "message": {"jobId": job_id, "inputHash": input_hash, "adapterHash": adapter_hash,
+                    "outputHash": keccak(output)},
+    }
+    return Account.recover_message(encode_typed_data(full_message=typed), signature=signature)
+
+
+async def test_job_is_served_signed_and_paid(tmp_path: Path, tiny: LoadedModel) -> None:
+    adapter_dir = make_peft_adapter(tiny, tmp_path / "adapter", rank=4, seed=11)
+    async with protocol_stack(tmp_path) as s:
+        adapter_id, pkg = s.publish(adapter_dir, tiny)
+        s.register_node(tiny)
+        market = s.contract("JobMarket")
+        submitter_before = s.w3.eth.get_balance(s.submitter.address)
+        async with running_node(s.node_config(), tiny):
+            job_id = s.submit(adapter_id, PROMPT, max_tokens=12)
+            event = await s.wait_result(job_id)
+
+        args = event["args"]
+        output = bytes(args["output"])
+        assert args["node"] == s.operator.address
+        assert bytes(args["outputHash"]) == keccak(output)
+
+        # the signature in the result transaction recovers to the node's registered signing key
+        tx = s.w3.eth.get_transaction(event["transactionHash"])
+        _, params = market.decode_function_input(tx["input"])
+        signer = _recover_result_signer(s, job_id, keccak(PROMPT.encode()), pkg.content_hash, output,
+                                        bytes(params["signature"]))
+        assert signer == s.operator.address
+
+        # the output is what a direct local run of the same adapter and prompt gives (PEFT, greedy)
+        expected = await asyncio.to_thread(peft_generate, tiny, adapter_dir, PROMPT, 12)
+        assert output.decode() == expected.text
+        base_only = await asyncio.to_thread(peft_generate, tiny, None, PROMPT, 12)
+        assert expected.text != base_only.text  # the adapter really changed the answer
+
+        # balances moved by exactly the fee split, into pull balances
+        params_ = ProtocolParams()
+        protocol_cut = PRICE * params_.protocol_fee_bps // 10_000
+        adapter_cut = 2 * 10**15  # tests.stack.ADAPTER_FEE
+        node_cut = PRICE - protocol_cut - adapter_cut
+        assert (args["nodeAmount"], args["adapterAmount"], args["protocolAmount"]) == (node_cut, adapter_cut,
+                                                                                        protocol_cut)
+        assert market.functions.balanceOf(s.operator.address).call() == node_cut
+        assert market.functions.balanceOf(s.publisher.address).call() == adapter_cut
+        assert market.functions.balanceOf(s.deployer.address).call() == protocol_cut
+        spent = submitter_before - s.w3.eth.get_balance(s.submitter.address)
+        assert PRICE <= spent < PRICE + 10**16  # the price plus its own gas, nothing more
+
+
+async def test_tampered_adapter_is_refused_and_the_node_serves_the_next_job(
+    tmp_path: Path, tiny: LoadedModel, caplog
+) -> None:
+    good_dir = make_peft_adapter(tiny, tmp_path / "good", rank=4, seed=21)
+    bad_dir = make_peft_adapter(tiny, tmp_path / "bad", rank=8, seed=22)
+    caplog.set_level(logging.INFO)
+    async with protocol_stack(tmp_path) as s:
+        good_id, _ = s.publish(good_dir, tiny)
+        bad_id, bad_pkg = s.publish(bad_dir, tiny)
+        s.register_node(tiny)
+        biggest = max(bad_pkg.dag.blocks, key=lambda c: len(bad_pkg.dag.blocks[c]))
+        liar = TamperingGateway(s.gateway_url, {biggest})
+        liar_url = await liar.start()
+        config = s.node_config(gateways=[liar_url])
+        try:
+            async with running_node(config, tiny):
+                bad_job = s.submit(bad_id, PROMPT)
+                good_job = s.submit(good_id, PROMPT)
+                await s.wait_result(good_job)
+                await asyncio.sleep(1.0)
+        finally:
+            await liar.stop()
+        assert liar.served_tampered >= 1
+        assert s.result_event(bad_job) is None  # never paid
+        refusals = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any(f"job {bad_job}" in m and "refused" in m and bad_pkg.cid in m for m in refusals), refusals
+        store = AdapterStore(config.cache_dir, budget_bytes=1 << 30, sources=[], max_adapter_bytes=1 << 30)
+        assert not store.contains(bad_pkg.cid)  # nothing unverified entered the cache
+        market = s.contract("JobMarket")
+        assert market.functions.getJob(bad_job).call()[0] == s.submitter.address  # still the submitter's, unclaimed
