@@ -74,6 +74,14 @@ class ApiSection:
 
 
 @dataclass
+class P2PSection:
+    enabled: bool = False
+    listen: str = "/ip4/0.0.0.0/tcp/4001"
+    bootstrap: list[str] = field(default_factory=list)
+    identity: Path | None = None  # ed25519 seed; default <data_dir>/p2p.key. Its peer id is registered on chain.
+
+
+@dataclass
 class NodeConfig:
     node: NodeSection = field(default_factory=NodeSection)
     chain: ChainSection = field(default_factory=ChainSection)
@@ -81,11 +89,16 @@ class NodeConfig:
     policy: PolicySection = field(default_factory=PolicySection)
     engine: EngineSection = field(default_factory=EngineSection)
     api: ApiSection = field(default_factory=ApiSection)
+    p2p: P2PSection = field(default_factory=P2PSection)
     source: Path | None = None
 
     @property
     def cache_dir(self) -> Path:
         return self.ipfs.cache_dir or self.node.data_dir / "adapters"
+
+    @property
+    def identity_path(self) -> Path:
+        return self.p2p.identity or self.node.data_dir / "p2p.key"
 
     @property
     def db_path(self) -> Path:

@@ -23,6 +23,7 @@ from web3 import HTTPProvider, Web3
 from chain.client import ProtocolClient
 from chain.deployment import ProtocolParams, deploy
 from chain.devnet import Anvil, dev_private_key, free_port
+from node.identity import node_peer_id
 from node.keys import write_keystore
 
 console = Console(highlight=False)
@@ -129,7 +130,9 @@ class DevStack:
 
         # Operator: keystore, stake, config, daemon.
         operator = ProtocolClient(w3, deployment, accounts["operator"])
-        operator.register_node(accounts["operator"].address, base_model_id(self.opts.base_model), "", NODE_STAKE_WEI)
+        peer_id = node_peer_id(self.dir / "node" / "p2p.key")
+        operator.register_node(accounts["operator"].address, base_model_id(self.opts.base_model), peer_id,
+                               NODE_STAKE_WEI)
         password_file = self.dir / "keystore.password"
         password_file.write_text("dev-only-password\n")
         password_file.chmod(0o600)

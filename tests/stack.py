@@ -23,6 +23,7 @@ from inference.ipfs.gateway_server import TrustlessGateway
 from inference.models import LoadedModel, base_model_id
 from inference.publish import PackagedAdapter, package_adapter, publish_to_store
 from node.config import NodeConfig, parse_config
+from node.identity import node_peer_id
 from node.keys import write_keystore
 
 ADAPTER_FEE = Web3.to_wei(0.002, "ether")
@@ -73,8 +74,9 @@ class Stack:
 
     def register_node(self, base: LoadedModel, operator: LocalAccount | None = None) -> None:
         op = operator or self.operator
-        send(self.w3, op, self.contract("NodeRegistry").functions.register(op.address, base_model_id(base.name), ""),
-             value=STAKE)
+        peer_id = node_peer_id(self.workdir / "node" / "p2p.key")
+        send(self.w3, op, self.contract("NodeRegistry").functions.register(op.address, base_model_id(base.name),
+                                                                            peer_id), value=STAKE)
 
     def submit(self, adapter_id: int, prompt: str, *, max_tokens: int = 12, price: int = PRICE, ttl: int = 600) -> int:
         market = self.contract("JobMarket")

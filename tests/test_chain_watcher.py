@@ -1,0 +1,74 @@
+"""The event watcher against a real Anvil and the real contracts: cursor, confirmations, reorgs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eth_account import Account
+from web3 import AsyncHTTPProvider, AsyncWeb3, HTTPProvider, Web3
+
+from chain.client import ProtocolClient
+from chain.deployment import deploy
+from chain.devnet import Anvil
+from chain.protocol import Protocol
+from chain.watcher import CursorStore, EventWatcher
+from node.jobs import connect
+
+
+async def _drain(watcher: EventWatcher) -> list:
+    events = []
+    while (batch := await watcher.next_batch()) is not None:
+        events += batch.events
+        watcher.commit(batch)
+    return events
+
+
+async def test_cursor_resumes_and_confirmations_hold_back_the_head(tmp_path: Path, dev_keys: list[str]) -> None:
+    with Anvil() as anvil:
+        w3 = Web3(HTTPProvider(anvil.url))
+        deployment = deploy(w3, Account.from_key(dev_keys[0]))
+        publisher = ProtocolClient(w3, deployment, Account.from_key(dev_keys[2]))
+        aw3 = AsyncWeb3(AsyncHTTPProvider(anvil.url))
+        protocol = Protocol(aw3, deployment)
+        db = tmp_path / "db"
+
+        watcher = EventWatcher(aw3, protocol.contracts, CursorStore(connect(db)), start_block=deployment.start_block,
+                               confirmations=2)
+        w3.provider.make_request("anvil_mine", [1])
+        assert "OwnershipTransferred" in [e.name for e in await _drain(watcher)]  # the deployment itself
+        publisher.register_adapter("bafyone", b"\x01" * 32, b"\x02" * 32, 4, 100, 1)
+        # the registration's block is the head: one confirmation only, so it is held back
+        assert [e.name for e in await _drain(watcher)] == []
+        w3.provider.make_request("anvil_mine", [1])
+        events = await _drain(watcher)
+        assert [e.name for e in events] == ["AdapterRegistered"]
+        assert events[0].args["cid"] == "bafyone"
+
+        publisher.register_adapter("bafytwo", b"\x03" * 32, b"\x02" * 32, 4, 100, 1)
+        w3.provider.make_request("anvil_mine", [1])
+        # a restarted watcher (new object, same database) resumes after the cursor: no re-delivery
+        again = EventWatcher(aw3, protocol.contracts, CursorStore(connect(db)), start_block=deployment.start_block,
+                             confirmations=2)
+        assert [e.args["cid"] for e in await _drain(again)] == ["bafytwo"]
+
+
+async def test_reorg_is_detected_and_the_dropped_range_is_re_read(tmp_path: Path, dev_keys: list[str]) -> None:
+    with Anvil() as anvil:
+        w3 = Web3(HTTPProvider(anvil.url))
+        deployment = deploy(w3, Account.from_key(dev_keys[0]))
+        publisher = ProtocolClient(w3, deployment, Account.from_key(dev_keys[2]))
+        aw3 = AsyncWeb3(AsyncHTTPProvider(anvil.url))
+        watcher = EventWatcher(aw3, Protocol(aw3, deployment).contracts, CursorStore(connect(tmp_path / "db")),
+                               start_block=deployment.start_block, confirmations=1)
+        publisher.register_adapter("bafykept", b"\x01" * 32, b"\x02" * 32, 4, 100, 1)
+        publisher.register_adapter("bafydropped", b"\x03" * 32, b"\x02" * 32, 4, 100, 1)
+        seen = [e for e in await _drain(watcher) if e.name == "AdapterRegistered"]
+        assert [e.args["cid"] for e in seen] == ["bafykept", "bafydropped"]
+        dropped_block = seen[1].block_number
+
+        # replace the last block (the one holding "bafydropped") with an empty one
+        w3.provider.make_request("anvil_reorg", [1, []])
+        batch = await watcher.next_batch()
+        assert batch is not None and batch.reorg_from is not None and batch.reorg_from <= dropped_block
+        watcher.commit(batch)
+        assert "bafydropped" not in [e.args.get("cid") for e in batch.events + await _drain(watcher)]
