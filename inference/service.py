@@ -55,5 +55,8 @@ class InferenceService:
         self.engine.add_adapter(cid, weights)
         return PreparedAdapter(cid, weights.rank, weights.nbytes)
 
-    async def generate(self, key: str | None, prompt: str, max_tokens: int) -> GenerationResult:
-        return await self.engine.generate(GenerationRequest(prompt=prompt, adapter=key, max_tokens=max_tokens))
+    async def generate(self, cid: str, content_hash: bytes, prompt: str, max_tokens: int) -> GenerationResult:
+        """Greedy generation under the adapter. If it fell out of the host tier (or the node restarted
+        since `prepare`), the engine's loader brings it back from the disk tier, re-verified."""
+        self._hashes[cid] = content_hash
+        return await self.engine.generate(GenerationRequest(prompt=prompt, adapter=cid, max_tokens=max_tokens))

@@ -301,9 +301,7 @@ class NodeDaemon:
 
     async def _run(self, job: Job) -> None:
         prompt = job.input.decode("utf-8", errors="replace")
-        if not self.service.engine.has_adapter(job.adapter_cid):
-            await self.service.prepare(job.adapter_cid, job.adapter_hash)  # after a restart
-        result = await self.service.generate(job.adapter_cid, prompt, job.max_tokens)
+        result = await self.service.generate(job.adapter_cid, job.adapter_hash, prompt, job.max_tokens)
         self.metrics.tokens_generated += len(result.token_ids)
         output = result.text.encode("utf-8")
         claim = ResultClaim.for_output(await self.tx.chain_id(), self.protocol.market.address, job.job_id,

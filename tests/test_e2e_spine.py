@@ -12,7 +12,8 @@ from eth_account.messages import encode_typed_data
 from eth_utils import keccak
 
 from chain.deployment import ProtocolParams
-from inference.models import LoadedModel
+from chain.protocol import JobStatus
+from inference.models import LoadedModel, tiny_llama
 from inference.reference import peft_generate
 from inference.store import AdapterStore
 from tests.factories import make_peft_adapter
@@ -47,7 +48,7 @@ async def test_job_is_served_signed_and_paid(tmp_path: Path, tiny: LoadedModel) 
         s.register_node(tiny)
         market = s.contract("JobMarket")
         submitter_before = s.w3.eth.get_balance(s.submitter.address)
-        async with running_node(s.node_config(), tiny):
+        async with running_node(s.node_config(), tiny_llama(0)):  # the node owns its model
             job_id = s.submit(adapter_id, PROMPT, max_tokens=12)
             event = await s.wait_result(job_id)
 
@@ -98,7 +99,7 @@ async def test_tampered_adapter_is_refused_and_the_node_serves_the_next_job(
         liar_url = await liar.start()
         config = s.node_config(gateways=[liar_url])
         try:
-            async with running_node(config, tiny):
+            async with running_node(config, tiny_llama(0)):
                 bad_job = s.submit(bad_id, PROMPT)
                 good_job = s.submit(good_id, PROMPT)
                 await s.wait_result(good_job)
@@ -111,5 +112,5 @@ async def test_tampered_adapter_is_refused_and_the_node_serves_the_next_job(
         assert any(f"job {bad_job}" in m and "refused" in m and bad_pkg.cid in m for m in refusals), refusals
         store = AdapterStore(config.cache_dir, budget_bytes=1 << 30, sources=[], max_adapter_bytes=1 << 30)
         assert not store.contains(bad_pkg.cid)  # nothing unverified entered the cache
-        market = s.contract("JobMarket")
-        assert market.functions.getJob(bad_job).call()[0] == s.submitter.address  # still the submitter's, unclaimed
+        job = s.contract("JobMarket").functions.getJob(bad_job).call()
+        assert job[-1] == JobStatus.OPEN  # never claimed: left for other nodes, not slashed
