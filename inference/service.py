@@ -10,7 +10,14 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from collections.abc import Sequence
+from pathlib import Path
+
 from inference.engine import Engine, EngineConfig, GenerationRequest, GenerationResult
+from inference.ipfs.blockstore import BlockStore
+from inference.ipfs.cid import parse_cid
+from inference.ipfs.sources import BlockSource
+from inference.ipfs.unixfs import import_directory
 from inference.models import LoadedModel
 from inference.store import AdapterStore
 from inference.validate import BaseModelSpec, ValidationLimits, validate_adapter_dir
@@ -27,9 +34,10 @@ class PreparedAdapter:
 
 class InferenceService:
     def __init__(self, base: LoadedModel, store: AdapterStore, engine_config: EngineConfig,
-                 limits: ValidationLimits | None = None) -> None:
+                 limits: ValidationLimits | None = None, blocks: BlockStore | None = None) -> None:
         self.base = base
         self.store = store
+        self.blocks = blocks  # when set, verified adapters are re-offered to peers (bitswap) from here
         self.limits = limits or ValidationLimits()
         self.spec = BaseModelSpec.from_model(base.model, name=base.name)
         self.engine = Engine(base, engine_config, loader=self._load)
@@ -41,19 +49,45 @@ class InferenceService:
     async def stop(self) -> None:
         await self.engine.stop()
 
-    async def _load(self, cid: str):
+    async def _load(self, cid: str, sources: Sequence[BlockSource] | None = None):
         """The engine's loader for adapters that fell out of the host tier: back to the disk tier."""
         content_hash = self._hashes[cid]
-        async with self.store.lease(cid, content_hash) as path:
-            return await asyncio.to_thread(validate_adapter_dir, path, self.spec, self.limits)
+        async with self.store.lease(cid, content_hash, sources=sources) as path:
+            weights = await asyncio.to_thread(validate_adapter_dir, path, self.spec, self.limits)
+            if self.blocks is not None:
+                await asyncio.to_thread(self._offer_blocks, cid, path)
+            return weights
 
-    async def prepare(self, cid: str, content_hash: bytes) -> PreparedAdapter:
-        """Make the adapter servable. Raises FetchError (bytes wrong or unreachable) or AdapterRejected
-        (bytes right but unsafe or unfit for this base model)."""
+    def _offer_blocks(self, cid: str, path: Path) -> None:
+        """Rebuild the adapter's DAG from its verified files (the importer is deterministic) so peers can
+        fetch it from us; only if the rebuilt root equals the registered CID."""
+        if self.blocks.has(cid):
+            return
+        files = {p.name: p.read_bytes() for p in path.iterdir()}
+        dag = import_directory(files, cid_version=parse_cid(cid).version)
+        if dag.root == cid:
+            self.blocks.put_dag(dag)
+        else:
+            log.info("adapter %s was not built by our importer (root %s): not re-offered to peers", cid, dag.root)
+
+    async def prepare(self, cid: str, content_hash: bytes,
+                      sources: Sequence[BlockSource] | None = None) -> PreparedAdapter:
+        """Make the adapter servable. `sources` overrides where blocks come from (e.g. warm peers first).
+        Raises FetchError (bytes wrong or unreachable) or AdapterRejected (bytes right but unsafe or unfit
+        for this base model)."""
         self._hashes[cid] = content_hash
-        weights = await self._load(cid)
+        weights = await self._load(cid, sources)
         self.engine.add_adapter(cid, weights)
         return PreparedAdapter(cid, weights.rank, weights.nbytes)
+
+    def is_warm(self, cid: str) -> bool:
+        return cid in self.engine.host or any(s.adapter == cid for s in self.engine.stats().slots)
+
+    def warm_adapters(self) -> tuple[list[str], list[str]]:
+        """(adapters in device slots, adapters in the host tier only), by CID."""
+        device = [s.adapter for s in self.engine.stats().slots if s.adapter]
+        host = [cid for cid in self._hashes if cid in self.engine.host and cid not in device]
+        return device, host
 
     async def generate(self, cid: str, content_hash: bytes, prompt: str, max_tokens: int) -> GenerationResult:
         """Greedy generation under the adapter. If it fell out of the host tier (or the node restarted

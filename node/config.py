@@ -79,6 +79,7 @@ class P2PSection:
     listen: str = "/ip4/0.0.0.0/tcp/4001"
     bootstrap: list[str] = field(default_factory=list)
     identity: Path | None = None  # ed25519 seed; default <data_dir>/p2p.key. Its peer id is registered on chain.
+    warm_backoff_s: float = 3.0  # head start given to a registered peer that holds a job's adapter warm
 
 
 @dataclass

@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from eth_account.signers.local import LocalAccount
 from eth_utils import keccak
@@ -22,6 +23,9 @@ from inference.service import InferenceService
 from node.config import NodeConfig
 from node.jobs import Job, JobBook, JobState
 from node.registry_view import RegistryView
+
+if TYPE_CHECKING:
+    from node.p2p import P2PNode
 
 log = logging.getLogger("openlora.node")
 
@@ -45,6 +49,7 @@ class NodeDaemon:
     def __init__(
         self, config: NodeConfig, w3: AsyncWeb3, protocol: Protocol, operator: LocalAccount, signer: LocalAccount,
         jobs: JobBook, registry: RegistryView, watcher: EventWatcher, tx: TxManager, service: InferenceService,
+        p2p: P2PNode | None = None, warm_backoff_s: float = 3.0,
     ) -> None:
         self.config = config
         self.w3 = w3
@@ -56,6 +61,8 @@ class NodeDaemon:
         self.watcher = watcher
         self.tx = tx
         self.service = service
+        self.p2p = p2p
+        self.warm_backoff_s = warm_backoff_s
         self.metrics = NodeMetrics()
         self.base_model_id = keccak(text=config.node.base_model)
         self._drivers: dict[int, asyncio.Task] = {}
@@ -66,12 +73,17 @@ class NodeDaemon:
     # ---- lifecycle -------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         await self.service.start()
+        if self.p2p is not None:
+            await self.p2p.start()
+            log.info("p2p: peer %s listening on %s", self.p2p.peer_id, ", ".join(self.p2p.listen_addrs))
         await self.tx.recover()
         for job in self.jobs.active():
             log.info("resuming job %d from state %s", job.job_id, job.state.value)
             self._spawn(job.job_id)
         loops = [asyncio.create_task(self._watch_loop(), name="watch"),
                  asyncio.create_task(self._tx_loop(), name="tx")]
+        if self.p2p is not None:
+            loops.append(asyncio.create_task(self._announce_loop(), name="announce"))
         self.ready = True
         log.info("node %s serving %s (signer %s)", self.operator.address, self.config.node.base_model,
                  self.signer.address)
@@ -80,6 +92,8 @@ class NodeDaemon:
         for t in loops:
             t.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        if self.p2p is not None:
+            await self.p2p.stop()
         await self.service.stop()
 
     async def drain(self, timeout: float = 60.0) -> None:
@@ -183,6 +197,42 @@ class NodeDaemon:
                 log.warning("tx monitor: %s; retrying", e)
             await asyncio.sleep(self.config.chain.poll_interval_s)
 
+    # ---- peer network ----------------------------------------------------------------------------
+    async def _announce_loop(self) -> None:
+        from node.p2p import Capacity
+
+        while True:
+            try:
+                stats = self.service.engine.stats()
+                device, host = self.service.warm_adapters()
+                free = sum(1 for s in stats.slots if s.pinned == 0)
+                capacity = Capacity(free_slots=free, queue_depth=stats.queue_depth + stats.running,
+                                    tokens_per_s=stats.tokens_per_s)
+                await self.p2p.announce(capacity, device, host)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("p2p announce failed: %s", e)
+            await asyncio.sleep(self.p2p.config.announce_interval_s)
+
+    def _claim_delay(self, cid: str) -> float:
+        """Warm-aware claiming: give a registered peer that holds this adapter warm a bounded head start."""
+        if self.p2p is None:
+            return 0.0
+        from node.p2p import claim_delay
+
+        return claim_delay(cid, self.service.is_warm(cid), self.p2p.announcements(), time.time(),
+                           backoff_s=self.warm_backoff_s, self_address=self.signer.address)
+
+    def _fetch_sources(self, cid: str) -> list | None:
+        """Warm peers first (bitswap), then the configured sources; None = the store's defaults."""
+        if self.p2p is None:
+            return None
+        from node.p2p import BitswapSource
+
+        peers = BitswapSource.for_adapter(self.p2p, cid)
+        return [peers, *self.service.store.sources] if peers.peer_ids else None
+
     # ---- job drivers -----------------------------------------------------------------------------
     def _spawn(self, job_id: int) -> None:
         running = self._drivers.get(job_id)
@@ -223,10 +273,17 @@ class NodeDaemon:
                     self.jobs.transition(job.job_id, JobState.SKIPPED, str(e))
                     return
                 adapter = self.registry.adapter(job.adapter_id)
-                self.jobs.transition(job.job_id, JobState.FETCHING, adapter_cid=adapter.cid)
+                delay = self._claim_delay(adapter.cid)
+                note = f"a warm peer gets {delay:.1f}s head start" if delay else ""
+                self.jobs.transition(job.job_id, JobState.FETCHING, note, adapter_cid=adapter.cid,
+                                     claim_after=time.time() + delay)
             case JobState.FETCHING:
                 await self._fetch(job)
             case JobState.CLAIMING:
+                wait = job.claim_after - time.time()
+                if wait > 0:  # the watcher marks the job LOST if the warm peer claims it meanwhile
+                    await asyncio.sleep(min(wait, 0.25))
+                    return
                 await self._claim(job)
             case JobState.CLAIMED:
                 self.jobs.transition(job.job_id, JobState.RUNNING)
@@ -269,7 +326,8 @@ class NodeDaemon:
         from inference.validate import AdapterRejected
 
         try:
-            prepared = await self.service.prepare(job.adapter_cid, job.adapter_hash)
+            prepared = await self.service.prepare(job.adapter_cid, job.adapter_hash,
+                                                  self._fetch_sources(job.adapter_cid))
         except (FetchError, AdapterRejected) as e:
             self.metrics.adapter_rejections += 1
             log.error("job %d: adapter %s (id %d) refused: %s — job left for other nodes", job.job_id,

@@ -73,6 +73,7 @@ class Job:
     price: int
     seen_block: int
     adapter_cid: str = ""
+    claim_after: float = 0.0  # warm-aware claiming: a warm peer gets a head start until this time
     output: bytes | None = None
     signature: bytes | None = None
     claim_tx: str | None = None

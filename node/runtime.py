@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from eth_utils import keccak
 from web3 import AsyncWeb3
 
 from chain.deployment import Deployment
@@ -75,8 +76,20 @@ async def build_daemon(config: NodeConfig, *, base: LoadedModel | None = None) -
     if base is None:
         log.info("loading base model %s", config.node.base_model)
         base = await asyncio.to_thread(load_base_model, config.node.base_model)
-    service = InferenceService(base, store, engine_config(config))
-    return NodeDaemon(config, w3, protocol, operator, signer, JobBook(conn), RegistryView(conn), watcher, tx, service)
+    registry = RegistryView(conn)
+    p2p = None
+    blocks = None
+    if config.p2p.enabled:
+        from inference.ipfs.blockstore import BlockStore
+        from node.p2p import P2PConfig, P2PNode
+
+        blocks = BlockStore(config.node.data_dir / "blocks")
+        p2p = P2PNode(P2PConfig(identity_path=config.identity_path, listen=config.p2p.listen,
+                                bootstrap=config.p2p.bootstrap),
+                      blocks, signer, keccak(text=config.node.base_model), registry.is_registered_signer)
+    service = InferenceService(base, store, engine_config(config), blocks=blocks)
+    return NodeDaemon(config, w3, protocol, operator, signer, JobBook(conn), registry, watcher, tx, service, p2p=p2p,
+                      warm_backoff_s=config.p2p.warm_backoff_s)
 
 
 async def run_node(config: NodeConfig, *, stop: asyncio.Event | None = None, base: LoadedModel | None = None) -> None:
