@@ -1,0 +1,309 @@
+// SPDX-License-Identifier: MIT
+pragma solidity ^0.8.24;
+
+import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {Test} from "./utils/Test.sol";
+import {NodeRegistry} from "../src/NodeRegistry.sol";
+
+/// @dev Stands in for the job market: a plain contract that may receive slashed stake.
+contract SlashSink {
+    receive() external payable {}
+}
+
+contract NodeRegistryTest is Test {
+    event NodeRegistered(
+        address indexed operator, address indexed signer, bytes32 indexed baseModel, string peerId, uint256 stake
+    );
+    event NodeUpdated(address indexed operator, address indexed signer, bytes32 indexed baseModel, string peerId);
+    event StakeAdded(address indexed operator, uint256 amount);
+    event UnstakeRequested(address indexed operator, uint256 amount, uint64 availableAt);
+    event StakeWithdrawn(address indexed operator, uint256 amount);
+    event NodeSlashed(address indexed operator, uint256 amount);
+
+    bytes32 internal constant BASE = keccak256("tiny-llama");
+    bytes32 internal constant OTHER_BASE = keccak256("other-model");
+    string internal constant PEER = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
+
+    NodeRegistry internal reg;
+    address internal market;
+    address internal operator = makeAddr("operator");
+    address internal signer = makeAddr("signer");
+    address internal other = makeAddr("other");
+
+    function setUp() public {
+        reg = new NodeRegistry(1 ether, 1 hours);
+        market = address(new SlashSink());
+        reg.setMarket(market);
+        vm.deal(operator, 100 ether);
+        vm.deal(other, 100 ether);
+    }
+
+    function _register(uint256 stake) internal {
+        vm.prank(operator);
+        reg.register{value: stake}(signer, BASE, PEER);
+    }
+
+    // ---------------------------------------------------------------- setMarket
+
+    function test_setMarket_once_by_owner() public {
+        NodeRegistry fresh = new NodeRegistry(1, 1);
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, other));
+        vm.prank(other);
+        fresh.setMarket(market);
+        vm.expectRevert(NodeRegistry.ZeroMarket.selector);
+        fresh.setMarket(address(0));
+        fresh.setMarket(market);
+        assertEq(fresh.market(), market, "market");
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.MarketAlreadySet.selector, market));
+        fresh.setMarket(other);
+    }
+
+    // ---------------------------------------------------------------- register, update
+
+    function test_register_stakes_and_emits() public {
+        vm.expectEmit(true, true, true, true, address(reg));
+        emit NodeRegistered(operator, signer, BASE, PEER, 2 ether);
+        _register(2 ether);
+        NodeRegistry.Node memory n = reg.getNode(operator);
+        assertEq(n.signer, signer, "signer");
+        assertEq(n.baseModel, BASE, "base");
+        assertEq(n.stake, 2 ether, "stake");
+        assertEq(n.locked, 0, "locked");
+        assertTrue(n.active, "active");
+        assertEq(n.peerId, PEER, "peer");
+        assertEq(reg.nodeIdOf(operator), 1, "node id");
+        assertEq(reg.operatorOf(1), operator, "operator of id");
+        assertEq(reg.signerOf(operator), signer, "signerOf");
+        assertEq(reg.freeStake(operator), 2 ether, "free");
+        assertEq(address(reg).balance, 2 ether, "balance");
+    }
+
+    function test_register_reverts() public {
+        vm.startPrank(operator);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.StakeBelowMinimum.selector, 0.5 ether, 1 ether));
+        reg.register{value: 0.5 ether}(signer, BASE, PEER);
+        vm.expectRevert(NodeRegistry.ZeroSigner.selector);
+        reg.register{value: 1 ether}(address(0), BASE, PEER);
+        vm.expectRevert(NodeRegistry.ZeroBaseModel.selector);
+        reg.register{value: 1 ether}(signer, bytes32(0), PEER);
+        vm.expectRevert(NodeRegistry.InvalidPeerId.selector);
+        reg.register{value: 1 ether}(signer, BASE, "");
+        vm.expectRevert(NodeRegistry.InvalidPeerId.selector);
+        reg.register{value: 1 ether}(signer, BASE, string(new bytes(129)));
+        reg.register{value: 1 ether}(signer, BASE, PEER);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.NodeAlreadyRegistered.selector, operator));
+        reg.register{value: 1 ether}(signer, BASE, PEER);
+        vm.stopPrank();
+    }
+
+    function test_register_reverts_on_stake_overflow() public {
+        uint256 huge = uint256(type(uint104).max) + 1;
+        vm.deal(operator, huge);
+        vm.expectRevert(NodeRegistry.StakeOverflow.selector);
+        vm.prank(operator);
+        reg.register{value: huge}(signer, BASE, PEER);
+    }
+
+    function test_update_changes_profile() public {
+        _register(1 ether);
+        vm.expectEmit(true, true, true, true, address(reg));
+        emit NodeUpdated(operator, other, OTHER_BASE, "peer-2");
+        vm.prank(operator);
+        reg.update(other, OTHER_BASE, "peer-2");
+        NodeRegistry.Node memory n = reg.getNode(operator);
+        assertEq(n.signer, other, "signer");
+        assertEq(n.baseModel, OTHER_BASE, "base");
+        assertEq(n.peerId, "peer-2", "peer");
+    }
+
+    function test_update_reverts_unregistered_and_bad_profile() public {
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.NodeNotRegistered.selector, other));
+        vm.prank(other);
+        reg.update(signer, BASE, PEER);
+        _register(1 ether);
+        vm.expectRevert(NodeRegistry.ZeroSigner.selector);
+        vm.prank(operator);
+        reg.update(address(0), BASE, PEER);
+    }
+
+    // ---------------------------------------------------------------- stake in and out
+
+    function test_addStake_reactivates() public {
+        _register(1 ether);
+        vm.prank(operator);
+        reg.requestUnstake(0.5 ether);
+        assertFalse(reg.getNode(operator).active, "inactive below minimum");
+        vm.expectEmit(true, false, false, true, address(reg));
+        emit StakeAdded(operator, 0.5 ether);
+        vm.prank(operator);
+        reg.addStake{value: 0.5 ether}();
+        assertTrue(reg.getNode(operator).active, "active again");
+        assertEq(reg.getNode(operator).stake, 1 ether, "stake");
+    }
+
+    function test_addStake_reverts() public {
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.NodeNotRegistered.selector, other));
+        vm.prank(other);
+        reg.addStake{value: 1}();
+        _register(1 ether);
+        vm.expectRevert(NodeRegistry.ZeroAmount.selector);
+        vm.prank(operator);
+        reg.addStake();
+        uint256 huge = uint256(type(uint104).max);
+        vm.deal(operator, huge);
+        vm.expectRevert(NodeRegistry.StakeOverflow.selector);
+        vm.prank(operator);
+        reg.addStake{value: huge}();
+    }
+
+    function test_unstake_after_delay() public {
+        _register(3 ether);
+        vm.warp(1_000);
+        vm.expectEmit(true, false, false, true, address(reg));
+        emit UnstakeRequested(operator, 1 ether, 1_000 + 1 hours);
+        vm.prank(operator);
+        reg.requestUnstake(1 ether);
+        NodeRegistry.Node memory n = reg.getNode(operator);
+        assertEq(n.stake, 2 ether, "bonded");
+        assertEq(n.pendingUnstake, 1 ether, "pending");
+        assertEq(n.unstakeAvailableAt, 1_000 + 1 hours, "available at");
+
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.UnstakeNotReady.selector, uint64(1_000 + 1 hours)));
+        vm.prank(operator);
+        reg.withdrawUnstaked();
+
+        vm.warp(1_000 + 1 hours);
+        uint256 before = operator.balance;
+        vm.expectEmit(true, false, false, true, address(reg));
+        emit StakeWithdrawn(operator, 1 ether);
+        vm.prank(operator);
+        reg.withdrawUnstaked();
+        assertEq(operator.balance - before, 1 ether, "paid");
+        assertEq(reg.getNode(operator).pendingUnstake, 0, "pending cleared");
+        assertEq(address(reg).balance, 2 ether, "registry keeps bonded stake");
+    }
+
+    function test_requestUnstake_reverts() public {
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.NodeNotRegistered.selector, other));
+        vm.prank(other);
+        reg.requestUnstake(1);
+        _register(2 ether);
+        vm.expectRevert(NodeRegistry.ZeroAmount.selector);
+        vm.prank(operator);
+        reg.requestUnstake(0);
+        vm.prank(market);
+        reg.lockStake(operator, 1.5 ether);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.InsufficientFreeStake.selector, 1 ether, 0.5 ether));
+        vm.prank(operator);
+        reg.requestUnstake(1 ether);
+    }
+
+    function test_withdrawUnstaked_reverts_when_nothing_pending() public {
+        _register(1 ether);
+        vm.expectRevert(NodeRegistry.NothingToWithdraw.selector);
+        vm.prank(operator);
+        reg.withdrawUnstaked();
+    }
+
+    function test_withdrawUnstaked_reverts_when_receiver_rejects() public {
+        Rejecter r = new Rejecter();
+        vm.deal(address(r), 2 ether);
+        r.join(reg, signer, BASE, PEER);
+        r.unstake(reg, 1 ether);
+        vm.warp(block.timestamp + 1 hours);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.TransferFailed.selector, address(r), 1 ether));
+        r.withdraw(reg);
+    }
+
+    // ---------------------------------------------------------------- market hooks
+
+    function test_lock_unlock_slash() public {
+        _register(2 ether);
+        vm.startPrank(market);
+        reg.lockStake(operator, 1 ether);
+        assertEq(reg.freeStake(operator), 1 ether, "free after lock");
+        assertFalse(reg.isEligible(operator, BASE, 1.5 ether), "not enough free");
+        assertTrue(reg.isEligible(operator, BASE, 1 ether), "enough free");
+        assertFalse(reg.isEligible(operator, OTHER_BASE, 0), "other model");
+        assertEq(reg.eligibleNodeId(operator, BASE, 1 ether), 1, "eligible id");
+        assertEq(reg.eligibleNodeId(operator, BASE, 2 ether), 0, "ineligible id");
+        reg.unlockStake(operator, 0.5 ether);
+        assertEq(reg.getNode(operator).locked, 0.5 ether, "locked after unlock");
+
+        uint256 before = market.balance;
+        vm.expectEmit(true, false, false, true, address(reg));
+        emit NodeSlashed(operator, 0.5 ether);
+        reg.slash(operator, 0.5 ether);
+        vm.stopPrank();
+        assertEq(market.balance - before, 0.5 ether, "slash sent to market");
+        NodeRegistry.Node memory n = reg.getNode(operator);
+        assertEq(n.stake, 1.5 ether, "stake after slash");
+        assertEq(n.locked, 0, "locked after slash");
+        assertTrue(n.active, "still above minimum");
+        (address op, address s) = reg.claimantOf(1);
+        assertEq(op, operator, "claimant operator");
+        assertEq(s, signer, "claimant signer");
+    }
+
+    function test_slash_below_minimum_deactivates() public {
+        _register(1 ether);
+        vm.startPrank(market);
+        reg.lockStake(operator, 0.5 ether);
+        reg.slash(operator, 0.5 ether);
+        vm.stopPrank();
+        assertFalse(reg.getNode(operator).active, "inactive");
+        assertFalse(reg.isEligible(operator, BASE, 0), "not eligible");
+    }
+
+    function test_market_hooks_revert() public {
+        _register(1 ether);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.NotMarket.selector, other));
+        vm.prank(other);
+        reg.lockStake(operator, 1);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.NotMarket.selector, other));
+        vm.prank(other);
+        reg.unlockStake(operator, 1);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.NotMarket.selector, other));
+        vm.prank(other);
+        reg.slash(operator, 1);
+
+        vm.startPrank(market);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.InsufficientFreeStake.selector, 2 ether, 1 ether));
+        reg.lockStake(operator, 2 ether);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.InsufficientLockedStake.selector, 1, 0));
+        reg.unlockStake(operator, 1);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.InsufficientLockedStake.selector, 1, 0));
+        reg.slash(operator, 1);
+        vm.stopPrank();
+    }
+
+    function test_hooks_revert_before_market_is_set() public {
+        NodeRegistry fresh = new NodeRegistry(1, 1);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.NotMarket.selector, address(0)));
+        vm.prank(address(0));
+        fresh.lockStake(operator, 0);
+    }
+
+    function test_unknown_operator_views_are_zero() public view {
+        NodeRegistry.Node memory n = reg.getNode(other);
+        assertEq(n.signer, address(0), "signer");
+        assertFalse(n.active, "active");
+        assertEq(reg.nodeIdOf(other), 0, "id");
+        assertFalse(reg.isEligible(other, BASE, 0), "eligible");
+    }
+}
+
+/// @dev An operator contract that refuses native tokens, to prove failed transfers revert cleanly.
+contract Rejecter {
+    function join(NodeRegistry reg, address signer, bytes32 base, string calldata peer) external {
+        reg.register{value: 2 ether}(signer, base, peer);
+    }
+
+    function unstake(NodeRegistry reg, uint256 amount) external {
+        reg.requestUnstake(amount);
+    }
+
+    function withdraw(NodeRegistry reg) external {
+        reg.withdrawUnstaked();
+    }
+}
