@@ -17,10 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 from web3 import HTTPProvider, Web3
 
-from chain.client import ProtocolClient
+from chain.client import JobResult, ProtocolClient
 from chain.deployment import ProtocolParams, deploy
 from chain.devnet import Anvil, dev_private_key, free_port
 from node.identity import node_peer_id
@@ -159,19 +161,14 @@ class DevStack:
                     jobs.append((job_id, name, prompt))
                     console.print(f"[bold]submitted[/] job {job_id}: [{name}] {prompt!r}")
 
-        table = Table(title="demo jobs", show_lines=True)
-        for col in ("job", "adapter", "prompt", "output", "result tx", "paid (ETH)"):
-            table.add_column(col, overflow="fold")
         with console.status("waiting for the node to serve the jobs"):
             for job_id, name, prompt in jobs:
                 r = submitter.wait_result(job_id, timeout=600)
-                paid = (f"node {Web3.from_wei(r.node_amount, 'ether')}\npublisher "
-                        f"{Web3.from_wei(r.adapter_amount, 'ether')}\nprotocol {Web3.from_wei(r.protocol_amount, 'ether')}")
-                table.add_row(str(job_id), name, prompt, r.output.decode(errors="replace"), r.tx_hash, paid)
-        console.print(table)
-        console.print("withdrawable: " + ", ".join(
-            f"{role} {Web3.from_wei(submitter.withdrawable(accounts[role].address), 'ether')} ETH"
-            for role in ("operator", "publisher", "deployer")) + " (deployer = protocol treasury)")
+                console.print(_job_panel(job_id, name, adapter_ids[name], prompt, r))
+        console.print("withdrawable now: " + ", ".join(
+            f"{label} {_eth(submitter.withdrawable(accounts[role].address))}"
+            for role, label in (("operator", "node operator"), ("publisher", "adapter publisher"),
+                                ("deployer", "protocol treasury"))))
         if self.opts.once:
             return 0
         console.print("[bold green]devnet and node running[/] — Ctrl-C to stop everything")
@@ -180,6 +177,22 @@ class DevStack:
         dead = [n for n, p in self.procs if p.poll() is not None]
         console.print(f"[red]{', '.join(dead)} exited; see {self.dir}/*.log[/]")
         return 1
+
+
+def _eth(wei: int) -> str:
+    return f"{Web3.from_wei(wei, 'ether'):f}".rstrip("0").rstrip(".") + " ETH"
+
+
+def _job_panel(job_id: int, name: str, adapter_id: int, prompt: str, r: JobResult) -> Panel:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    grid.add_row("prompt", prompt)
+    grid.add_row("output", Text(r.output.decode(errors="replace")))
+    grid.add_row("result tx", f"{r.tx_hash} (block {r.block_number})")
+    grid.add_row("paid", f"node {_eth(r.node_amount)} · adapter publisher {_eth(r.adapter_amount)} · "
+                         f"protocol {_eth(r.protocol_amount)}")
+    return Panel(grid, title=f"job {job_id} · adapter [cyan]{name}[/] (id {adapter_id})", title_align="left")
 
 
 def _node_toml(workdir: Path, rpc: str, gateway: str, base_model: str, api_port: int) -> str:
