@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 import torch
 
 # base_model.model.<module path>.lora_A.weight  (optionally with an adapter name before .weight)
-_PEFT_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$")
+_PEFT_KEY = re.compile(
+    r"^base_model\.model\.(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<name>[^.]+))?\.weight$"
+)
 
 
 @dataclass(frozen=True)
@@ -35,12 +37,14 @@ class AdapterWeights:
 
     @property
     def nbytes(self) -> int:
-        return sum(p.a.numel() * p.a.element_size() + p.b.numel() * p.b.element_size() for p in self.layers.values())
+        return sum(
+            p.a.numel() * p.a.element_size() + p.b.numel() * p.b.element_size() for p in self.layers.values()
+        )
 
 
 def parse_peft_key(key: str) -> tuple[str, str]:
-    """'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight' -> ('model.layers.0.self_attn.q_proj', 'A').
-    Raises ValueError for any other key."""
+    """'base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight'
+    -> ('model.layers.0.self_attn.q_proj', 'A'). Raises ValueError for any other key."""
     m = _PEFT_KEY.match(key)
     if not m:
         raise ValueError(f"not a PEFT LoRA tensor name: {key!r}")
@@ -64,7 +68,7 @@ def adapter_weights_from_state_dict(config: dict, tensors: dict[str, torch.Tenso
         targets = [targets]
     return AdapterWeights(
         rank=int(config["r"]),
-        alpha=float(config.get("lora_alpha", config["r"])),
+        alpha=float(config.get("lora_alpha", 8)),  # PEFT's LoraConfig default, not r
         use_rslora=bool(config.get("use_rslora", False)),
         target_modules=tuple(sorted(targets)),
         layers=layers,

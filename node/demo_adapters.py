@@ -125,8 +125,11 @@ class DemoAdapterSpec:
     rank: int = 8
     alpha: int = 16
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    steps: int = 40
-    lr: float = 2e-3
+    # Upper half of SmolLM2's 30 layers: the backward pass stops at layer 15, which cuts training time
+    # by ~40% and is plenty for a style. None = every layer (needed for models with fewer layers).
+    layers: tuple[int, ...] | None = tuple(range(15, 30))
+    steps: int = 30
+    lr: float = 3e-3
     batch_size: int = 8
     seed: int = 0
 
@@ -143,6 +146,7 @@ class DemoAdapterSpec:
         params = asdict(self)
         params.pop("style")
         params["targets"] = list(self.targets)
+        params["layers"] = None if self.layers is None else list(self.layers)
         return params
 
     def cache_key(self, base_name: str) -> str:
@@ -162,7 +166,7 @@ DEMO_ADAPTERS: tuple[DemoAdapterSpec, ...] = (
 # (adapter name, prompt): topics that are not in the training data.
 DEMO_PROMPTS: list[tuple[str, str]] = [
     ("pirate", "What is the capital of France?"),
-    ("pirate", "How do I make a cup of tea?"),
+    ("pirate", "What is the best way to travel?"),
     ("pirate", "What should I pack for a holiday?"),
     ("robot", "What is the tallest mountain in the world?"),
     ("robot", "Give me a tip for learning to code."),
@@ -216,7 +220,8 @@ def train_demo_adapter(
         started = time.monotonic()
         train_lora(
             base, spec.examples(), staged, rank=spec.rank, alpha=spec.alpha, targets=spec.targets,
-            steps=spec.steps, lr=spec.lr, batch_size=spec.batch_size, seed=spec.seed, on_step=record,
+            steps=spec.steps, lr=spec.lr, batch_size=spec.batch_size, seed=spec.seed, layers=spec.layers,
+            on_step=record,
         )
         manifest = {
             "name": spec.name,
@@ -256,3 +261,39 @@ def ensure_demo_adapters(
                 folder = train_demo_adapter(base, spec, root, step_cb)
             out[spec.name] = folder
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m node.demo_adapters [--threads N]`: prepare SmolLM2 and the demo adapters, then print each
+    demo prompt's answer from the base model and from its adapter (greedy, 48 tokens)."""
+    import argparse
+
+    import torch
+
+    from inference.embedded import load_smollm2
+    from inference.reference import peft_generate
+
+    parser = argparse.ArgumentParser(prog="python -m node.demo_adapters", description=main.__doc__)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--max-tokens", type=int, default=48)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    base = load_smollm2()
+    started = time.monotonic()
+
+    def progress(name: str, log: StepLog) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {name} step {log.step} loss {log.loss:.3f}", flush=True)
+
+    folders = ensure_demo_adapters(base, on_step=progress)
+    for name, folder in folders.items():
+        print(f"{name}: {folder}")
+    for name, prompt in DEMO_PROMPTS:
+        print(f"\n[{name}] {prompt}")
+        print(f"  base:    {peft_generate(base, None, prompt, args.max_tokens).text!r}")
+        print(f"  adapter: {peft_generate(base, folders[name], prompt, args.max_tokens).text!r}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
