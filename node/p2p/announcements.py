@@ -36,9 +36,7 @@ class Capacity:
     free_slots: int  # LoRA device slots not pinned by a running job
     queue_depth: int  # jobs admitted and not yet finished
     tokens_per_s: float  # recent decode throughput
-
-    def has_room(self) -> bool:
-        return self.free_slots > 0 or self.queue_depth == 0
+    wait_s: float = 0.0  # estimated time before a job admitted now would start (work already admitted)
 
 
 @dataclass(frozen=True)
@@ -67,6 +65,7 @@ class PeerAnnouncement:
             "free_slots": int(cap.free_slots),
             "queue_depth": int(cap.queue_depth),
             "tokens_per_s": float(cap.tokens_per_s),
+            "wait_s": float(cap.wait_s),
         }
         data["device_adapters"] = list(self.device_adapters)
         data["host_adapters"] = list(self.host_adapters)
@@ -112,7 +111,12 @@ def decode_announcement(data: bytes) -> PeerAnnouncement:
             seq=int(raw["seq"]),
             issued_at=float(raw["issued_at"]),
             ttl_s=float(raw["ttl_s"]),
-            capacity=Capacity(int(cap["free_slots"]), int(cap["queue_depth"]), float(cap["tokens_per_s"])),
+            capacity=Capacity(
+                int(cap["free_slots"]),
+                int(cap["queue_depth"]),
+                float(cap["tokens_per_s"]),
+                float(cap["wait_s"]),
+            ),
             device_adapters=tuple(str(c) for c in raw["device_adapters"]),
             host_adapters=tuple(str(c) for c in raw["host_adapters"]),
             addrs=tuple(str(a) for a in raw["addrs"]),
@@ -155,7 +159,9 @@ class AnnouncementBook:
         is_registered: Callable[[str], bool],
         min_interval_s: float,
         clock: Callable[[], float] = time.time,
+        registered_peer_id: Callable[[str], str | None] | None = None,
     ) -> None:
+        self._registered_peer_id = registered_peer_id
         self._base_model_hex = base_model_id.hex()
         self._is_registered = is_registered
         self._min_interval_s = min_interval_s
@@ -192,6 +198,10 @@ class AnnouncementBook:
             raise AnnouncementRejected(f"signature is by {signer}, not by the announced address {claimed}")
         if not self._is_registered(signer):
             raise AnnouncementRejected(f"{signer} is not a registered, staked node")
+        if self._registered_peer_id is not None and self._registered_peer_id(signer) != ann.peer_id:
+            raise AnnouncementRejected(
+                f"{signer} announces from peer {ann.peer_id}, not its registered peer id"
+            )
         state = self._senders.get(signer)
         if state is not None:
             if ann.seq <= state.last_seq:

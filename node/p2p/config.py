@@ -13,6 +13,7 @@ class P2PConfig:
     identity_path: Path  # ed25519 libp2p key, created on first start with mode 0600
     listen: str = "/ip4/127.0.0.1/tcp/0"
     bootstrap: list[str] = field(default_factory=list)  # full multiaddrs ending in /p2p/<peer id>
+    announce_addrs: list[str] = field(default_factory=list)  # public addrs to advertise (behind NAT, 0.0.0.0)
     max_block_bytes: int = 2 * 1024 * 1024  # bitswap's own 2 MiB block ceiling; default chunks are 256 KiB
     max_message_bytes: int = 4 * 1024 * 1024  # one bitswap frame, in and out
     per_peer_inflight: int = 64  # want entries one peer may have us working on at once
@@ -29,6 +30,11 @@ class P2PConfig:
         except Exception as exc:
             message = f"p2p.listen {self.listen!r} is not a multiaddr, e.g. /ip4/0.0.0.0/tcp/4001"
             raise ValueError(message) from exc
+        for addr in self.announce_addrs:
+            try:
+                multiaddr.Multiaddr(addr)
+            except Exception as exc:
+                raise ValueError(f"p2p.announce_addrs entry {addr!r} is not a multiaddr") from exc
         for addr in self.bootstrap:
             try:
                 parsed = multiaddr.Multiaddr(addr)

@@ -92,7 +92,10 @@ class P2PNode:
         base_model_id: bytes,
         is_registered: Callable[[str], bool],
         clock: Callable[[], float] = time.time,
+        registered_peer_id: Callable[[str], str | None] | None = None,
     ) -> None:
+        """`is_registered(address)`: registered and staked in NodeRegistry. `registered_peer_id(address)`,
+        if given: the peer id that address registered; announcements from any other peer id are ignored."""
         self.config = config
         self._blockstore = blockstore
         self._signer = signer
@@ -102,7 +105,9 @@ class P2PNode:
         self._key_pair = load_or_create_identity(config.identity_path)
         self.peer_id = peer_id_of(self._key_pair)
         # A node announcing at the configured interval is never limited; one at twice the rate is.
-        self._book = AnnouncementBook(base_model_id, is_registered, config.announce_interval_s / 2, clock)
+        self._book = AnnouncementBook(
+            base_model_id, is_registered, config.announce_interval_s / 2, clock, registered_peer_id
+        )
         self._book_lock = threading.Lock()
         self._banned: dict[str, float] = {}
         self._seq = 0
@@ -131,7 +136,8 @@ class P2PNode:
 
     async def _setup(self, nursery: trio.Nursery) -> None:
         listen = multiaddr.Multiaddr(self.config.listen)
-        host = new_host(key_pair=self._key_pair, listen_addrs=[listen])
+        announce = [multiaddr.Multiaddr(a) for a in self.config.announce_addrs] or None
+        host = new_host(key_pair=self._key_pair, listen_addrs=[listen], announce_addrs=announce)
         gossipsub = GossipSub(
             protocols=GOSSIPSUB_PROTOCOLS,
             degree=6,
