@@ -19,7 +19,7 @@ import re
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from inference.embedded import exclusive_lock, openlora_home
@@ -125,13 +125,20 @@ class DemoAdapterSpec:
     rank: int = 8
     alpha: int = 16
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    # Upper half of SmolLM2's 30 layers: the backward pass stops at layer 15, which cuts training time
-    # by ~40% and is plenty for a style. None = every layer (needed for models with fewer layers).
-    layers: tuple[int, ...] | None = tuple(range(15, 30))
+    # None = the upper half of the base model's layers (resolved by `for_model`): the backward pass stops
+    # half way down, which cuts training time by ~40% and is plenty for a style.
+    layers: tuple[int, ...] | None = None
     steps: int = 30
     lr: float = 3e-3
     batch_size: int = 8
     seed: int = 0
+
+    def for_model(self, base: LoadedModel) -> DemoAdapterSpec:
+        """This spec with its layers fixed for `base` (the upper half unless set explicitly)."""
+        if self.layers is not None:
+            return self
+        n = base.model.config.num_hidden_layers
+        return replace(self, layers=tuple(range(n // 2, n)))
 
     def examples(self) -> list[tuple[str, str]]:
         out = []
@@ -185,7 +192,7 @@ def manifest_path(root: Path, name: str) -> Path:
 
 def cached_adapter(spec: DemoAdapterSpec, base_name: str, root: Path | None = None) -> Path | None:
     """The cached folder for `spec` trained on `base_name`, or None when absent or stale."""
-    root = root or demo_adapters_dir()
+    root = root or demo_adapters_dir() / base_name
     folder = root / spec.name
     try:
         manifest = json.loads(manifest_path(root, spec.name).read_text())
@@ -251,7 +258,8 @@ def ensure_demo_adapters(
     on_step: Callable[[str, StepLog], None] | None = None,
 ) -> dict[str, Path]:
     """Each demo adapter's folder, trained on `base` the first time and read from the cache after that."""
-    root = root or demo_adapters_dir()
+    root = root or demo_adapters_dir() / base.name
+    specs = tuple(spec.for_model(base) for spec in specs)
     out: dict[str, Path] = {}
     with exclusive_lock(root / ".lock"):
         for spec in specs:

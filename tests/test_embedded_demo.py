@@ -19,6 +19,7 @@ from node.demo_adapters import (
     DEMO_ADAPTERS,
     DEMO_PROMPTS,
     cached_adapter,
+    demo_adapters_dir,
     ensure_demo_adapters,
     manifest_path,
     piratify,
@@ -82,7 +83,7 @@ def test_trains_once_then_reuses_then_retrains_when_stale(tiny: LoadedModel, tmp
         # The folder holds exactly what a node accepts; the manifest lives beside it.
         validate_adapter_dir(folder, BaseModelSpec.from_model(tiny.model, tiny.name))
         manifest = json.loads(manifest_path(tmp_path, name).read_text())
-        assert manifest["cache_key"] == spec_of[name].cache_key(tiny.name)
+        assert manifest["cache_key"] == spec_of[name].for_model(tiny).cache_key(tiny.name)
         assert manifest["base_model"] == tiny.name
 
     weights_mtime = (first["pirate"] / "adapter_model.safetensors").stat().st_mtime_ns
@@ -105,7 +106,7 @@ def test_trains_once_then_reuses_then_retrains_when_stale(tiny: LoadedModel, tmp
 
 
 def test_a_missing_adapter_file_means_retrain(tiny: LoadedModel, tmp_path: Path) -> None:
-    spec = TINY_SPECS[1]
+    spec = TINY_SPECS[1].for_model(tiny)
     ensure_demo_adapters(tiny, specs=(spec,), root=tmp_path)
     assert cached_adapter(spec, tiny.name, tmp_path) == tmp_path / "robot"
     (tmp_path / "robot" / "adapter_model.safetensors").unlink()
@@ -114,7 +115,8 @@ def test_a_missing_adapter_file_means_retrain(tiny: LoadedModel, tmp_path: Path)
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not is_prepared() or any(cached_adapter(s, SMOLLM2) is None for s in DEMO_ADAPTERS),
+    not is_prepared()
+    or any(not manifest_path(demo_adapters_dir() / SMOLLM2, s.name).exists() for s in DEMO_ADAPTERS),
     reason="SmolLM2 demo adapters not trained yet: run `python -m node.demo_adapters` (about 3 min each)",
 )
 def test_demo_styles_show_on_unseen_prompts() -> None:
