@@ -29,7 +29,8 @@ def load_artifact(name: str, out_dir: Path = FORGE_OUT) -> Artifact:
     path = out_dir / f"{name}.sol" / f"{name}.json"
     if not path.exists():
         raise ArtifactMissingError(
-            f"{path} not found: build the contracts first (`make contracts`, or `cd contracts && forge build`)"
+            f"{path} not found: build the contracts first "
+            "(`make contracts`, or `cd contracts && forge build`)"
         )
     data = json.loads(path.read_text())
     return Artifact(name=name, abi=data["abi"], bytecode=data["bytecode"]["object"])

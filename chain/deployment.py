@@ -34,7 +34,8 @@ class Deployment:
             data = json.loads(Path(path).read_text())
         except FileNotFoundError:
             raise FileNotFoundError(
-                f"deployment file {path} not found: deploy the contracts (`openlora dev` does) or fix the path"
+                f"deployment file {path} not found: "
+                "deploy the contracts (`openlora dev` does) or fix the path"
             ) from None
         return cls(**data)
 
@@ -75,8 +76,15 @@ def deploy(w3: Web3, deployer: LocalAccount, params: ProtocolParams | None = Non
     adapters = _deploy_one(w3, deployer, "AdapterRegistry")
     nodes = _deploy_one(w3, deployer, "NodeRegistry", p.min_stake_wei, p.unstake_delay_s)
     market = _deploy_one(
-        w3, deployer, "JobMarket", adapters, nodes, p.treasury or deployer.address,
-        p.protocol_fee_bps, p.claim_stake_wei, p.slash_to_submitter_bps,
+        w3,
+        deployer,
+        "JobMarket",
+        adapters,
+        nodes,
+        p.treasury or deployer.address,
+        p.protocol_fee_bps,
+        p.claim_stake_wei,
+        p.slash_to_submitter_bps,
     )
     registry = w3.eth.contract(address=nodes, abi=load_artifact("NodeRegistry").abi)
     tx = registry.functions.setMarket(market).build_transaction(
@@ -84,6 +92,9 @@ def deploy(w3: Web3, deployer: LocalAccount, params: ProtocolParams | None = Non
     )
     _send(w3, deployer, tx)
     return Deployment(
-        chain_id=w3.eth.chain_id, adapter_registry=adapters, node_registry=nodes, job_market=market,
+        chain_id=w3.eth.chain_id,
+        adapter_registry=adapters,
+        node_registry=nodes,
+        job_market=market,
         start_block=start_block,
     )

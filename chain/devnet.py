@@ -56,8 +56,18 @@ class Anvil:
     def start(self, timeout: float = 20.0) -> Anvil:
         if not self.port:
             self.port = free_port()
-        args = [find_tool("anvil"), "--host", "127.0.0.1", "--port", str(self.port), "--chain-id",
-                str(self.chain_id), "--mnemonic", DEV_MNEMONIC, "--silent" if self.log_path is None else "-q"]
+        args = [
+            find_tool("anvil"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--chain-id",
+            str(self.chain_id),
+            "--mnemonic",
+            DEV_MNEMONIC,
+            "--silent" if self.log_path is None else "-q",
+        ]
         if self.block_time:
             args += ["--block-time", str(self.block_time)]
         args += self.extra_args
@@ -67,7 +77,9 @@ class Anvil:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"anvil exited with code {self.process.returncode} (port {self.port} busy?)")
+                raise RuntimeError(
+                    f"anvil exited with code {self.process.returncode} (port {self.port} busy?)"
+                )
             try:
                 w3.eth.block_number  # noqa: B018
                 return self
@@ -91,4 +103,3 @@ class Anvil:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-

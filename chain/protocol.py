@@ -39,11 +39,14 @@ class Protocol:
         self.w3 = w3
         self.deployment = deployment
         self.adapters: AsyncContract = w3.eth.contract(
-            address=deployment.adapter_registry, abi=load_artifact("AdapterRegistry").abi)
+            address=deployment.adapter_registry, abi=load_artifact("AdapterRegistry").abi
+        )
         self.nodes: AsyncContract = w3.eth.contract(
-            address=deployment.node_registry, abi=load_artifact("NodeRegistry").abi)
+            address=deployment.node_registry, abi=load_artifact("NodeRegistry").abi
+        )
         self.market: AsyncContract = w3.eth.contract(
-            address=deployment.job_market, abi=load_artifact("JobMarket").abi)
+            address=deployment.job_market, abi=load_artifact("JobMarket").abi
+        )
 
     @property
     def contracts(self) -> list[AsyncContract]:
@@ -74,5 +77,7 @@ def _field(struct: object, name: str) -> object:
     """web3 returns structs as tuples; read a field by its ABI name via the JobMarket ABI."""
     if isinstance(struct, dict):
         return struct[name]
-    comps = next(o for o in load_artifact("JobMarket").abi if o.get("name") == "getJob")["outputs"][0]["components"]
+    comps = next(o for o in load_artifact("JobMarket").abi if o.get("name") == "getJob")["outputs"][0][
+        "components"
+    ]
     return struct[[c["name"] for c in comps].index(name)]

@@ -32,15 +32,24 @@ class ResultClaim:
     output_hash: bytes
 
     @classmethod
-    def for_output(cls, chain_id: int, market: str, job_id: int, input_hash: bytes, adapter_hash: bytes,
-                   output: bytes) -> ResultClaim:
+    def for_output(
+        cls, chain_id: int, market: str, job_id: int, input_hash: bytes, adapter_hash: bytes, output: bytes
+    ) -> ResultClaim:
         return cls(chain_id, market, job_id, input_hash, adapter_hash, keccak(output))
 
     def _typed(self) -> tuple[dict, dict]:
-        domain = {"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": self.chain_id,
-                  "verifyingContract": self.market}
-        message = {"jobId": self.job_id, "inputHash": self.input_hash, "adapterHash": self.adapter_hash,
-                   "outputHash": self.output_hash}
+        domain = {
+            "name": DOMAIN_NAME,
+            "version": DOMAIN_VERSION,
+            "chainId": self.chain_id,
+            "verifyingContract": self.market,
+        }
+        message = {
+            "jobId": self.job_id,
+            "inputHash": self.input_hash,
+            "adapterHash": self.adapter_hash,
+            "outputHash": self.output_hash,
+        }
         return domain, message
 
     def sign(self, private_key: bytes | str) -> bytes:

@@ -39,7 +39,7 @@ def peft_generate(
             eos_token_id=base.tokenizer.eos_token_id,
             pad_token_id=base.tokenizer.pad_token_id,
         )
-    new = [int(t) for t in out[0, len(ids):]]
+    new = [int(t) for t in out[0, len(ids) :]]
     if new and new[-1] == base.tokenizer.eos_token_id:
         new = new[:-1]
     return ReferenceOutput(decode_output(base.tokenizer, new), new)

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
-
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from inference.engine import Engine, EngineConfig, GenerationRequest, GenerationResult
@@ -33,8 +32,14 @@ class PreparedAdapter:
 
 
 class InferenceService:
-    def __init__(self, base: LoadedModel, store: AdapterStore, engine_config: EngineConfig,
-                 limits: ValidationLimits | None = None, blocks: BlockStore | None = None) -> None:
+    def __init__(
+        self,
+        base: LoadedModel,
+        store: AdapterStore,
+        engine_config: EngineConfig,
+        limits: ValidationLimits | None = None,
+        blocks: BlockStore | None = None,
+    ) -> None:
         self.base = base
         self.store = store
         self.blocks = blocks  # when set, verified adapters are re-offered to peers (bitswap) from here
@@ -68,10 +73,13 @@ class InferenceService:
         if dag.root == cid:
             self.blocks.put_dag(dag)
         else:
-            log.info("adapter %s was not built by our importer (root %s): not re-offered to peers", cid, dag.root)
+            log.info(
+                "adapter %s was not built by our importer (root %s): not re-offered to peers", cid, dag.root
+            )
 
-    async def prepare(self, cid: str, content_hash: bytes,
-                      sources: Sequence[BlockSource] | None = None) -> PreparedAdapter:
+    async def prepare(
+        self, cid: str, content_hash: bytes, sources: Sequence[BlockSource] | None = None
+    ) -> PreparedAdapter:
         """Make the adapter servable. `sources` overrides where blocks come from (e.g. warm peers first).
         Raises FetchError (bytes wrong or unreachable) or AdapterRejected (bytes right but unsafe or unfit
         for this base model)."""
@@ -93,4 +101,6 @@ class InferenceService:
         """Greedy generation under the adapter. If it fell out of the host tier (or the node restarted
         since `prepare`), the engine's loader brings it back from the disk tier, re-verified."""
         self._hashes[cid] = content_hash
-        return await self.engine.generate(GenerationRequest(prompt=prompt, adapter=cid, max_tokens=max_tokens))
+        return await self.engine.generate(
+            GenerationRequest(prompt=prompt, adapter=cid, max_tokens=max_tokens)
+        )

@@ -95,7 +95,9 @@ class DevStack:
         # Chain state lives and dies with this Anvil; cached models and adapters live in OPENLORA_HOME.
         shutil.rmtree(self.dir, ignore_errors=True)
         self.dir.mkdir(parents=True)
-        with console.status(f"preparing base model {self.opts.base_model} and demo adapters (cached after the first run)"):
+        with console.status(
+            f"preparing base model {self.opts.base_model} and demo adapters (cached after the first run)"
+        ):
             base = load_base_model(self.opts.base_model)
             adapters = ensure_demo_adapters(base)
         console.print(f"[bold]base model[/] {self.opts.base_model}; demo adapters: {', '.join(adapters)}")
@@ -106,7 +108,10 @@ class DevStack:
         accounts = {role: w3.eth.account.from_key(k) for role, k in keys.items()}
         deployment = deploy(w3, accounts["deployer"], ProtocolParams())
         deployment.save(self.dir / "deployment.json")
-        console.print(f"[bold]anvil[/] {self.anvil.url} (chain {deployment.chain_id}); JobMarket {deployment.job_market}")
+        console.print(
+            f"[bold]anvil[/] {self.anvil.url} (chain {deployment.chain_id}); "
+            f"JobMarket {deployment.job_market}"
+        )
 
         # Publisher: content-address each adapter, put its blocks behind the gateway, register it on chain.
         from inference.ipfs.blockstore import BlockStore
@@ -120,35 +125,64 @@ class DevStack:
             pkg = package_adapter(path)
             publish_to_store(pkg, store)
             adapter_ids[name] = publisher.register_adapter(
-                pkg.cid, pkg.content_hash, base_model_id(self.opts.base_model), pkg.rank, pkg.size, ADAPTER_FEE_WEI)
-            console.print(f"[bold]published[/] {name}: id {adapter_ids[name]} cid {pkg.cid} "
-                          f"sha256 {pkg.content_hash.hex()[:16]}… rank {pkg.rank} {pkg.size / 1024:.0f} KiB")
+                pkg.cid,
+                pkg.content_hash,
+                base_model_id(self.opts.base_model),
+                pkg.rank,
+                pkg.size,
+                ADAPTER_FEE_WEI,
+            )
+            console.print(
+                f"[bold]published[/] {name}: id {adapter_ids[name]} cid {pkg.cid} "
+                f"sha256 {pkg.content_hash.hex()[:16]}… rank {pkg.rank} {pkg.size / 1024:.0f} KiB"
+            )
 
         gw_port = free_port()
-        gw = self._spawn("gateway", [sys.executable, "-m", "inference.ipfs.gateway_server", "--store",
-                                     str(self.dir / "blocks"), "--host", "127.0.0.1", "--port", str(gw_port)])
+        gw = self._spawn(
+            "gateway",
+            [
+                sys.executable,
+                "-m",
+                "inference.ipfs.gateway_server",
+                "--store",
+                str(self.dir / "blocks"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(gw_port),
+            ],
+        )
         gateway_url = f"http://127.0.0.1:{gw_port}"
         _wait_http(f"{gateway_url}/ipfs/{pkg.cid}?format=raw", proc=gw)
 
         # Operator: keystore, stake, config, daemon.
         operator = ProtocolClient(w3, deployment, accounts["operator"])
         peer_id = node_peer_id(self.dir / "node" / "p2p.key")
-        operator.register_node(accounts["operator"].address, base_model_id(self.opts.base_model), peer_id,
-                               NODE_STAKE_WEI)
+        operator.register_node(
+            accounts["operator"].address, base_model_id(self.opts.base_model), peer_id, NODE_STAKE_WEI
+        )
         password_file = self.dir / "keystore.password"
         password_file.write_text("dev-only-password\n")
         password_file.chmod(0o600)
-        write_keystore(self.dir / "operator.keystore.json", keys["operator"], "dev-only-password",
-                       kdf_iterations=2**14)
+        write_keystore(
+            self.dir / "operator.keystore.json", keys["operator"], "dev-only-password", kdf_iterations=2**14
+        )
         api_port = free_port()
         config_path = self.dir / "node.toml"
-        config_path.write_text(_node_toml(self.dir, self.anvil.url, gateway_url, self.opts.base_model, api_port))
-        node = self._spawn("node", [sys.executable, "-m", "node.cli", "node", "run", "--config", str(config_path)],
-                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        config_path.write_text(
+            _node_toml(self.dir, self.anvil.url, gateway_url, self.opts.base_model, api_port)
+        )
+        node = self._spawn(
+            "node",
+            [sys.executable, "-m", "node.cli", "node", "run", "--config", str(config_path)],
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
         with console.status("node starting (loading the base model)"):
             _wait_http(f"http://127.0.0.1:{api_port}/readyz", timeout=300, proc=node)
-        console.print(f"[bold]node[/] {accounts['operator'].address} ready; status http://127.0.0.1:{api_port}/status "
-                      f"(log: {self.dir / 'node.log'})")
+        console.print(
+            f"[bold]node[/] {accounts['operator'].address} ready; status http://127.0.0.1:{api_port}/status "
+            f"(log: {self.dir / 'node.log'})"
+        )
 
         # Submitter: an outside client paying into escrow through the contract.
         submitter = ProtocolClient(w3, deployment, accounts["submitter"])
@@ -156,8 +190,9 @@ class DevStack:
         for _ in range(self.opts.jobs_per_adapter):
             for name, prompt in DEMO_PROMPTS:
                 if name in adapter_ids:
-                    job_id = submitter.submit_job(adapter_ids[name], prompt, max_tokens=self.opts.max_tokens,
-                                                  price_wei=JOB_PRICE_WEI)
+                    job_id = submitter.submit_job(
+                        adapter_ids[name], prompt, max_tokens=self.opts.max_tokens, price_wei=JOB_PRICE_WEI
+                    )
                     jobs.append((job_id, name, prompt))
                     console.print(f"[bold]submitted[/] job {job_id}: [{name}] {prompt!r}")
 
@@ -165,10 +200,17 @@ class DevStack:
             for job_id, name, prompt in jobs:
                 r = submitter.wait_result(job_id, timeout=600)
                 console.print(_job_panel(job_id, name, adapter_ids[name], prompt, r))
-        console.print("withdrawable now: " + ", ".join(
-            f"{label} {_eth(submitter.withdrawable(accounts[role].address))}"
-            for role, label in (("operator", "node operator"), ("publisher", "adapter publisher"),
-                                ("deployer", "protocol treasury"))))
+        console.print(
+            "withdrawable now: "
+            + ", ".join(
+                f"{label} {_eth(submitter.withdrawable(accounts[role].address))}"
+                for role, label in (
+                    ("operator", "node operator"),
+                    ("publisher", "adapter publisher"),
+                    ("deployer", "protocol treasury"),
+                )
+            )
+        )
         if self.opts.once:
             return 0
         console.print("[bold green]devnet and node running[/] — Ctrl-C to stop everything")
@@ -190,22 +232,25 @@ def _job_panel(job_id: int, name: str, adapter_id: int, prompt: str, r: JobResul
     grid.add_row("prompt", prompt)
     grid.add_row("output", Text(r.output.decode(errors="replace")))
     grid.add_row("result tx", f"{r.tx_hash} (block {r.block_number})")
-    grid.add_row("paid", f"node {_eth(r.node_amount)} · adapter publisher {_eth(r.adapter_amount)} · "
-                         f"protocol {_eth(r.protocol_amount)}")
+    grid.add_row(
+        "paid",
+        f"node {_eth(r.node_amount)} · adapter publisher {_eth(r.adapter_amount)} · "
+        f"protocol {_eth(r.protocol_amount)}",
+    )
     return Panel(grid, title=f"job {job_id} · adapter [cyan]{name}[/] (id {adapter_id})", title_align="left")
 
 
 def _node_toml(workdir: Path, rpc: str, gateway: str, base_model: str, api_port: int) -> str:
     return f"""# written by `openlora dev`
 [node]
-data_dir = "{workdir / 'node'}"
+data_dir = "{workdir / "node"}"
 base_model = "{base_model}"
 
 [chain]
 rpc_urls = ["{rpc}"]
-deployment = "{workdir / 'deployment.json'}"
-keystore = "{workdir / 'operator.keystore.json'}"
-password_file = "{workdir / 'keystore.password'}"
+deployment = "{workdir / "deployment.json"}"
+keystore = "{workdir / "operator.keystore.json"}"
+password_file = "{workdir / "keystore.password"}"
 confirmations = 1
 poll_interval_s = 0.5
 

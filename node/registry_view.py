@@ -42,27 +42,46 @@ class RegistryView:
             case "AdapterRegistered":
                 self.conn.execute(
                     "INSERT OR REPLACE INTO adapters VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0)",
-                    (a["adapterId"], a["publisher"], a["cid"], bytes(a["contentHash"]), bytes(a["baseModel"]),
-                     a["rank"], a["size"], str(a["feePerJob"])),
+                    (
+                        a["adapterId"],
+                        a["publisher"],
+                        a["cid"],
+                        bytes(a["contentHash"]),
+                        bytes(a["baseModel"]),
+                        a["rank"],
+                        a["size"],
+                        str(a["feePerJob"]),
+                    ),
                 )
             case "AdapterFeeUpdated":
-                self.conn.execute("UPDATE adapters SET fee = ? WHERE adapter_id = ?", (str(a["feePerJob"]),
-                                                                                        a["adapterId"]))
+                self.conn.execute(
+                    "UPDATE adapters SET fee = ? WHERE adapter_id = ?", (str(a["feePerJob"]), a["adapterId"])
+                )
             case "AdapterRetired":
                 self.conn.execute("UPDATE adapters SET retired = 1 WHERE adapter_id = ?", (a["adapterId"],))
             case "AdapterAttested":
-                self.conn.execute("INSERT OR IGNORE INTO attestations VALUES (?, ?)", (a["adapterId"], a["validator"]))
+                self.conn.execute(
+                    "INSERT OR IGNORE INTO attestations VALUES (?, ?)", (a["adapterId"], a["validator"])
+                )
             case "AdapterAttestationRevoked":
-                self.conn.execute("DELETE FROM attestations WHERE adapter_id = ? AND validator = ?",
-                                  (a["adapterId"], a["validator"]))
+                self.conn.execute(
+                    "DELETE FROM attestations WHERE adapter_id = ? AND validator = ?",
+                    (a["adapterId"], a["validator"]),
+                )
             case "NodeRegistered" | "NodeUpdated":
                 stake = a.get("stake")
                 self.conn.execute(
                     "INSERT INTO nodes(operator, signer, base_model, peer_id, stake) VALUES (?, ?, ?, ?, ?)"
-                    " ON CONFLICT(operator) DO UPDATE SET signer = excluded.signer, base_model = excluded.base_model,"
+                    " ON CONFLICT(operator) DO UPDATE SET signer = excluded.signer,"
+                    " base_model = excluded.base_model,"
                     " peer_id = excluded.peer_id, stake = COALESCE(excluded.stake, nodes.stake)",
-                    (a["operator"], a["signer"], bytes(a["baseModel"]), a["peerId"],
-                     str(stake) if stake is not None else None),
+                    (
+                        a["operator"],
+                        a["signer"],
+                        bytes(a["baseModel"]),
+                        a["peerId"],
+                        str(stake) if stake is not None else None,
+                    ),
                 )
             case _:
                 return False
@@ -73,16 +92,30 @@ class RegistryView:
         row = self.conn.execute(
             "SELECT adapter_id, publisher, cid, content_hash, base_model, rank, size, fee, retired,"
             " (SELECT COUNT(*) FROM attestations t WHERE t.adapter_id = a.adapter_id) FROM adapters a"
-            " WHERE adapter_id = ?", (adapter_id,),
+            " WHERE adapter_id = ?",
+            (adapter_id,),
         ).fetchone()
         if row is None:
             return None
-        return AdapterRecord(row[0], row[1], row[2], bytes(row[3]), bytes(row[4]), row[5], row[6], int(row[7]),
-                             bool(row[8]), row[9])
+        return AdapterRecord(
+            row[0],
+            row[1],
+            row[2],
+            bytes(row[3]),
+            bytes(row[4]),
+            row[5],
+            row[6],
+            int(row[7]),
+            bool(row[8]),
+            row[9],
+        )
 
     def signer_of(self, operator: str) -> str | None:
         row = self.conn.execute("SELECT signer FROM nodes WHERE operator = ?", (operator,)).fetchone()
         return row[0] if row else None
 
     def is_registered_signer(self, signer: str) -> bool:
-        return self.conn.execute("SELECT 1 FROM nodes WHERE lower(signer) = lower(?)", (signer,)).fetchone() is not None
+        return (
+            self.conn.execute("SELECT 1 FROM nodes WHERE lower(signer) = lower(?)", (signer,)).fetchone()
+            is not None
+        )

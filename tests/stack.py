@@ -34,10 +34,16 @@ PASSWORD = "test-password"
 
 def send(w3: Web3, account: LocalAccount, fn, value: int = 0) -> dict:
     """Plain web3: build, sign, send, wait. Raises on revert."""
-    tx = fn.build_transaction({"from": account.address, "value": value,
-                               "nonce": w3.eth.get_transaction_count(account.address, "pending")})
+    tx = fn.build_transaction(
+        {
+            "from": account.address,
+            "value": value,
+            "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+        }
+    )
     receipt = w3.eth.wait_for_transaction_receipt(
-        w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction), timeout=60)
+        w3.eth.send_raw_transaction(account.sign_transaction(tx).raw_transaction), timeout=60
+    )
     assert receipt["status"] == 1, f"transaction reverted: {receipt['transactionHash'].hex()}"
     return receipt
 
@@ -58,37 +64,58 @@ class Stack:
 
     def contract(self, name: str):
         if name not in self.contracts:
-            address = {"AdapterRegistry": self.deployment.adapter_registry, "NodeRegistry": self.deployment.node_registry,
-                       "JobMarket": self.deployment.job_market}[name]
+            address = {
+                "AdapterRegistry": self.deployment.adapter_registry,
+                "NodeRegistry": self.deployment.node_registry,
+                "JobMarket": self.deployment.job_market,
+            }[name]
             self.contracts[name] = self.w3.eth.contract(address=address, abi=load_artifact(name).abi)
         return self.contracts[name]
 
-    def publish(self, adapter_dir: Path, base: LoadedModel, fee: int = ADAPTER_FEE) -> tuple[int, PackagedAdapter]:
+    def publish(
+        self, adapter_dir: Path, base: LoadedModel, fee: int = ADAPTER_FEE
+    ) -> tuple[int, PackagedAdapter]:
         pkg = package_adapter(adapter_dir)
         publish_to_store(pkg, self.blocks)
         reg = self.contract("AdapterRegistry")
-        receipt = send(self.w3, self.publisher, reg.functions.register(
-            pkg.cid, pkg.content_hash, base_model_id(base.name), pkg.rank, pkg.size, fee))
+        receipt = send(
+            self.w3,
+            self.publisher,
+            reg.functions.register(
+                pkg.cid, pkg.content_hash, base_model_id(base.name), pkg.rank, pkg.size, fee
+            ),
+        )
         (event,) = reg.events.AdapterRegistered().process_receipt(receipt)
         return event["args"]["adapterId"], pkg
 
     def register_node(self, base: LoadedModel, operator: LocalAccount | None = None) -> None:
         op = operator or self.operator
         peer_id = node_peer_id(self.workdir / "node" / "p2p.key")
-        send(self.w3, op, self.contract("NodeRegistry").functions.register(op.address, base_model_id(base.name),
-                                                                            peer_id), value=STAKE)
+        send(
+            self.w3,
+            op,
+            self.contract("NodeRegistry").functions.register(op.address, base_model_id(base.name), peer_id),
+            value=STAKE,
+        )
 
-    def submit(self, adapter_id: int, prompt: str, *, max_tokens: int = 12, price: int = PRICE, ttl: int = 600) -> int:
+    def submit(
+        self, adapter_id: int, prompt: str, *, max_tokens: int = 12, price: int = PRICE, ttl: int = 600
+    ) -> int:
         market = self.contract("JobMarket")
         deadline = self.w3.eth.get_block("latest")["timestamp"] + ttl
-        receipt = send(self.w3, self.submitter, market.functions.submitJob(adapter_id, prompt.encode(), max_tokens,
-                                                                             deadline), value=price)
+        receipt = send(
+            self.w3,
+            self.submitter,
+            market.functions.submitJob(adapter_id, prompt.encode(), max_tokens, deadline),
+            value=price,
+        )
         (event,) = market.events.JobSubmitted().process_receipt(receipt)
         return event["args"]["jobId"]
 
     def result_event(self, job_id: int):
         logs = self.contract("JobMarket").events.ResultSubmitted.get_logs(
-            from_block=self.deployment.start_block, argument_filters={"jobId": job_id})
+            from_block=self.deployment.start_block, argument_filters={"jobId": job_id}
+        )
         return logs[-1] if logs else None
 
     async def wait_result(self, job_id: int, timeout: float = 120.0):
@@ -107,9 +134,14 @@ class Stack:
             (self.workdir / "pw").write_text(PASSWORD)
         data = {
             "node": {"data_dir": str(self.workdir / "node"), "base_model": "tiny-llama"},
-            "chain": {"rpc_urls": [self.anvil.url], "deployment": str(self.workdir / "deployment.json"),
-                      "keystore": str(keystore), "password_file": str(self.workdir / "pw"),
-                      "confirmations": 1, "poll_interval_s": 0.2},
+            "chain": {
+                "rpc_urls": [self.anvil.url],
+                "deployment": str(self.workdir / "deployment.json"),
+                "keystore": str(keystore),
+                "password_file": str(self.workdir / "pw"),
+                "confirmations": 1,
+                "poll_interval_s": 0.2,
+            },
             "ipfs": {"gateways": gateways if gateways is not None else [self.gateway_url]},
             "engine": {"max_slots": 4, "max_batch": 4},
             "api": {"port": free_port()},
@@ -162,7 +194,8 @@ async def running_node(config: NodeConfig, base: LoadedModel):
 
 
 class TamperingGateway:
-    """An adversary: a trustless gateway that proxies another and flips one byte of the blocks it is told to."""
+    """An adversary: a trustless gateway that proxies another and flips one byte of the blocks
+    it is told to."""
 
     def __init__(self, upstream: str, tamper: set[str]) -> None:
         self.upstream = upstream
@@ -172,8 +205,14 @@ class TamperingGateway:
 
     async def _handle(self, request: web.Request) -> web.Response:
         cid = request.match_info["cid"]
-        async with ClientSession() as http, http.get(f"{self.upstream}/ipfs/{cid}", params=request.query,
-                                                     headers={"Accept": request.headers.get("Accept", "")}) as r:
+        async with (
+            ClientSession() as http,
+            http.get(
+                f"{self.upstream}/ipfs/{cid}",
+                params=request.query,
+                headers={"Accept": request.headers.get("Accept", "")},
+            ) as r,
+        ):
             body = await r.read()
             status, ctype = r.status, r.headers.get("Content-Type", "application/octet-stream")
         if status == 200 and cid in self.tamper and body:

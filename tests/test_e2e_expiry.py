@@ -9,8 +9,8 @@ from pathlib import Path
 from eth_account import Account
 from web3 import Web3
 
-from chain.devnet import dev_private_key
 from chain.deployment import ProtocolParams
+from chain.devnet import dev_private_key
 from inference.models import LoadedModel, tiny_llama
 from node.jobs import JobBook, JobState, connect
 from tests.factories import make_peft_adapter
@@ -25,8 +25,16 @@ async def test_silent_claimant_is_slashed_and_submitter_refunded(tmp_path: Path,
         s.register_node(tiny)
         rogue = Account.from_key(dev_private_key(4))
         registry = s.contract("NodeRegistry")
-        send(s.w3, rogue, registry.functions.register(rogue.address, registry.functions.getNode(
-            s.operator.address).call()[1], "12D3KooWRogueNodeThatNeverAnswers"), value=STAKE)
+        send(
+            s.w3,
+            rogue,
+            registry.functions.register(
+                rogue.address,
+                registry.functions.getNode(s.operator.address).call()[1],
+                "12D3KooWRogueNodeThatNeverAnswers",
+            ),
+            value=STAKE,
+        )
         market = s.contract("JobMarket")
         config = s.node_config()
         async with running_node(config, tiny_llama(0)):
@@ -35,10 +43,19 @@ async def test_silent_claimant_is_slashed_and_submitter_refunded(tmp_path: Path,
             job_id = market.functions.jobCount().call() + 1
             deadline = s.w3.eth.get_block("latest")["timestamp"] + 120
             submit = market.functions.submitJob(adapter_id, b"never answered", 8, deadline).build_transaction(
-                {"from": s.submitter.address, "value": PRICE, "nonce": s.w3.eth.get_transaction_count(
-                    s.submitter.address)})
+                {
+                    "from": s.submitter.address,
+                    "value": PRICE,
+                    "nonce": s.w3.eth.get_transaction_count(s.submitter.address),
+                }
+            )
             claim = market.functions.claimJob(job_id).build_transaction(
-                {"from": rogue.address, "nonce": s.w3.eth.get_transaction_count(rogue.address), "gas": 300_000})
+                {
+                    "from": rogue.address,
+                    "nonce": s.w3.eth.get_transaction_count(rogue.address),
+                    "gas": 300_000,
+                }
+            )
             s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(submit).raw_transaction)
             s.w3.eth.send_raw_transaction(rogue.sign_transaction(claim).raw_transaction)
             await asyncio.to_thread(s.w3.provider.make_request, "evm_mine", [])
@@ -69,7 +86,14 @@ async def test_silent_claimant_is_slashed_and_submitter_refunded(tmp_path: Path,
         assert expired["args"]["slashed"] == params.claim_stake_wei
         assert expired["args"]["refund"] == PRICE + slash_to_submitter
         assert market.functions.balanceOf(s.submitter.address).call() == PRICE + slash_to_submitter
-        assert market.functions.balanceOf(s.deployer.address).call() == params.claim_stake_wei - slash_to_submitter
-        assert registry.functions.getNode(rogue.address).call()[2] == rogue_stake_before - params.claim_stake_wei
+        assert (
+            market.functions.balanceOf(s.deployer.address).call()
+            == params.claim_stake_wei - slash_to_submitter
+        )
+        assert (
+            registry.functions.getNode(rogue.address).call()[2] == rogue_stake_before - params.claim_stake_wei
+        )
         assert s.result_event(job_id) is None
-        assert Web3.to_wei(0, "ether") == market.functions.balanceOf(s.operator.address).call()  # ours never claimed
+        assert (
+            Web3.to_wei(0, "ether") == market.functions.balanceOf(s.operator.address).call()
+        )  # ours never claimed

@@ -22,21 +22,38 @@ from tests.stack import PRICE, TamperingGateway, protocol_stack, running_node
 PROMPT = "Write one line about swapping adapters."
 
 
-def _recover_result_signer(stack, job_id: int, input_hash: bytes, adapter_hash: bytes, output: bytes,
-                           signature: bytes) -> str:
+def _recover_result_signer(
+    stack, job_id: int, input_hash: bytes, adapter_hash: bytes, output: bytes, signature: bytes
+) -> str:
     """Independent of the node's code: eth-account's EIP-712 over the contract's domain."""
     typed = {
         "types": {
-            "EIP712Domain": [{"name": "name", "type": "string"}, {"name": "version", "type": "string"},
-                             {"name": "chainId", "type": "uint256"}, {"name": "verifyingContract", "type": "address"}],
-            "Result": [{"name": "jobId", "type": "uint256"}, {"name": "inputHash", "type": "bytes32"},
-                       {"name": "adapterHash", "type": "bytes32"}, {"name": "outputHash", "type": "bytes32"}],
+            "EIP712Domain": [
+                {"name": "name", "type": "string"},
+                {"name": "version", "type": "string"},
+                {"name": "chainId", "type": "uint256"},
+                {"name": "verifyingContract", "type": "address"},
+            ],
+            "Result": [
+                {"name": "jobId", "type": "uint256"},
+                {"name": "inputHash", "type": "bytes32"},
+                {"name": "adapterHash", "type": "bytes32"},
+                {"name": "outputHash", "type": "bytes32"},
+            ],
         },
         "primaryType": "Result",
-        "domain": {"name": "OpenLoRA", "version": "1", "chainId": stack.w3.eth.chain_id,
-                   "verifyingContract": stack.deployment.job_market},
-        "message": {"jobId": job_id, "inputHash": input_hash, "adapterHash": adapter_hash,
-                    "outputHash": keccak(output)},
+        "domain": {
+            "name": "OpenLoRA",
+            "version": "1",
+            "chainId": stack.w3.eth.chain_id,
+            "verifyingContract": stack.deployment.job_market,
+        },
+        "message": {
+            "jobId": job_id,
+            "inputHash": input_hash,
+            "adapterHash": adapter_hash,
+            "outputHash": keccak(output),
+        },
     }
     return Account.recover_message(encode_typed_data(full_message=typed), signature=signature)
 
@@ -60,8 +77,9 @@ async def test_job_is_served_signed_and_paid(tmp_path: Path, tiny: LoadedModel) 
         # the signature in the result transaction recovers to the node's registered signing key
         tx = s.w3.eth.get_transaction(event["transactionHash"])
         _, params = market.decode_function_input(tx["input"])
-        signer = _recover_result_signer(s, job_id, keccak(PROMPT.encode()), pkg.content_hash, output,
-                                        bytes(params["signature"]))
+        signer = _recover_result_signer(
+            s, job_id, keccak(PROMPT.encode()), pkg.content_hash, output, bytes(params["signature"])
+        )
         assert signer == s.operator.address
 
         # the output is what a direct local run of the same adapter and prompt gives (PEFT, greedy)
@@ -75,8 +93,11 @@ async def test_job_is_served_signed_and_paid(tmp_path: Path, tiny: LoadedModel) 
         protocol_cut = PRICE * params_.protocol_fee_bps // 10_000
         adapter_cut = 2 * 10**15  # tests.stack.ADAPTER_FEE
         node_cut = PRICE - protocol_cut - adapter_cut
-        assert (args["nodeAmount"], args["adapterAmount"], args["protocolAmount"]) == (node_cut, adapter_cut,
-                                                                                        protocol_cut)
+        assert (args["nodeAmount"], args["adapterAmount"], args["protocolAmount"]) == (
+            node_cut,
+            adapter_cut,
+            protocol_cut,
+        )
         assert market.functions.balanceOf(s.operator.address).call() == node_cut
         assert market.functions.balanceOf(s.publisher.address).call() == adapter_cut
         assert market.functions.balanceOf(s.deployer.address).call() == protocol_cut
