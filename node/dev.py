@@ -262,7 +262,14 @@ port = {api_port}
 """
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def run_dev(opts: DevOptions) -> int:
+    # Ctrl-C and SIGTERM both stop everything this command started (even if SIGINT was ignored by a parent).
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     stack = DevStack(opts)
     try:
         return stack.run()
