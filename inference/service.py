@@ -7,6 +7,7 @@ finite values) first."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,7 +44,10 @@ class InferenceService:
         self.base = base
         self.store = store
         self.blocks = blocks  # when set, verified adapters are re-offered to peers (bitswap) from here
-        self.limits = limits or ValidationLimits()
+        # Validation refuses what the engine could not hold: a rank above the slot pool's is an
+        # AdapterRejected (job left for others), never an error deep in the engine.
+        limits = limits or ValidationLimits()
+        self.limits = dataclasses.replace(limits, max_rank=min(limits.max_rank, engine_config.max_rank))
         self.spec = BaseModelSpec.from_model(base.model, name=base.name)
         self.engine = Engine(base, engine_config, loader=self._load)
         self._hashes: dict[str, bytes] = {}
