@@ -51,8 +51,12 @@ class FailoverProvider(AsyncBaseProvider):
             raise ValueError("FailoverProvider needs at least one endpoint URL")
         self.max_backoff_s = max_backoff_s
         self.endpoints = [
-            _Endpoint(AsyncHTTPProvider(u, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None),
-                      EndpointHealth(u))
+            _Endpoint(
+                AsyncHTTPProvider(
+                    u, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None
+                ),
+                EndpointHealth(u),
+            )
             for u in urls
         ]
 

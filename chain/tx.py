@@ -54,8 +54,14 @@ def _gwei(x: float) -> int:
 
 class TxManager:
     def __init__(
-        self, w3: AsyncWeb3, account: LocalAccount, store: TxStore, *, fees: FeePolicy | None = None,
-        confirmations: int = 1, chain_id: int | None = None,
+        self,
+        w3: AsyncWeb3,
+        account: LocalAccount,
+        store: TxStore,
+        *,
+        fees: FeePolicy | None = None,
+        confirmations: int = 1,
+        chain_id: int | None = None,
     ) -> None:
         self.w3 = w3
         self.account = account
@@ -64,6 +70,9 @@ class TxManager:
         self.confirmations = confirmations
         self._chain_id = chain_id
         self._nonce_lock = asyncio.Lock()
+        # one receipt check at a time: the monitor loop and every `wait` poll, and two checks of the same
+        # record working on stale copies would bump it twice or miss the hash that was mined
+        self._poll_lock = asyncio.Lock()
         self._next_nonce: int | None = None
 
     @property
@@ -90,13 +99,17 @@ class TxManager:
             await self.w3.eth.call(call)
             estimate = await self.w3.eth.estimate_gas(call)
         except ContractCustomError as e:
-            raise SimulationError(key, describe_revert(e.data if isinstance(e.data, str) else e.message)) from e
+            raise SimulationError(
+                key, describe_revert(e.data if isinstance(e.data, str) else e.message)
+            ) from e
         except ContractLogicError as e:
             raise SimulationError(key, describe_revert(e.data) if e.data else str(e)) from e
         return int(estimate * self.fees.gas_multiplier)
 
-    async def _fees(self) -> tuple[int, int]:
-        block = await self.w3.eth.get_block("latest")
+    async def _fees(self, block_id: str = "latest") -> tuple[int, int]:
+        """(maxFeePerGas, maxPriorityFeePerGas): 2 x base fee + tip covers several full blocks of base-fee
+        rises; both capped by the policy."""
+        block = await self.w3.eth.get_block(block_id)
         base = int(block.get("baseFeePerGas", 0))
         try:
             suggested = int(await self.w3.eth.max_priority_fee)
@@ -120,8 +133,17 @@ class TxManager:
                 self._next_nonce = max(chain_next, (stored + 1) if stored is not None else 0)
             nonce = self._next_nonce
             self._next_nonce += 1
-            record = TxRecord(key=key, sender=self.address, to=to, data=data, value=value, nonce=nonce, gas=gas,
-                              max_fee=max_fee, priority_fee=priority)
+            record = TxRecord(
+                key=key,
+                sender=self.address,
+                to=to,
+                data=data,
+                value=value,
+                nonce=nonce,
+                gas=gas,
+                max_fee=max_fee,
+                priority_fee=priority,
+            )
             await self._sign(record)
             self.store.put(record)  # persisted before broadcast: a crash here is recovered by re-broadcast
         await self._broadcast(record)
@@ -129,9 +151,15 @@ class TxManager:
 
     async def _sign(self, record: TxRecord) -> None:
         tx = {
-            "type": 2, "chainId": await self.chain_id(), "nonce": record.nonce, "to": record.to,
-            "data": record.data, "value": record.value, "gas": record.gas,
-            "maxFeePerGas": record.max_fee, "maxPriorityFeePerGas": record.priority_fee,
+            "type": 2,
+            "chainId": await self.chain_id(),
+            "nonce": record.nonce,
+            "to": record.to,
+            "data": record.data,
+            "value": record.value,
+            "gas": record.gas,
+            "maxFeePerGas": record.max_fee,
+            "maxPriorityFeePerGas": record.priority_fee,
         }
         signed = self.account.sign_transaction(tx)
         record.raw = signed.raw_transaction.to_0x_hex()
@@ -158,16 +186,49 @@ class TxManager:
                 log.info("re-broadcasting %s (nonce %d) after restart", record.key, record.nonce)
                 await self._broadcast(record)
 
+    async def reconcile_reorg(self, from_block: int) -> list[TxRecord]:
+        """Blocks >= from_block were replaced: every tx of ours mined there whose receipt is gone (or moved
+        to another block) goes back to SENT and its same signed bytes are broadcast again, in nonce
+        order, so later nonces are not left waiting on a gap. Returns the re-sent records."""
+        async with self._poll_lock:
+            return await self._reconcile_reorg(from_block)
+
+    async def _reconcile_reorg(self, from_block: int) -> list[TxRecord]:
+        resent: list[TxRecord] = []
+        for record in self.store.mined_since(self.address, from_block):
+            receipt = await self._receipt(record)
+            if receipt is not None and receipt["blockHash"].to_0x_hex() == record.mined_block_hash:
+                continue
+            log.warning(
+                "%s: mined in block %s, dropped by a reorg: re-broadcasting nonce %d",
+                record.key,
+                record.mined_block,
+                record.nonce,
+            )
+            record.state, record.mined_block, record.mined_block_hash, record.mined_hash = (
+                TxState.SENT,
+                None,
+                None,
+                None,
+            )
+            record.error = None
+            self.store.put(record)
+            resent.append(record)
+        for record in resent:
+            await self._broadcast(record)
+        return resent
+
     async def poll(self) -> list[TxRecord]:
         """One pass over in-flight transactions; returns those that changed state."""
         changed: list[TxRecord] = []
-        head = await self.w3.eth.block_number
-        for record in self.store.active(self.address):
-            before = record.state
-            await self._check(record, head)
-            if record.state != before:
-                self.store.put(record)
-                changed.append(record)
+        async with self._poll_lock:
+            head = await self.w3.eth.block_number
+            for record in self.store.active(self.address):
+                before = record.state
+                await self._check(record, head)
+                if record.state != before:
+                    self.store.put(record)
+                    changed.append(record)
         return changed
 
     async def _receipt(self, record: TxRecord) -> dict | None:
@@ -182,19 +243,24 @@ class TxManager:
         receipt = await self._receipt(record)
         if receipt is None:
             if record.state == TxState.MINED:
-                log.warning("%s: receipt vanished (reorg), re-broadcasting nonce %d", record.key, record.nonce)
+                log.warning(
+                    "%s: receipt vanished (reorg), re-broadcasting nonce %d", record.key, record.nonce
+                )
                 record.state, record.mined_block, record.mined_block_hash = TxState.SENT, None, None
                 await self._broadcast(record)
                 return
-            chain_nonce = await self.w3.eth.get_transaction_count(self.address, "latest")
-            if chain_nonce > record.nonce:
-                # our nonce was consumed by a tx we do not know: it can never be mined
-                record.state, record.error = TxState.FAILED, "nonce consumed by another transaction"
-                await self.resync_nonce()
-                return
-            if time.time() - record.sent_at >= self.fees.bump_after_s:
+            if await self.w3.eth.get_transaction_count(self.address, "latest") > record.nonce:
+                receipt = await self._receipt(record)  # mined between the two reads?
+                if receipt is None:
+                    # our nonce was consumed by a tx we do not know: it can never be mined
+                    record.state, record.error = TxState.FAILED, "nonce consumed by another transaction"
+                    await self.resync_nonce()
+                    return
+            elif time.time() - record.sent_at >= self.fees.bump_after_s:
                 await self._bump(record)
-            return
+                return
+            else:
+                return
         record.mined_block = receipt["blockNumber"]
         record.mined_block_hash = receipt["blockHash"].to_0x_hex()
         record.mined_hash = receipt["transactionHash"].to_0x_hex()
@@ -215,18 +281,31 @@ class TxManager:
             return
         factor = 100 + self.fees.bump_percent
         cap = _gwei(self.fees.max_fee_gwei)
-        new_priority = record.priority_fee * factor // 100 + 1
-        new_max = min(max(record.max_fee * factor // 100 + 1, new_priority), cap)
+        # priced against the pending block: the replacement must beat the base fee of the block it lands in
+        current_max, current_priority = await self._fees("pending")
+        new_priority = max(record.priority_fee * factor // 100 + 1, current_priority)
+        # at least +bump_percent on both fields (replacement rule), and at least what the market asks now
+        new_max = min(max(record.max_fee * factor // 100 + 1, current_max, new_priority), cap)
         if new_max <= record.max_fee:
-            log.warning("%s stuck at the fee cap (%d wei): raise max_fee_gwei", record.key, record.max_fee)
+            if not record.error:
+                log.warning(
+                    "%s stuck at the fee cap (%d wei): raise [chain].max_fee_gwei", record.key, record.max_fee
+                )
+                record.error = "stuck at the fee cap"
+                self.store.put(record)
             return
-        _, current_priority = await self._fees()
-        record.priority_fee = min(max(new_priority, current_priority), new_max)
+        record.priority_fee = min(new_priority, new_max)
         record.max_fee = new_max
         record.bumps += 1
         await self._sign(record)
-        log.info("%s: no receipt after %.0fs, bumped fees to max %d / tip %d wei (same nonce %d)",
-                 record.key, self.fees.bump_after_s, record.max_fee, record.priority_fee, record.nonce)
+        log.info(
+            "%s: no receipt after %.0fs, bumped fees to max %d / tip %d wei (same nonce %d)",
+            record.key,
+            self.fees.bump_after_s,
+            record.max_fee,
+            record.priority_fee,
+            record.nonce,
+        )
         self.store.put(record)
         await self._broadcast(record)
 

@@ -54,13 +54,15 @@ class TxStore(Protocol):
     def put(self, record: TxRecord) -> None: ...
     def active(self, sender: str) -> list[TxRecord]: ...
     def max_nonce(self, sender: str) -> int | None: ...
+    def mined_since(self, sender: str, block: int) -> list[TxRecord]: ...
 
 
 class SqliteTxStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         conn.execute(
-            "CREATE TABLE IF NOT EXISTS txs (key TEXT PRIMARY KEY, sender TEXT NOT NULL, nonce INTEGER NOT NULL,"
+            "CREATE TABLE IF NOT EXISTS txs (key TEXT PRIMARY KEY, sender TEXT NOT NULL,"
+            " nonce INTEGER NOT NULL,"
             " state TEXT NOT NULL, body TEXT NOT NULL)"
         )
         conn.execute("CREATE INDEX IF NOT EXISTS txs_sender_state ON txs(sender, state)")
@@ -72,7 +74,8 @@ class SqliteTxStore:
 
     def put(self, record: TxRecord) -> None:
         self.conn.execute(
-            "INSERT INTO txs(key, sender, nonce, state, body) VALUES (?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE"
+            "INSERT INTO txs(key, sender, nonce, state, body) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT(key) DO UPDATE"
             " SET nonce = excluded.nonce, state = excluded.state, body = excluded.body",
             (record.key, record.sender, record.nonce, record.state.value, json.dumps(asdict(record))),
         )
@@ -90,6 +93,16 @@ class SqliteTxStore:
             "SELECT MAX(nonce) FROM txs WHERE sender = ? AND state != ?", (sender, TxState.FAILED.value)
         ).fetchone()
         return row[0]
+
+    def mined_since(self, sender: str, block: int) -> list[TxRecord]:
+        """Records with a receipt in a block >= `block` (candidates for a reorg to have dropped), by nonce."""
+        rows = self.conn.execute(
+            "SELECT body FROM txs WHERE sender = ? AND state IN (?, ?, ?) ORDER BY nonce",
+            (sender, TxState.MINED.value, TxState.CONFIRMED.value, TxState.REVERTED.value),
+        ).fetchall()
+        return [
+            r for r in (_decode(b[0]) for b in rows) if r.mined_block is not None and r.mined_block >= block
+        ]
 
     def totals(self, sender: str) -> tuple[int, int]:
         """(transactions mined, wei spent on gas) for metrics."""

@@ -53,14 +53,17 @@ class CursorStore:
 
     def head(self) -> tuple[int, str] | None:
         row = self.conn.execute(
-            "SELECT block, hash FROM watch_checkpoints WHERE name = ? ORDER BY block DESC LIMIT 1", (self.name,)
+            "SELECT block, hash FROM watch_checkpoints WHERE name = ? ORDER BY block DESC LIMIT 1",
+            (self.name,),
         ).fetchone()
         return (row[0], row[1]) if row else None
 
     def checkpoints_desc(self) -> list[tuple[int, str]]:
-        return list(self.conn.execute(
-            "SELECT block, hash FROM watch_checkpoints WHERE name = ? ORDER BY block DESC", (self.name,)
-        ))
+        return list(
+            self.conn.execute(
+                "SELECT block, hash FROM watch_checkpoints WHERE name = ? ORDER BY block DESC", (self.name,)
+            )
+        )
 
     def commit(self, block: int, block_hash: str, keep: int = 256) -> None:
         self.conn.execute(
@@ -68,8 +71,10 @@ class CursorStore:
             (self.name, block, block_hash),
         )
         self.conn.execute(
-            "DELETE FROM watch_checkpoints WHERE name = ? AND block NOT IN (SELECT block FROM watch_checkpoints"
-            " WHERE name = ? ORDER BY block DESC LIMIT ?)", (self.name, self.name, keep),
+            "DELETE FROM watch_checkpoints WHERE name = ? AND block NOT IN"
+            " (SELECT block FROM watch_checkpoints"
+            " WHERE name = ? ORDER BY block DESC LIMIT ?)",
+            (self.name, self.name, keep),
         )
         self.conn.commit()
 
@@ -80,8 +85,14 @@ class CursorStore:
 
 class EventWatcher:
     def __init__(
-        self, w3: AsyncWeb3, contracts: list[AsyncContract], cursor: CursorStore, *, start_block: int,
-        confirmations: int = 1, max_range: int = 2000,
+        self,
+        w3: AsyncWeb3,
+        contracts: list[AsyncContract],
+        cursor: CursorStore,
+        *,
+        start_block: int,
+        confirmations: int = 1,
+        max_range: int = 2000,
     ) -> None:
         if confirmations < 1:
             raise ValueError("confirmations must be >= 1 (1 = the head block itself)")
@@ -147,7 +158,11 @@ class EventWatcher:
             return None
         decoded = event.process_log(entry)
         return ChainEvent(
-            name=decoded["event"], args=dict(decoded["args"]), address=entry["address"],
-            block_number=entry["blockNumber"], block_hash=entry["blockHash"].to_0x_hex(),
-            tx_hash=entry["transactionHash"].to_0x_hex(), log_index=entry["logIndex"],
+            name=decoded["event"],
+            args=dict(decoded["args"]),
+            address=entry["address"],
+            block_number=entry["blockNumber"],
+            block_hash=entry["blockHash"].to_0x_hex(),
+            tx_hash=entry["transactionHash"].to_0x_hex(),
+            log_index=entry["logIndex"],
         )

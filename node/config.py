@@ -35,6 +35,7 @@ class ChainSection:
     max_fee_gwei: float = 200.0
     max_priority_fee_gwei: float = 5.0
     bump_after_s: float = 30.0
+    rpc_timeout_s: float = 10.0  # per request; a timed-out endpoint is failed over and backed off
 
 
 @dataclass
@@ -52,6 +53,17 @@ class PolicySection:
     allowed_publishers: list[str] = field(default_factory=list)  # empty = anyone
     denied_cids: list[str] = field(default_factory=list)
     min_price_wei: int = 0
+
+
+@dataclass
+class AdmissionSection:
+    """Claim only what can be finished before the deadline (node/admission.py)."""
+
+    max_committed_jobs: int = 16  # jobs held at once (claimed or about to be); more are left for others
+    assumed_tokens_per_s: float = 20.0  # decode speed until the engine has measured its own
+    cold_start_s: float = 5.0  # fetch + verify + validate of an adapter that is not warm, until measured
+    chain_round_trip_s: float = 4.0  # claim + result mined, until measured
+    safety_factor: float = 1.5
 
 
 @dataclass
@@ -78,7 +90,9 @@ class P2PSection:
     enabled: bool = False
     listen: str = "/ip4/0.0.0.0/tcp/4001"
     bootstrap: list[str] = field(default_factory=list)
-    identity: Path | None = None  # ed25519 seed; default <data_dir>/p2p.key. Its peer id is registered on chain.
+    identity: Path | None = (
+        None  # ed25519 seed; default <data_dir>/p2p.key. Its peer id is registered on chain.
+    )
     warm_backoff_s: float = 3.0  # head start given to a registered peer that holds a job's adapter warm
 
 
@@ -88,6 +102,7 @@ class NodeConfig:
     chain: ChainSection = field(default_factory=ChainSection)
     ipfs: IpfsSection = field(default_factory=IpfsSection)
     policy: PolicySection = field(default_factory=PolicySection)
+    admission: AdmissionSection = field(default_factory=AdmissionSection)
     engine: EngineSection = field(default_factory=EngineSection)
     api: ApiSection = field(default_factory=ApiSection)
     p2p: P2PSection = field(default_factory=P2PSection)
@@ -140,7 +155,8 @@ def _section(cls: type, data: dict, name: str, base: Path) -> object:
     return cls(**kwargs)
 
 
-def parse_config(data: dict, *, base: Path = Path.cwd(), source: Path | None = None) -> NodeConfig:
+def parse_config(data: dict, *, base: Path | None = None, source: Path | None = None) -> NodeConfig:
+    base = base if base is not None else Path.cwd()
     sections = {f.name: f for f in dataclasses.fields(NodeConfig) if f.name != "source"}
     unknown = sorted(set(data) - set(sections))
     if unknown:
@@ -159,11 +175,40 @@ def _check(c: NodeConfig) -> None:
         raise ConfigError(f"[node].log_format: expected 'text' or 'json', got {c.node.log_format!r}")
     if not c.chain.rpc_urls:
         raise ConfigError("[chain].rpc_urls: list at least one JSON-RPC endpoint")
+    for url in c.chain.rpc_urls:
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"[chain].rpc_urls: {url!r} must be an http(s):// JSON-RPC endpoint (the watcher polls "
+                "eth_getLogs over HTTP; WebSocket endpoints are not used by this version)"
+            )
     for url in c.chain.rpc_urls + c.ipfs.gateways:
         if not url.startswith(("http://", "https://", "ws://", "wss://")):
             raise ConfigError(f"endpoint {url!r} must start with http(s):// or ws(s)://")
     if c.chain.confirmations < 1:
         raise ConfigError("[chain].confirmations must be >= 1 (1 = accept the head block)")
+    if c.chain.poll_interval_s <= 0:
+        raise ConfigError("[chain].poll_interval_s must be > 0")
+    if c.chain.max_fee_gwei <= 0 or c.chain.max_priority_fee_gwei < 0:
+        raise ConfigError("[chain].max_fee_gwei must be > 0 and max_priority_fee_gwei >= 0")
+    if c.chain.max_priority_fee_gwei > c.chain.max_fee_gwei:
+        raise ConfigError("[chain].max_priority_fee_gwei cannot exceed [chain].max_fee_gwei")
+    if c.node.max_inflight_jobs < 1:
+        raise ConfigError("[node].max_inflight_jobs must be >= 1")
+    if c.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ConfigError(
+            f"[node].log_level: expected DEBUG, INFO, WARNING or ERROR, got {c.node.log_level!r}"
+        )
+    if c.policy.min_price_wei < 0:
+        raise ConfigError("[policy].min_price_wei must be >= 0")
+    a = c.admission
+    if a.max_committed_jobs < 1:
+        raise ConfigError("[admission].max_committed_jobs must be >= 1")
+    if a.assumed_tokens_per_s <= 0 or a.cold_start_s < 0 or a.chain_round_trip_s < 0:
+        raise ConfigError(
+            "[admission]: assumed_tokens_per_s must be > 0, cold_start_s and chain_round_trip_s >= 0"
+        )
+    if a.safety_factor < 1:
+        raise ConfigError("[admission].safety_factor must be >= 1 (it pads estimates, never shrinks them)")
     if c.engine.max_slots < 1 or c.engine.max_batch < 1:
         raise ConfigError("[engine].max_slots and max_batch must be >= 1")
     if c.engine.device not in ("auto", "cpu", "cuda"):

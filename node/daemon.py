@@ -20,6 +20,7 @@ from chain.signing import ResultClaim
 from chain.tx import SimulationError, TxFailedError, TxManager
 from chain.watcher import Batch, ChainEvent, EventWatcher
 from inference.service import InferenceService
+from node.admission import AdmissionController, AdmissionPolicy
 from node.config import NodeConfig
 from node.jobs import Job, JobBook, JobState
 from node.registry_view import RegistryView
@@ -28,9 +29,10 @@ if TYPE_CHECKING:
     from node.p2p import P2PNode
 
 log = logging.getLogger("openlora.node")
+CAPACITY_NOTE = "node at capacity"
 
 
-class AdmissionRefused(Exception):  # noqa: N818 - a decision, not a fault
+class AdmissionRefused(Exception):
     """The node leaves this job to others; the message says why."""
 
 
@@ -43,13 +45,31 @@ class NodeMetrics:
     claim_latency_s: list[float] = field(default_factory=list)
     adapter_rejections: int = 0
     rpc_errors: int = 0
+    reorgs: int = 0  # chain reorganisations the watcher detected and the node reconciled
+    txs_resent_after_reorg: int = 0
+    jobs_resumed: int = 0  # jobs picked up again from their persisted state after a restart
+    jobs_skipped_capacity: int = 0  # left unclaimed because the node already held max_committed_jobs
+
+    def observe_claim_latency(self, seconds: float, keep: int = 1024) -> None:
+        self.claim_latency_s.append(seconds)
+        del self.claim_latency_s[:-keep]  # bounded: a long-running node keeps the recent window
 
 
 class NodeDaemon:
     def __init__(
-        self, config: NodeConfig, w3: AsyncWeb3, protocol: Protocol, operator: LocalAccount, signer: LocalAccount,
-        jobs: JobBook, registry: RegistryView, watcher: EventWatcher, tx: TxManager, service: InferenceService,
-        p2p: P2PNode | None = None, warm_backoff_s: float = 3.0,
+        self,
+        config: NodeConfig,
+        w3: AsyncWeb3,
+        protocol: Protocol,
+        operator: LocalAccount,
+        signer: LocalAccount,
+        jobs: JobBook,
+        registry: RegistryView,
+        watcher: EventWatcher,
+        tx: TxManager,
+        service: InferenceService,
+        p2p: P2PNode | None = None,
+        warm_backoff_s: float = 3.0,
     ) -> None:
         self.config = config
         self.w3 = w3
@@ -67,6 +87,16 @@ class NodeDaemon:
         self.base_model_id = keccak(text=config.node.base_model)
         self._drivers: dict[int, asyncio.Task] = {}
         self._inflight = asyncio.Semaphore(config.node.max_inflight_jobs)
+        self.admission = AdmissionController(
+            AdmissionPolicy(
+                min_price_wei=config.policy.min_price_wei,
+                max_committed_jobs=config.admission.max_committed_jobs,
+                assumed_tokens_per_s=config.admission.assumed_tokens_per_s,
+                cold_start_s=config.admission.cold_start_s,
+                chain_round_trip_s=config.admission.chain_round_trip_s,
+                safety_factor=config.admission.safety_factor,
+            )
+        )
         self._stopping = asyncio.Event()
         self.ready = False
 
@@ -78,15 +108,22 @@ class NodeDaemon:
             log.info("p2p: peer %s listening on %s", self.p2p.peer_id, ", ".join(self.p2p.listen_addrs))
         await self.tx.recover()
         for job in self.jobs.active():
-            log.info("resuming job %d from state %s", job.job_id, job.state.value)
+            log.info("recovery: resuming job %d from state %s", job.job_id, job.state.value)
+            self.metrics.jobs_resumed += 1
             self._spawn(job.job_id)
-        loops = [asyncio.create_task(self._watch_loop(), name="watch"),
-                 asyncio.create_task(self._tx_loop(), name="tx")]
+        loops = [
+            asyncio.create_task(self._watch_loop(), name="watch"),
+            asyncio.create_task(self._tx_loop(), name="tx"),
+        ]
         if self.p2p is not None:
             loops.append(asyncio.create_task(self._announce_loop(), name="announce"))
         self.ready = True
-        log.info("node %s serving %s (signer %s)", self.operator.address, self.config.node.base_model,
-                 self.signer.address)
+        log.info(
+            "node %s serving %s (signer %s)",
+            self.operator.address,
+            self.config.node.base_model,
+            self.signer.address,
+        )
         await stop.wait()
         await self.drain()
         for t in loops:
@@ -110,9 +147,13 @@ class NodeDaemon:
 
     # ---- chain events ----------------------------------------------------------------------------
     async def _watch_loop(self) -> None:
+        failures = 0
         while True:
             try:
                 batch = await self.watcher.next_batch()
+                if failures:
+                    log.info("watcher: recovered after %d failure(s)", failures)
+                    failures = 0
                 if batch is None:
                     await asyncio.sleep(self.config.chain.poll_interval_s)
                     continue
@@ -121,17 +162,26 @@ class NodeDaemon:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                failures += 1
                 self.metrics.rpc_errors += 1
-                log.warning("watcher: %s; retrying", e)
-                await asyncio.sleep(min(5.0, self.config.chain.poll_interval_s * 2))
+                if failures == 1 or failures % 20 == 0:  # an outage is one line, not one per poll
+                    log.warning("watcher: %s; retrying (%d failure(s) in a row)", e, failures)
+                await asyncio.sleep(min(10.0, self.config.chain.poll_interval_s * 2 ** min(failures, 6)))
 
     async def _handle_batch(self, batch: Batch) -> None:
         if batch.reorg_from is not None:
             await self._reconcile_after_reorg(batch.reorg_from)
-        for event in batch.events:
+        for i, event in enumerate(batch.events):
             if self.registry.apply(event):
                 continue
             self._apply_market_event(event)
+            if i % 32 == 31:
+                await asyncio.sleep(0)  # a burst of events must not starve /healthz or the drivers
+
+    def committed(self) -> list[Job]:
+        """Jobs this node holds a driver for (seen and being worked on, or claimed)."""
+        jobs = [self.jobs.get(i) for i, t in self._drivers.items() if not t.done()]
+        return [j for j in jobs if j is not None and not j.terminal]
 
     def _apply_market_event(self, e: ChainEvent) -> None:
         a = e.args
@@ -139,19 +189,41 @@ class NodeDaemon:
         if e.name == "JobSubmitted":
             adapter = self.registry.adapter(a["adapterId"])
             job = Job(
-                job_id=job_id, state=JobState.SEEN, submitter=a["submitter"], adapter_id=a["adapterId"],
-                adapter_hash=bytes(a["adapterHash"]), input=bytes(a["input"]), input_cid=a["inputCid"],
-                input_hash=bytes(a["inputHash"]), max_tokens=a["maxTokens"], deadline=a["deadline"],
-                price=a["price"], seen_block=e.block_number, adapter_cid=adapter.cid if adapter else "",
+                job_id=job_id,
+                state=JobState.SEEN,
+                submitter=a["submitter"],
+                adapter_id=a["adapterId"],
+                adapter_hash=bytes(a["adapterHash"]),
+                input=bytes(a["input"]),
+                input_cid=a["inputCid"],
+                input_hash=bytes(a["inputHash"]),
+                max_tokens=a["maxTokens"],
+                deadline=a["deadline"],
+                price=a["price"],
+                seen_block=e.block_number,
+                adapter_cid=adapter.cid if adapter else "",
             )
-            if self.jobs.add(job) and not self._stopping.is_set():
-                self._spawn(job_id)
+            if not self.jobs.add(job) or self._stopping.is_set():
+                return
+            live = sum(1 for t in self._drivers.values() if not t.done())
+            if self.admission.at_capacity(live):
+                # bounded work: no driver, no queue entry; the job stays open for other nodes
+                self.metrics.jobs_skipped_capacity += 1
+                self.jobs.transition(
+                    job_id,
+                    JobState.SKIPPED,
+                    f"{CAPACITY_NOTE} ({live} jobs held, "
+                    f"[admission].max_committed_jobs = {self.config.admission.max_committed_jobs})",
+                    error=CAPACITY_NOTE,
+                )
+                return
+            self._spawn(job_id)
             return
         job = self.jobs.get(job_id) if job_id is not None else None
         if job is None:
             return
         mine = a.get("node") == self.operator.address
-        if e.name == "JobClaimed" and not mine and not job.terminal:
+        if e.name == "JobClaimed" and not mine and (not job.terminal or job.state == JobState.SKIPPED):
             self._cancel_driver(job_id)
             self.jobs.transition(job_id, JobState.LOST, f"claimed by {a['node']}")
         elif e.name == "ResultSubmitted" and mine:
@@ -164,38 +236,78 @@ class NodeDaemon:
             self.jobs.transition(job_id, JobState.CANCELLED, "cancelled by submitter")
 
     async def _reconcile_after_reorg(self, from_block: int) -> None:
-        """Blocks >= from_block were replaced: ask the chain where each affected job really stands."""
-        for job in self.jobs.seen_since(0):
-            if job.state in (JobState.EXPIRED, JobState.CANCELLED):
-                continue
+        """Blocks >= from_block were replaced. First our own transactions mined there are re-sent (same
+        signed bytes, nonce order), then each job whose on-chain standing may have changed is asked
+        where it really stands and moved back to the step that redoes what the reorg undid."""
+        self.metrics.reorgs += 1
+        resent = await self.tx.reconcile_reorg(from_block)
+        self.metrics.txs_resent_after_reorg += len(resent)
+        if resent:
+            log.warning(
+                "recovery: reorg from block %d dropped %d of our transaction(s): re-sent %s",
+                from_block,
+                len(resent),
+                ", ".join(r.key for r in resent),
+            )
+        # Only jobs the dropped blocks can have touched: those in flight, those whose claim or result we
+        # had mined there, and lost ones recent enough for the rival's claim to have been in them.
+        resent_ids = {int(r.key.split(":")[1]) for r in resent if r.key.startswith(("claim:", "result:"))}
+        in_flight = (JobState.CLAIMING, JobState.CLAIMED, JobState.RUNNING, JobState.POSTING)
+        candidates = {j.job_id: j for j in self.jobs.in_states(in_flight)}
+        for job in self.jobs.in_states((JobState.LOST, JobState.PAID)):
+            if job.job_id in resent_ids or (
+                job.state == JobState.LOST and job.seen_block >= from_block - 7200
+            ):
+                candidates[job.job_id] = job
+        for job in candidates.values():
             status = await self.protocol.job_status(job.job_id)
             node = await self.protocol.job_node(job.job_id)
+            ours = node == self.operator.address
+            note = f"recovery: reorg from block {from_block}"
             if status == JobStatus.NONE:
-                # the submission itself was dropped; it may come back in the new chain
-                continue
-            if status == JobStatus.OPEN and job.state in (JobState.LOST, JobState.SKIPPED):
-                if job.state == JobState.LOST:
-                    self.jobs.transition(job.job_id, JobState.SEEN, f"reorg from block {from_block} undid a claim")
-                    self._spawn(job.job_id)
-            elif status == JobStatus.OPEN and job.state in (JobState.CLAIMED, JobState.RUNNING, JobState.POSTING):
-                self.jobs.transition(job.job_id, JobState.CLAIMING, f"reorg from block {from_block} undid our claim")
+                continue  # the submission itself was dropped; it may come back in the new chain
+            if job.state == JobState.LOST and status == JobStatus.OPEN:
+                self.jobs.transition(job.job_id, JobState.SEEN, f"{note} undid a rival's claim")
+                log.warning("%s undid a rival's claim on job %d: competing again", note, job.job_id)
                 self._spawn(job.job_id)
-            elif status == JobStatus.CLAIMED and node == self.operator.address and job.state == JobState.PAID:
-                self.jobs.transition(job.job_id, JobState.POSTING, f"reorg from block {from_block} undid our result")
+            elif (
+                job.state in (JobState.CLAIMED, JobState.RUNNING, JobState.POSTING)
+                and status == JobStatus.OPEN
+            ):
+                self._cancel_driver(job.job_id)
+                self.jobs.transition(job.job_id, JobState.CLAIMING, f"{note} undid our claim: re-claiming")
+                log.warning("%s undid our claim on job %d: claim re-sent", note, job.job_id)
+                self._spawn(job.job_id)
+            elif (
+                job.state in (JobState.CLAIMED, JobState.RUNNING, JobState.POSTING)
+                and not ours
+                and status == JobStatus.CLAIMED
+            ):
+                self._cancel_driver(job.job_id)
+                self.jobs.transition(job.job_id, JobState.LOST, f"{note}: the job is now claimed by {node}")
+            elif job.state == JobState.PAID and status in (JobStatus.OPEN, JobStatus.CLAIMED):
+                self.jobs.transition(job.job_id, JobState.POSTING, f"{note} undid our result: re-posting")
+                log.warning("%s undid the result of job %d: result re-sent", note, job.job_id)
                 self._spawn(job.job_id)
 
     # ---- transactions ----------------------------------------------------------------------------
     async def _tx_loop(self) -> None:
+        failures = 0
         while True:
             try:
                 for record in await self.tx.poll():
                     log.info("tx %s %s (nonce %d)", record.key, record.state.value, record.nonce)
+                if failures:
+                    log.info("tx monitor: recovered after %d failure(s)", failures)
+                failures = 0
             except asyncio.CancelledError:
                 raise
             except Exception as e:
+                failures += 1
                 self.metrics.rpc_errors += 1
-                log.warning("tx monitor: %s; retrying", e)
-            await asyncio.sleep(self.config.chain.poll_interval_s)
+                if failures == 1 or failures % 20 == 0:
+                    log.warning("tx monitor: %s; retrying (%d failure(s) in a row)", e, failures)
+            await asyncio.sleep(min(10.0, self.config.chain.poll_interval_s * 2 ** min(failures, 6)))
 
     # ---- peer network ----------------------------------------------------------------------------
     async def _announce_loop(self) -> None:
@@ -206,8 +318,11 @@ class NodeDaemon:
                 stats = self.service.engine.stats()
                 device, host = self.service.warm_adapters()
                 free = sum(1 for s in stats.slots if s.pinned == 0)
-                capacity = Capacity(free_slots=free, queue_depth=stats.queue_depth + stats.running,
-                                    tokens_per_s=stats.tokens_per_s)
+                capacity = Capacity(
+                    free_slots=free,
+                    queue_depth=stats.queue_depth + stats.running,
+                    tokens_per_s=stats.tokens_per_s,
+                )
                 await self.p2p.announce(capacity, device, host)
             except asyncio.CancelledError:
                 raise
@@ -221,8 +336,14 @@ class NodeDaemon:
             return 0.0
         from node.p2p import claim_delay
 
-        return claim_delay(cid, self.service.is_warm(cid), self.p2p.announcements(), time.time(),
-                           backoff_s=self.warm_backoff_s, self_address=self.signer.address)
+        return claim_delay(
+            cid,
+            self.service.is_warm(cid),
+            self.p2p.announcements(),
+            time.time(),
+            backoff_s=self.warm_backoff_s,
+            self_address=self.signer.address,
+        )
 
     def _fetch_sources(self, cid: str) -> list | None:
         """Warm peers first (bitswap), then the configured sources; None = the store's defaults."""
@@ -237,6 +358,8 @@ class NodeDaemon:
     def _spawn(self, job_id: int) -> None:
         running = self._drivers.get(job_id)
         if running and not running.done():
+            if running.cancelling():  # being replaced (reorg): start the new driver once the old one ends
+                running.add_done_callback(lambda _: None if self._stopping.is_set() else self._spawn(job_id))
             return
         self._drivers[job_id] = asyncio.create_task(self._drive(job_id), name=f"job-{job_id}")
 
@@ -246,22 +369,61 @@ class NodeDaemon:
             task.cancel()
 
     async def _drive(self, job_id: int) -> None:
-        async with self._inflight:
-            while True:
-                job = self.jobs.get(job_id)
-                if job is None or job.terminal:
-                    return
-                if time.time() >= job.deadline and job.state != JobState.POSTING:
-                    self.jobs.transition(job_id, JobState.EXPIRED, "deadline passed before we could finish")
-                    return
-                try:
-                    await self._step(job)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as e:  # a bug or an RPC outage: keep the state, try again later
-                    self.metrics.rpc_errors += 1
-                    log.warning("job %d: %s in state %s; will retry", job_id, e, job.state.value)
-                    await asyncio.sleep(2.0)
+        try:
+            async with self._inflight:
+                await self._drive_steps(job_id)
+        finally:
+            if self._drivers.get(job_id) is asyncio.current_task() and not self._stopping.is_set():
+                del self._drivers[job_id]  # bounded: only live drivers are kept
+            if not self._stopping.is_set():
+                self._admit_from_backlog()
+
+    async def _drive_steps(self, job_id: int) -> None:
+        failures = 0
+        while True:
+            job = self.jobs.get(job_id)
+            if job is None or job.terminal:
+                return
+            if self._stopping.is_set() and not self._committed_on_chain(job):
+                log.info(
+                    "job %d left in state %s while draining (resumes on the next start)",
+                    job_id,
+                    job.state.value,
+                )
+                return
+            if time.time() >= job.deadline and job.state != JobState.POSTING:
+                self.jobs.transition(job_id, JobState.EXPIRED, "deadline passed before we could finish")
+                return
+            try:
+                await self._step(job)
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a bug or an RPC outage: keep the state, try again with backoff
+                self.metrics.rpc_errors += 1
+                failures += 1
+                delay = min(30.0, 1.0 * 2 ** min(failures - 1, 5))
+                log.warning("job %d: %s in state %s; retrying in %.0fs", job_id, e, job.state.value, delay)
+                await asyncio.sleep(delay)
+
+    def _committed_on_chain(self, job: Job) -> bool:
+        """True once a claim for this job was signed: from then on draining finishes the job."""
+        return (
+            job.state not in (JobState.SEEN, JobState.FETCHING, JobState.CLAIMING)
+            or self.tx.store.get(f"claim:{job.job_id}") is not None
+        )
+
+    def _admit_from_backlog(self) -> None:
+        """A driver finished: give its place to the oldest job skipped for capacity that is still worth trying
+        (admission is decided again, on-chain races by the claim's simulation)."""
+        live = sum(1 for t in self._drivers.values() if not t.done() and t is not asyncio.current_task())
+        if self.admission.at_capacity(live):
+            return
+        for job in self.jobs.skipped_for_capacity(CAPACITY_NOTE, after=time.time() + 5, limit=1):
+            self.jobs.transition(
+                job.job_id, JobState.SEEN, "capacity freed: admission decided again", error=None
+            )
+            self._spawn(job.job_id)
 
     async def _step(self, job: Job) -> None:
         match job.state:
@@ -270,13 +432,18 @@ class NodeDaemon:
                     self._admit(job)
                 except AdmissionRefused as e:
                     log.info("job %d skipped: %s", job.job_id, e)
-                    self.jobs.transition(job.job_id, JobState.SKIPPED, str(e))
+                    self.jobs.transition(job.job_id, JobState.SKIPPED, str(e), error=str(e))
                     return
                 adapter = self.registry.adapter(job.adapter_id)
                 delay = self._claim_delay(adapter.cid)
                 note = f"a warm peer gets {delay:.1f}s head start" if delay else ""
-                self.jobs.transition(job.job_id, JobState.FETCHING, note, adapter_cid=adapter.cid,
-                                     claim_after=time.time() + delay)
+                self.jobs.transition(
+                    job.job_id,
+                    JobState.FETCHING,
+                    note,
+                    adapter_cid=adapter.cid,
+                    claim_after=time.time() + delay,
+                )
             case JobState.FETCHING:
                 await self._fetch(job)
             case JobState.CLAIMING:
@@ -311,29 +478,49 @@ class NodeDaemon:
         if adapter.attestations < policy.min_attestations:
             raise AdmissionRefused(
                 f"adapter {job.adapter_id} has {adapter.attestations} attestation(s), policy needs "
-                f"{policy.min_attestations}")
-        if job.price < policy.min_price_wei:
-            raise AdmissionRefused(f"price {job.price} wei is below [policy].min_price_wei")
+                f"{policy.min_attestations}"
+            )
         if job.max_tokens > self.config.engine.max_tokens_cap:
             raise AdmissionRefused(f"max_tokens {job.max_tokens} exceeds [engine].max_tokens_cap")
         if not job.input and job.input_cid:
             raise AdmissionRefused("inputs by CID are not fetched by this node version")
-        if job.deadline - time.time() < 5:
-            raise AdmissionRefused("too close to its deadline to finish")
+        others = [j for j in self.committed() if j.job_id != job.job_id and j.state != JobState.SEEN]
+        decision = self.admission.decide(
+            now=time.time(),
+            deadline=job.deadline,
+            price=job.price,
+            max_tokens=job.max_tokens,
+            warm=self.service.is_warm(adapter.cid),
+            committed_jobs=len(others),
+            committed_tokens=sum(j.max_tokens for j in others if j.state != JobState.POSTING),
+            tokens_per_s=self.service.engine.stats().tokens_per_s,
+        )
+        if not decision.admit:
+            raise AdmissionRefused(decision.reason)
 
     async def _fetch(self, job: Job) -> None:
         from inference.ipfs.fetcher import FetchError
         from inference.validate import AdapterRejected
 
+        cold = not self.service.is_warm(job.adapter_cid)
+        started = time.monotonic()
         try:
-            prepared = await self.service.prepare(job.adapter_cid, job.adapter_hash,
-                                                  self._fetch_sources(job.adapter_cid))
+            prepared = await self.service.prepare(
+                job.adapter_cid, job.adapter_hash, self._fetch_sources(job.adapter_cid)
+            )
         except (FetchError, AdapterRejected) as e:
             self.metrics.adapter_rejections += 1
-            log.error("job %d: adapter %s (id %d) refused: %s — job left for other nodes", job.job_id,
-                      job.adapter_cid, job.adapter_id, e)
+            log.error(
+                "job %d: adapter %s (id %d) refused: %s — job left for other nodes",
+                job.job_id,
+                job.adapter_cid,
+                job.adapter_id,
+                e,
+            )
             self.jobs.transition(job.job_id, JobState.SKIPPED, f"adapter refused: {e}")
             return
+        if cold:
+            self.admission.observe_cold_start(time.monotonic() - started)
         self.jobs.transition(job.job_id, JobState.CLAIMING, f"adapter ready (rank {prepared.rank})")
 
     async def _claim(self, job: Job) -> None:
@@ -347,30 +534,54 @@ class NodeDaemon:
         except SimulationError as e:
             status = await self.protocol.job_status(job.job_id)
             to = {JobStatus.EXPIRED: JobState.EXPIRED, JobStatus.CANCELLED: JobState.CANCELLED}.get(
-                status, JobState.LOST)
+                status, JobState.LOST
+            )
             self.jobs.transition(job.job_id, to, f"claim not sent: {e.reason}")
             return
         except TxFailedError as e:
-            self.jobs.transition(job.job_id, JobState.LOST, f"claim failed on chain: {e}")
-            return
-        self.metrics.claim_latency_s.append(time.monotonic() - started)
-        self.jobs.transition(job.job_id, JobState.CLAIMED, f"claimed in tx {record.mined_hash}",
-                             claim_tx=record.mined_hash)
+            status = await self.protocol.job_status(job.job_id)
+            if not (
+                status == JobStatus.CLAIMED
+                and await self.protocol.job_node(job.job_id) == self.operator.address
+            ):
+                self.jobs.transition(job.job_id, JobState.LOST, f"claim failed on chain: {e}")
+                return
+            log.warning("job %d: claim tx reported %s but the chain says we hold the job", job.job_id, e)
+            record = e.record
+        latency = time.monotonic() - started
+        self.metrics.observe_claim_latency(latency)
+        self.admission.observe_chain_round_trip(2 * latency)  # a result is one more mined tx, like the claim
+        self.jobs.transition(
+            job.job_id, JobState.CLAIMED, f"claimed in tx {record.mined_hash}", claim_tx=record.mined_hash
+        )
 
     async def _run(self, job: Job) -> None:
         prompt = job.input.decode("utf-8", errors="replace")
         result = await self.service.generate(job.adapter_cid, job.adapter_hash, prompt, job.max_tokens)
         self.metrics.tokens_generated += len(result.token_ids)
         output = result.text.encode("utf-8")
-        claim = ResultClaim.for_output(await self.tx.chain_id(), self.protocol.market.address, job.job_id,
-                                       job.input_hash, job.adapter_hash, output)
+        claim = ResultClaim.for_output(
+            await self.tx.chain_id(),
+            self.protocol.market.address,
+            job.job_id,
+            job.input_hash,
+            job.adapter_hash,
+            output,
+        )
         signature = claim.sign(self.signer.key)
-        self.jobs.transition(job.job_id, JobState.POSTING, f"{len(result.token_ids)} tokens in {result.total_s:.2f}s",
-                             output=output, signature=signature)
+        self.jobs.transition(
+            job.job_id,
+            JobState.POSTING,
+            f"{len(result.token_ids)} tokens in {result.total_s:.2f}s",
+            output=output,
+            signature=signature,
+        )
 
     async def _post(self, job: Job) -> None:
         key = f"result:{job.job_id}"
-        data = self.protocol.calldata(self.protocol.market, "submitResult", job.job_id, job.output, job.signature)
+        data = self.protocol.calldata(
+            self.protocol.market, "submitResult", job.job_id, job.output, job.signature
+        )
         try:
             await self.tx.send(key, self.protocol.market.address, data)
             record = await self.tx.wait(key, timeout=max(10.0, job.deadline - time.time() + 30))
@@ -382,6 +593,8 @@ class NodeDaemon:
             self.jobs.transition(job.job_id, to, f"result not sent: {e.reason}")
             return
         except TxFailedError as e:
+            if await self.protocol.job_status(job.job_id) == JobStatus.COMPLETED:
+                return  # paid after all (the watcher records it)
             self.jobs.transition(job.job_id, JobState.FAILED, f"result tx failed: {e}")
             return
         receipt = await self.w3.eth.get_transaction_receipt(record.mined_hash)
@@ -393,8 +606,16 @@ class NodeDaemon:
         job = self.jobs.get(job_id)
         if job is None or job.state == JobState.PAID or not self.jobs.can(job_id, JobState.PAID):
             return
-        self.jobs.transition(job_id, JobState.PAID, f"paid {args['nodeAmount']} wei in tx {tx_hash}",
-                             node_amount=args["nodeAmount"], adapter_amount=args["adapterAmount"],
-                             protocol_amount=args["protocolAmount"], result_tx=tx_hash)
-        self.metrics.jobs_paid += 1
-        self.metrics.earned_wei += args["nodeAmount"]
+        first_time = job.node_amount is None  # a result re-posted after a reorg is not new earnings
+        self.jobs.transition(
+            job_id,
+            JobState.PAID,
+            f"paid {args['nodeAmount']} wei in tx {tx_hash}",
+            node_amount=args["nodeAmount"],
+            adapter_amount=args["adapterAmount"],
+            protocol_amount=args["protocolAmount"],
+            result_tx=tx_hash,
+        )
+        if first_time:
+            self.metrics.jobs_paid += 1
+            self.metrics.earned_wei += args["nodeAmount"]

@@ -2,7 +2,7 @@
 
     SEEN ─▶ FETCHING ─▶ CLAIMING ─▶ CLAIMED ─▶ RUNNING ─▶ POSTING ─▶ PAID
       │         │           │           │          │          │
-      └─────────┴───────────┴───────────┴──────────┴──────────┴──▶ SKIPPED | LOST | EXPIRED | CANCELLED | FAILED
+      └─────────┴───────────┴───────────┴──────────┴──────────┴──▶ SKIPPED|LOST|EXPIRED|CANCELLED|FAILED
 
 The adapter is fetched, verified and validated *before* the claim: a node never stakes a claim on a
 job it cannot serve, and a hostile adapter costs it nothing but bandwidth. A state is written before
@@ -12,6 +12,7 @@ manager's idempotency keys make the on-chain steps safe to repeat."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, fields
@@ -34,15 +35,18 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
-TERMINAL = frozenset({JobState.PAID, JobState.SKIPPED, JobState.LOST, JobState.EXPIRED, JobState.CANCELLED,
-                      JobState.FAILED})
+TERMINAL = frozenset(
+    {JobState.PAID, JobState.SKIPPED, JobState.LOST, JobState.EXPIRED, JobState.CANCELLED, JobState.FAILED}
+)
 _ENDINGS = {JobState.LOST, JobState.EXPIRED, JobState.CANCELLED, JobState.FAILED}
 
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.SEEN: frozenset({JobState.FETCHING, JobState.SKIPPED} | _ENDINGS),
     JobState.FETCHING: frozenset({JobState.CLAIMING, JobState.SKIPPED} | _ENDINGS),
     JobState.CLAIMING: frozenset({JobState.CLAIMED} | _ENDINGS),
-    JobState.CLAIMED: frozenset({JobState.RUNNING, JobState.CLAIMING} | _ENDINGS),  # CLAIMING: claim undone by reorg
+    JobState.CLAIMED: frozenset(
+        {JobState.RUNNING, JobState.CLAIMING} | _ENDINGS
+    ),  # CLAIMING: claim undone by reorg
     JobState.RUNNING: frozenset({JobState.POSTING, JobState.CLAIMING} | _ENDINGS),
     JobState.POSTING: frozenset({JobState.PAID, JobState.CLAIMING} | _ENDINGS),
     JobState.PAID: frozenset({JobState.POSTING}),  # a reorg dropped the paying result: post again
@@ -56,6 +60,16 @@ TRANSITIONS: dict[JobState, frozenset[JobState]] = {
 
 class IllegalTransitionError(RuntimeError):
     pass
+
+
+# TEST HOOK (fault injection only): with OPENLORA_TEST_CRASH_AT=<state> the process dies with exit code
+# 137, as under SIGKILL, right after a job's move into that state is committed. Never set it in production.
+CRASH_HOOK_ENV = "OPENLORA_TEST_CRASH_AT"
+
+
+def _crash_hook(state: JobState) -> None:
+    if os.environ.get(CRASH_HOOK_ENV) == state.value:
+        os._exit(137)
 
 
 @dataclass
@@ -106,12 +120,14 @@ class JobBook:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         conn.execute(
-            "CREATE TABLE IF NOT EXISTS jobs (job_id INTEGER PRIMARY KEY, state TEXT NOT NULL, body TEXT NOT NULL,"
+            "CREATE TABLE IF NOT EXISTS jobs (job_id INTEGER PRIMARY KEY, state TEXT NOT NULL,"
+            " body TEXT NOT NULL,"
             " updated_at REAL NOT NULL)"
         )
         conn.execute("CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state)")
         conn.execute(
-            "CREATE TABLE IF NOT EXISTS job_log (id INTEGER PRIMARY KEY AUTOINCREMENT, job_id INTEGER NOT NULL,"
+            "CREATE TABLE IF NOT EXISTS job_log (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " job_id INTEGER NOT NULL,"
             " at REAL NOT NULL, from_state TEXT, to_state TEXT NOT NULL, note TEXT)"
         )
         conn.commit()
@@ -126,9 +142,13 @@ class JobBook:
             (job.job_id, job.state.value, _encode(job), now),
         )
         if cur.rowcount:
-            self.conn.execute("INSERT INTO job_log(job_id, at, from_state, to_state, note) VALUES (?, ?, NULL, ?, ?)",
-                              (job.job_id, now, job.state.value, "seen on chain"))
+            self.conn.execute(
+                "INSERT INTO job_log(job_id, at, from_state, to_state, note) VALUES (?, ?, NULL, ?, ?)",
+                (job.job_id, now, job.state.value, "seen on chain"),
+            )
         self.conn.commit()
+        if cur.rowcount:
+            _crash_hook(job.state)
         return bool(cur.rowcount)
 
     def get(self, job_id: int) -> Job | None:
@@ -148,13 +168,17 @@ class JobBook:
         job.state = to
         job.updated_at = time.time()
         with self.conn:
-            self.conn.execute("UPDATE jobs SET state = ?, body = ?, updated_at = ? WHERE job_id = ?",
-                              (to.value, _encode(job), job.updated_at, job_id))
+            self.conn.execute(
+                "UPDATE jobs SET state = ?, body = ?, updated_at = ? WHERE job_id = ?",
+                (to.value, _encode(job), job.updated_at, job_id),
+            )
             if to != before or note:
                 self.conn.execute(
                     "INSERT INTO job_log(job_id, at, from_state, to_state, note) VALUES (?, ?, ?, ?, ?)",
                     (job_id, job.updated_at, before.value, to.value, note),
                 )
+        if to != before:
+            _crash_hook(to)
         return job
 
     def can(self, job_id: int, to: JobState) -> bool:
@@ -179,12 +203,35 @@ class JobBook:
         return counts
 
     def history(self, job_id: int) -> list[tuple[float, str | None, str, str]]:
-        return list(self.conn.execute(
-            "SELECT at, from_state, to_state, note FROM job_log WHERE job_id = ? ORDER BY id", (job_id,)))
+        return list(
+            self.conn.execute(
+                "SELECT at, from_state, to_state, note FROM job_log WHERE job_id = ? ORDER BY id", (job_id,)
+            )
+        )
+
+    def in_states(self, states: tuple[JobState, ...] | frozenset[JobState]) -> list[Job]:
+        values = [s.value for s in states]
+        rows = self.conn.execute(
+            f"SELECT body FROM jobs WHERE state IN ({','.join('?' * len(values))}) ORDER BY job_id",
+            values,
+        ).fetchall()
+        return [_decode(r[0]) for r in rows]
+
+    def skipped_for_capacity(self, error: str, *, after: float, limit: int) -> list[Job]:
+        """Oldest SKIPPED jobs whose error is `error` and whose deadline is later than `after`."""
+        rows = self.conn.execute(
+            "SELECT body FROM jobs WHERE state = ? AND json_extract(body, '$.error') = ?"
+            " AND json_extract(body, '$.deadline') > ? ORDER BY job_id LIMIT ?",
+            (JobState.SKIPPED.value, error, after, limit),
+        ).fetchall()
+        return [_decode(r[0]) for r in rows]
 
     def seen_since(self, block: int) -> list[Job]:
-        return [j for j in (self.get(r[0]) for r in self.conn.execute("SELECT job_id FROM jobs")) if
-                j is not None and j.seen_block >= block]
+        return [
+            j
+            for j in (self.get(r[0]) for r in self.conn.execute("SELECT job_id FROM jobs"))
+            if j is not None and j.seen_block >= block
+        ]
 
 
 def _encode(job: Job) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
@@ -38,44 +39,93 @@ def engine_config(config: NodeConfig) -> EngineConfig:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    return EngineConfig(max_slots=e.max_slots, max_rank=e.max_rank, host_budget_bytes=e.host_budget_mb << 20,
-                        max_batch=e.max_batch, max_queue=e.max_queue, device=device)
+    return EngineConfig(
+        max_slots=e.max_slots,
+        max_rank=e.max_rank,
+        host_budget_bytes=e.host_budget_mb << 20,
+        max_batch=e.max_batch,
+        max_queue=e.max_queue,
+        device=device,
+    )
 
 
 async def build_daemon(config: NodeConfig, *, base: LoadedModel | None = None) -> NodeDaemon:
     password = read_password(config.chain.password_file)
     operator = load_keystore(config.chain.keystore, password)
-    signer = load_keystore(config.chain.signer_keystore, password) if config.chain.signer_keystore else operator
-    deployment = Deployment.load(config.chain.deployment)
+    signer = (
+        load_keystore(config.chain.signer_keystore, password) if config.chain.signer_keystore else operator
+    )
+    try:
+        deployment = Deployment.load(config.chain.deployment)
+    except FileNotFoundError as e:
+        raise StartupError(str(e)) from None
+    except (ValueError, TypeError) as e:
+        raise StartupError(
+            f"deployment file {config.chain.deployment} is not a deployment written by `deploy()` "
+            f"({type(e).__name__}: {e}); fix [chain].deployment"
+        ) from None
 
-    w3 = AsyncWeb3(FailoverProvider(config.chain.rpc_urls))
+    w3 = AsyncWeb3(FailoverProvider(config.chain.rpc_urls, timeout_s=config.chain.rpc_timeout_s))
+    rpc_log = logging.getLogger("openlora.rpc")
+    level = rpc_log.level
+    rpc_log.setLevel(logging.ERROR)  # a failed start-up probe is reported once, below, not per endpoint
     try:
         chain_id = await w3.eth.chain_id
     except Exception:
+        await w3.provider.disconnect()
         raise StartupError(
-            f"cannot reach any RPC endpoint ({', '.join(config.chain.rpc_urls)}): is the node running? "
-            "check [chain].rpc_urls") from None
+            f"cannot reach any RPC endpoint ({', '.join(config.chain.rpc_urls)}): is the chain node running? "
+            "check [chain].rpc_urls"
+        ) from None
+    finally:
+        rpc_log.setLevel(level)
     if chain_id != deployment.chain_id:
-        raise StartupError(f"RPC is chain {chain_id} but the deployment file is for chain {deployment.chain_id}")
+        await w3.provider.disconnect()
+        raise StartupError(
+            f"RPC is chain {chain_id} but the deployment file {config.chain.deployment} is for "
+            f"chain {deployment.chain_id}: point [chain].rpc_urls at the right network"
+        )
 
     conn = connect(config.db_path)
     protocol = Protocol(w3, deployment)
-    watcher = EventWatcher(w3, protocol.contracts, CursorStore(conn), start_block=deployment.start_block,
-                           confirmations=config.chain.confirmations)
-    fees = FeePolicy(max_fee_gwei=config.chain.max_fee_gwei, max_priority_fee_gwei=config.chain.max_priority_fee_gwei,
-                     bump_after_s=config.chain.bump_after_s)
-    tx = TxManager(w3, operator, SqliteTxStore(conn), fees=fees, confirmations=config.chain.confirmations,
-                   chain_id=chain_id)
+    watcher = EventWatcher(
+        w3,
+        protocol.contracts,
+        CursorStore(conn),
+        start_block=deployment.start_block,
+        confirmations=config.chain.confirmations,
+    )
+    fees = FeePolicy(
+        max_fee_gwei=config.chain.max_fee_gwei,
+        max_priority_fee_gwei=config.chain.max_priority_fee_gwei,
+        bump_after_s=config.chain.bump_after_s,
+    )
+    tx = TxManager(
+        w3,
+        operator,
+        SqliteTxStore(conn),
+        fees=fees,
+        confirmations=config.chain.confirmations,
+        chain_id=chain_id,
+    )
 
     sources = []
     if config.ipfs.kubo_rpc:
         sources.append(KuboRpcSource(config.ipfs.kubo_rpc))
     sources += [GatewaySource(url) for url in config.ipfs.gateways]
-    store = AdapterStore(config.cache_dir, budget_bytes=config.ipfs.cache_budget_mb << 20, sources=sources,
-                         max_adapter_bytes=config.ipfs.max_adapter_mb << 20)
+    store = AdapterStore(
+        config.cache_dir,
+        budget_bytes=config.ipfs.cache_budget_mb << 20,
+        sources=sources,
+        max_adapter_bytes=config.ipfs.max_adapter_mb << 20,
+    )
     if base is None:
         log.info("loading base model %s", config.node.base_model)
-        base = await asyncio.to_thread(load_base_model, config.node.base_model)
+        try:
+            base = await asyncio.to_thread(load_base_model, config.node.base_model)
+        except ValueError as e:
+            await w3.provider.disconnect()
+            raise StartupError(f"[node].base_model: {e}") from None
     registry = RegistryView(conn)
     p2p = None
     blocks = None
@@ -84,24 +134,50 @@ async def build_daemon(config: NodeConfig, *, base: LoadedModel | None = None) -
         from node.p2p import P2PConfig, P2PNode
 
         blocks = BlockStore(config.node.data_dir / "blocks")
-        p2p = P2PNode(P2PConfig(identity_path=config.identity_path, listen=config.p2p.listen,
-                                bootstrap=config.p2p.bootstrap),
-                      blocks, signer, keccak(text=config.node.base_model), registry.is_registered_signer)
+        p2p = P2PNode(
+            P2PConfig(
+                identity_path=config.identity_path, listen=config.p2p.listen, bootstrap=config.p2p.bootstrap
+            ),
+            blocks,
+            signer,
+            keccak(text=config.node.base_model),
+            registry.is_registered_signer,
+        )
     service = InferenceService(base, store, engine_config(config), blocks=blocks)
-    return NodeDaemon(config, w3, protocol, operator, signer, JobBook(conn), registry, watcher, tx, service, p2p=p2p,
-                      warm_backoff_s=config.p2p.warm_backoff_s)
+    return NodeDaemon(
+        config,
+        w3,
+        protocol,
+        operator,
+        signer,
+        JobBook(conn),
+        registry,
+        watcher,
+        tx,
+        service,
+        p2p=p2p,
+        warm_backoff_s=config.p2p.warm_backoff_s,
+    )
 
 
-async def run_node(config: NodeConfig, *, stop: asyncio.Event | None = None, base: LoadedModel | None = None) -> None:
+async def run_node(
+    config: NodeConfig, *, stop: asyncio.Event | None = None, base: LoadedModel | None = None
+) -> None:
     daemon = await build_daemon(config, base=base)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError):
-            pass
-    runner = await start_api(daemon, config.api.host, config.api.port) if config.api.enabled else None
+    try:
+        runner = await start_api(daemon, config.api.host, config.api.port) if config.api.enabled else None
+    except OSError as e:
+        await daemon.service.store.close()
+        await daemon.w3.provider.disconnect()
+        raise StartupError(
+            f"cannot listen on {config.api.host}:{config.api.port} ({e.strerror}): change [api].port "
+            "or stop what uses it"
+        ) from None
     if runner:
         log.info("API on http://%s:%d (/healthz /readyz /metrics /status)", config.api.host, config.api.port)
     try:
@@ -109,4 +185,6 @@ async def run_node(config: NodeConfig, *, stop: asyncio.Event | None = None, bas
     finally:
         if runner:
             await runner.cleanup()
+        await daemon.service.store.close()
+        await daemon.w3.provider.disconnect()
         log.info("node stopped")

@@ -23,7 +23,9 @@ async def _drain(watcher: EventWatcher) -> list:
     return events
 
 
-async def test_cursor_resumes_and_confirmations_hold_back_the_head(tmp_path: Path, dev_keys: list[str]) -> None:
+async def test_cursor_resumes_and_confirmations_hold_back_the_head(
+    tmp_path: Path, dev_keys: list[str]
+) -> None:
     with Anvil() as anvil:
         w3 = Web3(HTTPProvider(anvil.url))
         deployment = deploy(w3, Account.from_key(dev_keys[0]))
@@ -32,8 +34,13 @@ async def test_cursor_resumes_and_confirmations_hold_back_the_head(tmp_path: Pat
         protocol = Protocol(aw3, deployment)
         db = tmp_path / "db"
 
-        watcher = EventWatcher(aw3, protocol.contracts, CursorStore(connect(db)), start_block=deployment.start_block,
-                               confirmations=2)
+        watcher = EventWatcher(
+            aw3,
+            protocol.contracts,
+            CursorStore(connect(db)),
+            start_block=deployment.start_block,
+            confirmations=2,
+        )
         w3.provider.make_request("anvil_mine", [1])
         assert "OwnershipTransferred" in [e.name for e in await _drain(watcher)]  # the deployment itself
         publisher.register_adapter("bafyone", b"\x01" * 32, b"\x02" * 32, 4, 100, 1)
@@ -47,19 +54,32 @@ async def test_cursor_resumes_and_confirmations_hold_back_the_head(tmp_path: Pat
         publisher.register_adapter("bafytwo", b"\x03" * 32, b"\x02" * 32, 4, 100, 1)
         w3.provider.make_request("anvil_mine", [1])
         # a restarted watcher (new object, same database) resumes after the cursor: no re-delivery
-        again = EventWatcher(aw3, protocol.contracts, CursorStore(connect(db)), start_block=deployment.start_block,
-                             confirmations=2)
+        again = EventWatcher(
+            aw3,
+            protocol.contracts,
+            CursorStore(connect(db)),
+            start_block=deployment.start_block,
+            confirmations=2,
+        )
         assert [e.args["cid"] for e in await _drain(again)] == ["bafytwo"]
+        await aw3.provider.disconnect()
 
 
-async def test_reorg_is_detected_and_the_dropped_range_is_re_read(tmp_path: Path, dev_keys: list[str]) -> None:
+async def test_reorg_is_detected_and_the_dropped_range_is_re_read(
+    tmp_path: Path, dev_keys: list[str]
+) -> None:
     with Anvil() as anvil:
         w3 = Web3(HTTPProvider(anvil.url))
         deployment = deploy(w3, Account.from_key(dev_keys[0]))
         publisher = ProtocolClient(w3, deployment, Account.from_key(dev_keys[2]))
         aw3 = AsyncWeb3(AsyncHTTPProvider(anvil.url))
-        watcher = EventWatcher(aw3, Protocol(aw3, deployment).contracts, CursorStore(connect(tmp_path / "db")),
-                               start_block=deployment.start_block, confirmations=1)
+        watcher = EventWatcher(
+            aw3,
+            Protocol(aw3, deployment).contracts,
+            CursorStore(connect(tmp_path / "db")),
+            start_block=deployment.start_block,
+            confirmations=1,
+        )
         publisher.register_adapter("bafykept", b"\x01" * 32, b"\x02" * 32, 4, 100, 1)
         publisher.register_adapter("bafydropped", b"\x03" * 32, b"\x02" * 32, 4, 100, 1)
         seen = [e for e in await _drain(watcher) if e.name == "AdapterRegistered"]
@@ -72,3 +92,48 @@ async def test_reorg_is_detected_and_the_dropped_range_is_re_read(tmp_path: Path
         assert batch is not None and batch.reorg_from is not None and batch.reorg_from <= dropped_block
         watcher.commit(batch)
         assert "bafydropped" not in [e.args.get("cid") for e in batch.events + await _drain(watcher)]
+        await aw3.provider.disconnect()
+
+
+async def test_deep_reorg_walks_back_through_checkpoints_and_re_reads_replacements(
+    tmp_path: Path, dev_keys: list[str]
+) -> None:
+    """Three batches of one block each, then a 3-block reorg whose new blocks hold a different event:
+    the watcher finds the last common checkpoint, reports where to re-read from and delivers the new event."""
+    with Anvil() as anvil:
+        w3 = Web3(HTTPProvider(anvil.url))
+        deployment = deploy(w3, Account.from_key(dev_keys[0]))
+        publisher = ProtocolClient(w3, deployment, Account.from_key(dev_keys[2]))
+        aw3 = AsyncWeb3(AsyncHTTPProvider(anvil.url))
+        watcher = EventWatcher(
+            aw3,
+            Protocol(aw3, deployment).contracts,
+            CursorStore(connect(tmp_path / "db")),
+            start_block=deployment.start_block,
+            confirmations=1,
+        )
+        await _drain(watcher)
+        common = w3.eth.block_number
+        for cid in ("bafy-a", "bafy-b", "bafy-c"):  # one block and one committed batch each
+            publisher.register_adapter(cid, b"\x01" * 32, b"\x02" * 32, 4, 100, 1)
+            await _drain(watcher)
+        # the replacement chain: 3 new blocks, the first holding another registration
+        registry = publisher.adapters
+        tx = registry.functions.register("bafy-new", b"\x05" * 32, b"\x02" * 32, 4, 100, 1).build_transaction(
+            {
+                "from": publisher.account.address,
+                "nonce": w3.eth.get_transaction_count(publisher.account.address) - 3,
+                "gas": 500_000,
+                "maxFeePerGas": 10**11,
+                "maxPriorityFeePerGas": 10**9,
+            }
+        )
+        raw = publisher.account.sign_transaction(tx).raw_transaction.to_0x_hex()
+        w3.provider.make_request("anvil_reorg", [3, [[raw, 0]]])
+        batch = await watcher.next_batch()
+        assert batch is not None and batch.reorg_from == common + 1
+        cids = [e.args.get("cid") for e in batch.events]
+        watcher.commit(batch)
+        cids += [e.args.get("cid") for e in await _drain(watcher)]
+        assert "bafy-new" in cids and not {"bafy-a", "bafy-b", "bafy-c"} & set(cids)
+        await aw3.provider.disconnect()

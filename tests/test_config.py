@@ -22,7 +22,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ("[nodes]\n", "unknown section(s) nodes"),
         ("[chain]\nconfirmations = 'two'\n", "[chain].confirmations: expected int"),
         ("[chain]\nconfirmations = 0\n", "confirmations must be >= 1"),
-        ("[chain]\nrpc_urls = ['localhost:8545']\n", "must start with http"),
+        ("[chain]\nrpc_urls = ['localhost:8545']\n", "must be an http(s):// JSON-RPC endpoint"),
         ("[api]\nport = 70000\n", "not a TCP port"),
         ("[node\n", "not valid TOML"),
     ],

@@ -18,9 +18,22 @@ def chain():
         yield a
 
 
+_OPEN: list[AsyncWeb3] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_providers():
+    yield
+    while _OPEN:
+        await _OPEN.pop().provider.disconnect()
+
+
 def _manager(url: str, key: str, db, **fees) -> TxManager:
     w3 = AsyncWeb3(AsyncHTTPProvider(url))
-    return TxManager(w3, Account.from_key(key), SqliteTxStore(connect(db)), fees=FeePolicy(**fees), confirmations=1)
+    _OPEN.append(w3)
+    return TxManager(
+        w3, Account.from_key(key), SqliteTxStore(connect(db)), fees=FeePolicy(**fees), confirmations=1
+    )
 
 
 async def test_send_is_idempotent_and_nonces_sequence(chain: Anvil, dev_keys: list[str], tmp_path) -> None:
@@ -67,3 +80,43 @@ async def test_restart_rebroadcasts_signed_but_unsent(chain: Anvil, dev_keys: li
     done = await restarted.wait("pay:crash", timeout=20)
     assert done.state == TxState.CONFIRMED
     assert await w3.eth.get_transaction_count(tm.address) == 1
+
+
+async def test_tx_underpriced_by_a_base_fee_jump_is_bumped_and_mined(
+    chain: Anvil, dev_keys: list[str], tmp_path
+) -> None:
+    tm = _manager(chain.url, dev_keys[0], tmp_path / "db", bump_after_s=0.0)
+    w3 = tm.w3
+    await w3.provider.make_request("evm_setAutomine", [False])
+    to = Account.from_key(dev_keys[1]).address
+    record = await tm.send("pay:underpriced", to, "0x", value=3)
+    # the base fee jumps far above the tx's maxFeePerGas: it sits in the pool, unmineable
+    await w3.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(100 * 10**9)])
+    await w3.provider.make_request("evm_mine", [])
+    assert await w3.eth.get_transaction_count(tm.address) == 0
+    await tm.poll()
+    bumped = tm.store.get("pay:underpriced")
+    assert bumped.nonce == record.nonce and bumped.bumps == 1
+    assert bumped.max_fee >= 2 * 10**9 * 10  # priced against the pending block, not +15% of a stale price
+    await w3.provider.make_request("evm_setAutomine", [True])
+    await w3.provider.make_request("evm_mine", [])
+    done = await tm.wait("pay:underpriced", timeout=20)
+    assert done.mined_hash == bumped.hashes[-1] and await w3.eth.get_transaction_count(tm.address) == 1
+
+
+async def test_reorg_that_drops_mined_txs_resends_the_same_bytes_in_nonce_order(
+    chain: Anvil, dev_keys: list[str], tmp_path
+) -> None:
+    tm = _manager(chain.url, dev_keys[0], tmp_path / "db")
+    to = Account.from_key(dev_keys[1]).address
+    await tm.send("pay:a", to, "0x", value=1)
+    await tm.send("pay:b", to, "0x", value=2)
+    a, b = await tm.wait("pay:a", timeout=20), await tm.wait("pay:b", timeout=20)
+    await tm.w3.provider.make_request("anvil_reorg", [2, []])
+    assert await tm.w3.eth.get_transaction_count(tm.address) == 0
+    resent = await tm.reconcile_reorg(a.mined_block)
+    assert [r.key for r in resent] == ["pay:a", "pay:b"]
+    again_a, again_b = await tm.wait("pay:a", timeout=20), await tm.wait("pay:b", timeout=20)
+    assert (again_a.mined_hash, again_b.mined_hash) == (a.mined_hash, b.mined_hash)  # same signed txs
+    assert await tm.w3.eth.get_transaction_count(tm.address) == 2
+    assert await tm.reconcile_reorg(again_a.mined_block) == []  # nothing dropped: nothing re-sent

@@ -1,0 +1,122 @@
+"""Chain-side faults against an in-process node on Anvil: a reorg that drops our claim and our result,
+RPC endpoints that go down and come back, and a transaction stuck by underpricing."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+from aiohttp import ClientSession
+
+from inference.models import LoadedModel, tiny_llama
+from scripts.fault_injection import TcpProxy, all_paid, settlement, wait_until
+from tests.factories import make_peft_adapter
+from tests.stack import protocol_stack, running_node
+
+
+def _tx_records(config) -> list[dict]:
+    import json
+    import sqlite3
+
+    conn = sqlite3.connect(config.db_path)
+    try:
+        return [json.loads(b) for (b,) in conn.execute("SELECT body FROM txs ORDER BY nonce")]
+    finally:
+        conn.close()
+
+
+async def test_reorg_that_drops_our_claim_and_result_is_repaired(
+    tmp_path: Path, tiny: LoadedModel, caplog
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with protocol_stack(tmp_path) as s:
+        adapter_id, _ = s.publish(make_peft_adapter(tiny, tmp_path / "adapter", rank=4, seed=7), tiny)
+        s.register_node(tiny)
+        market = s.contract("JobMarket")
+        async with running_node(s.node_config(), tiny_llama(0)):
+            jobs = [s.submit(adapter_id, f"reorg prompt {i}", max_tokens=6) for i in range(2)]
+            await wait_until(lambda: all_paid(s, jobs), 90, "both jobs paid")
+            last = jobs[-1]
+            claim_block = market.events.JobClaimed.get_logs(
+                from_block=s.deployment.start_block, argument_filters={"jobId": last}
+            )[-1]["blockNumber"]
+            depth = s.w3.eth.block_number - claim_block + 1
+            s.w3.provider.make_request("anvil_reorg", [depth, []])  # replaced by empty blocks
+            assert market.functions.getJob(last).call()[-1] == 1  # OPEN again: claim and result are gone
+            await wait_until(lambda: all_paid(s, jobs), 60, "the job paid again on the new chain")
+            await asyncio.sleep(0.5)
+        report = settlement(s, jobs)
+        assert report["paid"] == jobs and not report["double_results"] and not report["double_claims"], report
+        assert report["reverted_txs"] == 0, report
+        messages = [r.getMessage() for r in caplog.records]
+        assert any("chain reorganised" in m for m in messages)
+        resent = [m for m in messages if m.startswith("recovery: reorg") and "re-sent" in m]
+        assert resent and f"claim:{last}" in resent[0] and f"result:{last}" in resent[0], messages
+        # the same signed transactions were re-sent (same nonce), not new ones
+        records = {r["key"]: r for r in _tx_records(s.node_config())}
+        assert (
+            len(records[f"claim:{last}"]["hashes"]) == 1 and records[f"claim:{last}"]["state"] == "confirmed"
+        )
+
+
+async def test_rpc_outage_fails_over_and_recovers_without_crashing(tmp_path: Path, tiny: LoadedModel) -> None:
+    async with protocol_stack(tmp_path) as s:
+        adapter_id, _ = s.publish(make_peft_adapter(tiny, tmp_path / "adapter", rank=4, seed=8), tiny)
+        s.register_node(tiny)
+        primary, backup = TcpProxy(s.anvil.port), TcpProxy(s.anvil.port)
+        await primary.start()
+        await backup.start()
+        config = s.node_config(chain={"rpc_urls": [primary.url, backup.url], "rpc_timeout_s": 2.0})
+        try:
+            async with running_node(config, tiny_llama(0)) as url, ClientSession() as http:
+                await primary.stop()  # the primary endpoint goes away: the backup serves
+                first = s.submit(adapter_id, "failover prompt", max_tokens=6)
+                await wait_until(lambda: all_paid(s, [first]), 60, "job paid through the backup RPC")
+
+                await backup.stop()  # now no RPC at all
+                second = s.submit(adapter_id, "outage prompt", max_tokens=6)
+                for _ in range(10):  # the node stays up and answers /healthz during the outage
+                    async with http.get(f"{url}/healthz") as r:
+                        assert r.status == 200
+                    await asyncio.sleep(0.3)
+                assert not all_paid(s, [second])
+                async with http.get(f"{url}/metrics") as r:
+                    text = await r.text()
+                errors = next(
+                    float(line.split()[-1])
+                    for line in text.splitlines()
+                    if line.startswith("openlora_rpc_errors_total")
+                )
+                assert errors > 0
+
+                await primary.start()  # the primary comes back on the same address
+                await wait_until(lambda: all_paid(s, [second]), 60, "job paid after the RPC came back")
+        finally:
+            await primary.stop()
+            await backup.stop()
+        report = settlement(s, [first, second])
+        assert report["paid"] == [first, second] and report["reverted_txs"] == 0, report
+
+
+async def test_underpriced_claim_is_bumped_with_the_same_nonce(
+    tmp_path: Path, tiny: LoadedModel, caplog
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with protocol_stack(tmp_path) as s:
+        adapter_id, _ = s.publish(make_peft_adapter(tiny, tmp_path / "adapter", rank=4, seed=9), tiny)
+        s.register_node(tiny)
+        config = s.node_config(chain={"bump_after_s": 1.0, "max_fee_gwei": 500.0})
+        async with running_node(config, tiny_llama(0)):
+            job = s.submit(adapter_id, "underpriced prompt", max_tokens=6)
+            # the base fee jumps to 60 gwei: fees priced from the latest block (~1 gwei) are now too low
+            s.w3.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(60 * 10**9)])
+            await wait_until(lambda: all_paid(s, [job]), 90, "job paid after the fee bump")
+        claim = next(r for r in _tx_records(config) if r["key"] == f"claim:{job}")
+        assert claim["bumps"] >= 1 and len(claim["hashes"]) >= 2, claim
+        assert claim["mined_hash"] == claim["hashes"][-1] and claim["max_fee"] >= 60 * 10**9
+        report = settlement(s, [job])
+        assert report["paid"] == [job] and report["calls"]["claimJob"] == 1, report
+        assert any(
+            "bumped fees" in r.getMessage() and f"claim:{job}" in r.getMessage() for r in caplog.records
+        )
