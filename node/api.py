@@ -22,15 +22,27 @@ def status_snapshot(daemon: NodeDaemon) -> dict:
         "uptime_s": round(time.time() - daemon.metrics.started_at, 1),
         "jobs_by_state": jobs.counts(),
         "recent_jobs": [
-            {"job_id": j.job_id, "state": j.state.value, "adapter_id": j.adapter_id, "adapter_cid": j.adapter_cid,
-             "price_wei": str(j.price), "node_amount_wei": str(j.node_amount or 0), "claim_tx": j.claim_tx,
-             "result_tx": j.result_tx, "error": j.error, "updated_at": j.updated_at}
+            {
+                "job_id": j.job_id,
+                "state": j.state.value,
+                "adapter_id": j.adapter_id,
+                "adapter_cid": j.adapter_cid,
+                "price_wei": str(j.price),
+                "node_amount_wei": str(j.node_amount or 0),
+                "claim_tx": j.claim_tx,
+                "result_tx": j.result_tx,
+                "error": j.error,
+                "updated_at": j.updated_at,
+            }
             for j in jobs.recent(25)
         ],
         "earned_wei": str(daemon.metrics.earned_wei),
         "tokens_generated": daemon.metrics.tokens_generated,
         "engine": engine.to_dict() if hasattr(engine, "to_dict") else _plain(engine),
-        "cache": {"usage_bytes": daemon.service.store.usage_bytes(), "budget_bytes": daemon.service.store.budget_bytes},
+        "cache": {
+            "usage_bytes": daemon.service.store.usage_bytes(),
+            "budget_bytes": daemon.service.store.budget_bytes,
+        },
     }
 
 
@@ -47,30 +59,59 @@ def _plain(obj: object) -> object:
 def prometheus_text(daemon: NodeDaemon) -> str:
     m = daemon.metrics
     lines = [
-        "# HELP openlora_jobs Jobs known to this node by state.", "# TYPE openlora_jobs gauge",
+        "# HELP openlora_jobs Jobs known to this node by state.",
+        "# TYPE openlora_jobs gauge",
     ]
     lines += [f'openlora_jobs{{state="{s}"}} {n}' for s, n in daemon.jobs.counts().items()]
     mined, gas_wei = daemon.tx.store.totals(daemon.operator.address)
     stats = _plain(daemon.service.engine.stats())
     lines += [
-        "# TYPE openlora_jobs_paid_total counter", f"openlora_jobs_paid_total {m.jobs_paid}",
-        "# TYPE openlora_earned_wei_total counter", f"openlora_earned_wei_total {m.earned_wei}",
-        "# TYPE openlora_tokens_generated_total counter", f"openlora_tokens_generated_total {m.tokens_generated}",
+        "# TYPE openlora_jobs_paid_total counter",
+        f"openlora_jobs_paid_total {m.jobs_paid}",
+        "# TYPE openlora_earned_wei_total counter",
+        f"openlora_earned_wei_total {m.earned_wei}",
+        "# TYPE openlora_tokens_generated_total counter",
+        f"openlora_tokens_generated_total {m.tokens_generated}",
         "# TYPE openlora_adapter_rejections_total counter",
         f"openlora_adapter_rejections_total {m.adapter_rejections}",
-        "# TYPE openlora_rpc_errors_total counter", f"openlora_rpc_errors_total {m.rpc_errors}",
-        "# TYPE openlora_txs_mined_total counter", f"openlora_txs_mined_total {mined}",
-        "# TYPE openlora_gas_spent_wei_total counter", f"openlora_gas_spent_wei_total {gas_wei}",
+        "# TYPE openlora_rpc_errors_total counter",
+        f"openlora_rpc_errors_total {m.rpc_errors}",
+        "# TYPE openlora_txs_mined_total counter",
+        f"openlora_txs_mined_total {mined}",
+        "# TYPE openlora_gas_spent_wei_total counter",
+        f"openlora_gas_spent_wei_total {gas_wei}",
     ]
     if m.claim_latency_s:
         lat = sorted(m.claim_latency_s)
-        lines += ["# TYPE openlora_claim_latency_seconds summary",
-                  f'openlora_claim_latency_seconds{{quantile="0.5"}} {lat[len(lat) // 2]:.3f}',
-                  f"openlora_claim_latency_seconds_count {len(lat)}",
-                  f"openlora_claim_latency_seconds_sum {sum(lat):.3f}"]
+        lines += [
+            "# TYPE openlora_claim_latency_seconds summary",
+            f'openlora_claim_latency_seconds{{quantile="0.5"}} {lat[len(lat) // 2]:.3f}',
+            f"openlora_claim_latency_seconds_count {len(lat)}",
+            f"openlora_claim_latency_seconds_sum {sum(lat):.3f}",
+        ]
     for key in ("swaps_in", "evictions", "tokens_generated"):
         if isinstance(stats, dict) and isinstance(stats.get(key), int | float):
             lines += [f"# TYPE openlora_engine_{key} counter", f"openlora_engine_{key} {stats[key]}"]
+    for key in ("slot_hit_rate", "host_hit_rate", "tokens_per_s", "queue_depth"):
+        if isinstance(stats, dict) and isinstance(stats.get(key), int | float):
+            lines += [f"# TYPE openlora_engine_{key} gauge", f"openlora_engine_{key} {stats[key]}"]
+    # reliability: recoveries and admission (node/daemon.py NodeMetrics, node/admission.py)
+    lines += [
+        "# TYPE openlora_jobs_committed gauge",
+        f"openlora_jobs_committed {len(daemon.committed())}",
+        "# TYPE openlora_reorgs_total counter",
+        f"openlora_reorgs_total {m.reorgs}",
+        "# TYPE openlora_txs_resent_after_reorg_total counter",
+        f"openlora_txs_resent_after_reorg_total {m.txs_resent_after_reorg}",
+        "# TYPE openlora_jobs_resumed_total counter",
+        f"openlora_jobs_resumed_total {m.jobs_resumed}",
+        "# TYPE openlora_admission_refusals_total counter",
+    ]
+    refused = {
+        **daemon.admission.refused,
+        "capacity": daemon.admission.refused.get("capacity", 0) + m.jobs_skipped_capacity,
+    }
+    lines += [f'openlora_admission_refusals_total{{reason="{k}"}} {v}' for k, v in sorted(refused.items())]
     return "\n".join(lines) + "\n"
 
 
