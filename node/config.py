@@ -94,6 +94,9 @@ class P2PSection:
         None  # ed25519 seed; default <data_dir>/p2p.key. Its peer id is registered on chain.
     )
     warm_backoff_s: float = 3.0  # head start given to a registered peer that holds a job's adapter warm
+    announce_interval_s: float = (
+        10.0  # the same on every node of the network (peers rate-limit at half of it)
+    )
 
 
 @dataclass

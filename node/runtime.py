@@ -136,7 +136,11 @@ async def build_daemon(config: NodeConfig, *, base: LoadedModel | None = None) -
         blocks = BlockStore(config.node.data_dir / "blocks")
         p2p = P2PNode(
             P2PConfig(
-                identity_path=config.identity_path, listen=config.p2p.listen, bootstrap=config.p2p.bootstrap
+                identity_path=config.identity_path,
+                listen=config.p2p.listen,
+                bootstrap=config.p2p.bootstrap,
+                announce_interval_s=config.p2p.announce_interval_s,
+                announce_ttl_s=3 * config.p2p.announce_interval_s,
             ),
             blocks,
             signer,

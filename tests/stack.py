@@ -88,15 +88,19 @@ class Stack:
         (event,) = reg.events.AdapterRegistered().process_receipt(receipt)
         return event["args"]["adapterId"], pkg
 
-    def register_node(self, base: LoadedModel, operator: LocalAccount | None = None) -> None:
+    def register_node(
+        self, base: LoadedModel, operator: LocalAccount | None = None, name: str = "node"
+    ) -> str:
+        """Stake and register a node whose data dir is `<workdir>/<name>`; returns its libp2p peer id."""
         op = operator or self.operator
-        peer_id = node_peer_id(self.workdir / "node" / "p2p.key")
+        peer_id = node_peer_id(self.workdir / name / "p2p.key")
         send(
             self.w3,
             op,
             self.contract("NodeRegistry").functions.register(op.address, base_model_id(base.name), peer_id),
             value=STAKE,
         )
+        return peer_id
 
     def submit(
         self, adapter_id: int, prompt: str, *, max_tokens: int = 12, price: int = PRICE, ttl: int = 600
@@ -127,13 +131,21 @@ class Stack:
             await asyncio.sleep(0.3)
         raise TimeoutError(f"job {job_id} got no result in {timeout}s")
 
-    def node_config(self, gateways: list[str] | None = None, **sections: dict) -> NodeConfig:
-        keystore = self.workdir / "operator.json"
+    def node_config(
+        self,
+        gateways: list[str] | None = None,
+        *,
+        operator: LocalAccount | None = None,
+        name: str = "node",
+        **sections: dict,
+    ) -> NodeConfig:
+        op = operator or self.operator
+        keystore = self.workdir / f"{name}-operator.json"
         if not keystore.exists():
-            write_keystore(keystore, self.operator.key, PASSWORD, kdf_iterations=2**10)
+            write_keystore(keystore, op.key, PASSWORD, kdf_iterations=2**10)
             (self.workdir / "pw").write_text(PASSWORD)
         data = {
-            "node": {"data_dir": str(self.workdir / "node"), "base_model": "tiny-llama"},
+            "node": {"data_dir": str(self.workdir / name), "base_model": "tiny-llama"},
             "chain": {
                 "rpc_urls": [self.anvil.url],
                 "deployment": str(self.workdir / "deployment.json"),
