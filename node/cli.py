@@ -1,4 +1,4 @@
-"""`openlora` command line. Exit codes: 0 ok, 1 the operation failed, 2 bad config/input (message says why)."""
+"""`openlora` command line. Exit codes: 0 ok, 1 the operation failed, 2 bad config or input."""
 
 from __future__ import annotations
 
@@ -25,33 +25,57 @@ def _cmd_node_run(args: argparse.Namespace) -> int:
 def _cmd_dev(args: argparse.Namespace) -> int:
     from node.dev import DevOptions, run_dev
 
-    return run_dev(DevOptions(once=args.once, base_model=args.base_model, workdir=Path(args.workdir),
-                              jobs_per_adapter=args.jobs_per_adapter))
+    return run_dev(
+        DevOptions(
+            once=args.once,
+            base_model=args.base_model,
+            workdir=Path(args.workdir),
+            jobs_per_adapter=args.jobs_per_adapter,
+        )
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="openlora", description="OpenLoRA node: serve LoRA adapters, get paid on chain")
+    parser = argparse.ArgumentParser(
+        prog="openlora", description="OpenLoRA node: serve LoRA adapters, get paid on chain"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    node = sub.add_parser("node", help="run and manage a node").add_subparsers(dest="node_command", required=True)
+    node = sub.add_parser("node", help="run and manage a node").add_subparsers(
+        dest="node_command", required=True
+    )
     run = node.add_parser("run", help="run the node daemon")
     run.add_argument("--config", type=Path, required=True, help="path to node.toml")
     run.set_defaults(func=_cmd_node_run)
 
-    dev = sub.add_parser("dev", help="the whole system on a local devnet: contracts, demo adapters, node, demo jobs")
-    dev.add_argument("--once", action="store_true", help="exit after the demo jobs are paid (default: run until Ctrl-C)")
+    dev = sub.add_parser(
+        "dev", help="the whole system on a local devnet: contracts, demo adapters, node, demo jobs"
+    )
+    dev.add_argument(
+        "--once", action="store_true", help="exit after the demo jobs are paid (default: run until Ctrl-C)"
+    )
     dev.add_argument("--base-model", default="smollm2-135m-instruct", help="base model to serve")
     dev.add_argument("--workdir", default="run/dev", help="where the devnet's state and logs go")
     dev.add_argument("--jobs-per-adapter", type=int, default=1)
     dev.set_defaults(func=_cmd_dev)
+
+    from node.commands import adapter, jobs
+
+    adapter.register(sub)
+    jobs.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from chain.client import ContractCallError
     from chain.tx import SimulationError
+    from inference.ipfs.errors import FetchError
+    from inference.publish import PublishError
+    from inference.validate import AdapterRejected
+    from node.commands.common import CommandError
     from node.config import ConfigError
-    from node.keys import KeystoreError
     from node.errors import StartupError
+    from node.keys import KeystoreError
 
     args = build_parser().parse_args(argv)
     try:
@@ -59,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, KeystoreError, StartupError, FileNotFoundError) as e:
         print(f"openlora: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except SimulationError as e:
+    except (PublishError, AdapterRejected) as e:
+        print(f"openlora: adapter refused: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SimulationError, ContractCallError, CommandError, FetchError, TimeoutError) as e:
         print(f"openlora: {e}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:

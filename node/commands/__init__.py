@@ -1,0 +1,1 @@
+"""`openlora` command groups, one module each; `node/cli.py` wires them into the parser."""
