@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from pathlib import Path
 
 from aiohttp import ClientSession
@@ -26,6 +27,12 @@ def _tx_records(config) -> list[dict]:
         conn.close()
 
 
+def _watcher_cursor(config) -> int:
+    with sqlite3.connect(config.db_path) as conn:
+        row = conn.execute("SELECT MAX(block) FROM watch_checkpoints").fetchone()
+    return row[0] or -1
+
+
 async def test_reorg_that_drops_our_claim_and_result_is_repaired(
     tmp_path: Path, tiny: LoadedModel, caplog
 ) -> None:
@@ -34,14 +41,18 @@ async def test_reorg_that_drops_our_claim_and_result_is_repaired(
         adapter_id, _ = s.publish(make_peft_adapter(tiny, tmp_path / "adapter", rank=4, seed=7), tiny)
         s.register_node(tiny)
         market = s.contract("JobMarket")
-        async with running_node(s.node_config(), tiny_llama(0)):
+        config = s.node_config()
+        async with running_node(config, tiny_llama(0)):
             jobs = [s.submit(adapter_id, f"reorg prompt {i}", max_tokens=6) for i in range(2)]
             await wait_until(lambda: all_paid(s, jobs), 90, "both jobs paid")
             last = jobs[-1]
             claim_block = market.events.JobClaimed.get_logs(
                 from_block=s.deployment.start_block, argument_filters={"jobId": last}
             )[-1]["blockNumber"]
-            depth = s.w3.eth.block_number - claim_block + 1
+            head = s.w3.eth.block_number
+            depth = head - claim_block + 1
+            # the scenario: the node has *seen* its claim and result confirmed (watcher cursor at the head)
+            await wait_until(lambda: _watcher_cursor(config) >= head, 30, "the watcher to reach the head")
             s.w3.provider.make_request("anvil_reorg", [depth, []])  # replaced by empty blocks
             assert market.functions.getJob(last).call()[-1] == 1  # OPEN again: claim and result are gone
             await wait_until(lambda: all_paid(s, jobs), 60, "the job paid again on the new chain")

@@ -235,6 +235,11 @@ async def test_peer_serving_a_wrong_block_is_dropped_and_fetch_completes_elsewhe
         1 <= liar.node.bitswap_stats.blocks_served <= 2
     )  # asked once (or twice in flight), then never again
     assert honest.node.bitswap_stats.blocks_served == len(dag.blocks)
+    # the disconnect runs in the p2p thread and a redial is refused on connect: wait for it to settle
+    for _ in range(100):
+        if liar.node.peer_id not in await c.node.connected_peers():
+            break
+        await asyncio.sleep(0.1)
     assert liar.node.peer_id not in await c.node.connected_peers()
     with pytest.raises(BlockUnavailableError, match="banned"):
         await c.node.get_block(liar.node.peer_id, dag.root)

@@ -253,8 +253,10 @@ class BitswapEngine:
                 await self._on_message(peer, message)
         except (BadBlockError, MessageTooLargeError) as exc:
             self.stats.bad_peers += 1
-            self.fail_peer_wants(peer, BadBlockError(f"peer {peer}: {exc}"))
+            # drop (ban + disconnect) before waking the waiters: a caller that sees the error must
+            # never still find the bad peer connected
             await self._on_bad_peer(peer, str(exc))
+            self.fail_peer_wants(peer, BadBlockError(f"peer {peer}: {exc}"))
         finally:
             with trio.move_on_after(1):
                 await stream.close()

@@ -268,11 +268,12 @@ class P2PNode:
     async def _drop_peer(self, peer: ID, reason: str) -> None:
         log.warning("p2p: dropping peer %s for %s: %s", peer, self.config.bad_peer_ban_s, reason)
         self._banned[peer.to_base58()] = time.monotonic() + self.config.bad_peer_ban_s
-        if self._bitswap is not None:
-            self._bitswap.fail_peer_wants(peer, BadBlockError(f"peer {peer} was dropped: {reason}"))
         if self._host is not None:
             with trio.move_on_after(2):
                 await self._host.disconnect(peer)
+        # only now wake the waiters, so nobody observes "dropped" while the peer is still connected
+        if self._bitswap is not None:
+            self._bitswap.fail_peer_wants(peer, BadBlockError(f"peer {peer} was dropped: {reason}"))
 
     # ---- bitswap ----
 
