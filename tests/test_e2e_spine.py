@@ -7,6 +7,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from aiohttp import ClientSession
 from eth_account import Account
 from eth_account.messages import encode_typed_data
 from eth_utils import keccak
@@ -65,9 +66,15 @@ async def test_job_is_served_signed_and_paid(tmp_path: Path, tiny: LoadedModel) 
         s.register_node(tiny)
         market = s.contract("JobMarket")
         submitter_before = s.w3.eth.get_balance(s.submitter.address)
-        async with running_node(s.node_config(), tiny_llama(0)):  # the node owns its model
+        async with running_node(s.node_config(), tiny_llama(0)) as url, ClientSession() as http:
             job_id = s.submit(adapter_id, PROMPT, max_tokens=12)
             event = await s.wait_result(job_id)
+            async with http.get(f"{url}/status") as r:
+                status = await r.json()
+            async with http.get(f"{url}/metrics") as r:
+                metrics = await r.text()
+        assert any(j["job_id"] == job_id for j in status["recent_jobs"])
+        assert "openlora_jobs{" in metrics and "openlora_tokens_generated_total" in metrics
 
         args = event["args"]
         output = bytes(args["output"])
