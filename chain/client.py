@@ -39,10 +39,15 @@ class ProtocolClient:
         self.w3 = w3
         self.deployment = deployment
         self.account = account
-        self.adapters: Contract = w3.eth.contract(address=deployment.adapter_registry,
-                                                  abi=load_artifact("AdapterRegistry").abi)
-        self.nodes: Contract = w3.eth.contract(address=deployment.node_registry, abi=load_artifact("NodeRegistry").abi)
-        self.market: Contract = w3.eth.contract(address=deployment.job_market, abi=load_artifact("JobMarket").abi)
+        self.adapters: Contract = w3.eth.contract(
+            address=deployment.adapter_registry, abi=load_artifact("AdapterRegistry").abi
+        )
+        self.nodes: Contract = w3.eth.contract(
+            address=deployment.node_registry, abi=load_artifact("NodeRegistry").abi
+        )
+        self.market: Contract = w3.eth.contract(
+            address=deployment.job_market, abi=load_artifact("JobMarket").abi
+        )
 
     # ---- plumbing ----
     def transact(self, fn, value: int = 0) -> dict:
@@ -64,9 +69,12 @@ class ProtocolClient:
         return receipt
 
     # ---- publishers ----
-    def register_adapter(self, cid: str, content_hash: bytes, base_model: bytes, rank: int, size: int,
-                         fee_per_job: int) -> int:
-        receipt = self.transact(self.adapters.functions.register(cid, content_hash, base_model, rank, size, fee_per_job))
+    def register_adapter(
+        self, cid: str, content_hash: bytes, base_model: bytes, rank: int, size: int, fee_per_job: int
+    ) -> int:
+        receipt = self.transact(
+            self.adapters.functions.register(cid, content_hash, base_model, rank, size, fee_per_job)
+        )
         (event,) = self.adapters.events.AdapterRegistered().process_receipt(receipt)
         return event["args"]["adapterId"]
 
@@ -81,22 +89,43 @@ class ProtocolClient:
         return self.market.functions.balanceOf(account).call()
 
     # ---- submitters ----
-    def submit_job(self, adapter_id: int, prompt: str | bytes, *, max_tokens: int, price_wei: int,
-                   deadline: int | None = None, ttl_s: int = 600) -> int:
+    def submit_job(
+        self,
+        adapter_id: int,
+        prompt: str | bytes,
+        *,
+        max_tokens: int,
+        price_wei: int,
+        deadline: int | None = None,
+        ttl_s: int = 600,
+    ) -> int:
         data = prompt.encode() if isinstance(prompt, str) else prompt
         deadline = deadline or int(self.w3.eth.get_block("latest")["timestamp"]) + ttl_s
-        receipt = self.transact(self.market.functions.submitJob(adapter_id, data, max_tokens, deadline), value=price_wei)
+        receipt = self.transact(
+            self.market.functions.submitJob(adapter_id, data, max_tokens, deadline), value=price_wei
+        )
         (event,) = self.market.events.JobSubmitted().process_receipt(receipt)
         return event["args"]["jobId"]
 
     def result(self, job_id: int, from_block: int = 0) -> JobResult | None:
-        logs = self.market.events.ResultSubmitted.get_logs(from_block=from_block, argument_filters={"jobId": job_id})
+        logs = self.market.events.ResultSubmitted.get_logs(
+            from_block=from_block, argument_filters={"jobId": job_id}
+        )
         if not logs:
             return None
         e = logs[-1]
         a = e["args"]
-        return JobResult(job_id, a["node"], bytes(a["output"]), bytes(a["outputHash"]), a["nodeAmount"],
-                         a["adapterAmount"], a["protocolAmount"], e["transactionHash"].to_0x_hex(), e["blockNumber"])
+        return JobResult(
+            job_id,
+            a["node"],
+            bytes(a["output"]),
+            bytes(a["outputHash"]),
+            a["nodeAmount"],
+            a["adapterAmount"],
+            a["protocolAmount"],
+            e["transactionHash"].to_0x_hex(),
+            e["blockNumber"],
+        )
 
     def wait_result(self, job_id: int, *, timeout: float = 300.0, poll_s: float = 0.5) -> JobResult:
         deadline = time.monotonic() + timeout
