@@ -16,6 +16,7 @@ dev: contracts
 	@$(VENV)/bin/openlora dev
 
 test: contracts
+	@$(VENV)/bin/ruff check node chain inference tests scripts
 	@cd contracts && forge test
 	@$(PY) -m pytest -q
 
