@@ -218,6 +218,26 @@ class TxManager:
             await self._broadcast(record)
         return resent
 
+    async def find_dropped(self, finality_blocks: int) -> int | None:
+        """The lowest block holding a settled (confirmed or reverted) tx of ours that is no longer on
+        the canonical chain, looking back `finality_blocks` from the head; None when all still stand.
+
+        `confirmations` only bounds how deep a reorg we expect; a deeper one can drop a tx we already
+        call CONFIRMED, and if the event watcher never processed those blocks it has nothing to compare
+        against. This re-check closes that gap until the tx is past finality."""
+        head = await self.w3.eth.block_number
+        settled = (TxState.CONFIRMED, TxState.REVERTED)
+        by_block: dict[int, set[str]] = {}
+        for record in self.store.mined_since(self.address, max(0, head - finality_blocks + 1)):
+            if record.state in settled and record.mined_block is not None and record.mined_block_hash:
+                by_block.setdefault(record.mined_block, set()).add(record.mined_block_hash)
+        for number in sorted(by_block):
+            block = await self.w3.eth.get_block(number) if number <= head else None
+            canonical = block["hash"].to_0x_hex() if block is not None else None
+            if any(h != canonical for h in by_block[number]):
+                return number
+        return None
+
     async def poll(self) -> list[TxRecord]:
         """One pass over in-flight transactions; returns those that changed state."""
         changed: list[TxRecord] = []

@@ -66,6 +66,11 @@ class SqliteTxStore:
             " state TEXT NOT NULL, body TEXT NOT NULL)"
         )
         conn.execute("CREATE INDEX IF NOT EXISTS txs_sender_state ON txs(sender, state)")
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(txs)")}
+        if "mined_block" not in columns:  # databases written before the column existed
+            conn.execute("ALTER TABLE txs ADD COLUMN mined_block INTEGER")
+            conn.execute("UPDATE txs SET mined_block = json_extract(body, '$.mined_block')")
+        conn.execute("CREATE INDEX IF NOT EXISTS txs_sender_mined ON txs(sender, mined_block)")
         conn.commit()
 
     def get(self, key: str) -> TxRecord | None:
@@ -74,10 +79,17 @@ class SqliteTxStore:
 
     def put(self, record: TxRecord) -> None:
         self.conn.execute(
-            "INSERT INTO txs(key, sender, nonce, state, body) VALUES (?, ?, ?, ?, ?)"
-            " ON CONFLICT(key) DO UPDATE"
-            " SET nonce = excluded.nonce, state = excluded.state, body = excluded.body",
-            (record.key, record.sender, record.nonce, record.state.value, json.dumps(asdict(record))),
+            "INSERT INTO txs(key, sender, nonce, state, mined_block, body) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(key) DO UPDATE SET nonce = excluded.nonce, state = excluded.state,"
+            " mined_block = excluded.mined_block, body = excluded.body",
+            (
+                record.key,
+                record.sender,
+                record.nonce,
+                record.state.value,
+                record.mined_block,
+                json.dumps(asdict(record)),
+            ),
         )
         self.conn.commit()
 
@@ -97,12 +109,10 @@ class SqliteTxStore:
     def mined_since(self, sender: str, block: int) -> list[TxRecord]:
         """Records with a receipt in a block >= `block` (candidates for a reorg to have dropped), by nonce."""
         rows = self.conn.execute(
-            "SELECT body FROM txs WHERE sender = ? AND state IN (?, ?, ?) ORDER BY nonce",
-            (sender, TxState.MINED.value, TxState.CONFIRMED.value, TxState.REVERTED.value),
+            "SELECT body FROM txs WHERE sender = ? AND mined_block >= ? AND state IN (?, ?, ?) ORDER BY nonce",
+            (sender, block, TxState.MINED.value, TxState.CONFIRMED.value, TxState.REVERTED.value),
         ).fetchall()
-        return [
-            r for r in (_decode(b[0]) for b in rows) if r.mined_block is not None and r.mined_block >= block
-        ]
+        return [_decode(b[0]) for b in rows]
 
     def totals(self, sender: str) -> tuple[int, int]:
         """(transactions mined, wei spent on gas) for metrics."""

@@ -31,6 +31,8 @@ class ChainSection:
     password_file: Path | None = None  # else env OPENLORA_KEYSTORE_PASSWORD
     signer_keystore: Path | None = None  # the key that signs results; defaults to the operator key
     confirmations: int = 1
+    finality_blocks: int = 64  # settled txs are re-checked against reorgs until this deep
+    reorg_audit_every: int = 5  # tx-monitor passes between those re-checks
     poll_interval_s: float = 1.0
     max_fee_gwei: float = 200.0
     max_priority_fee_gwei: float = 5.0
@@ -189,6 +191,10 @@ def _check(c: NodeConfig) -> None:
             raise ConfigError(f"endpoint {url!r} must start with http(s):// or ws(s)://")
     if c.chain.confirmations < 1:
         raise ConfigError("[chain].confirmations must be >= 1 (1 = accept the head block)")
+    if c.chain.finality_blocks < c.chain.confirmations:
+        raise ConfigError("[chain].finality_blocks must be >= [chain].confirmations")
+    if c.chain.reorg_audit_every < 1:
+        raise ConfigError("[chain].reorg_audit_every must be >= 1 (tx-monitor passes between re-checks)")
     if c.chain.poll_interval_s <= 0:
         raise ConfigError("[chain].poll_interval_s must be > 0")
     if c.chain.max_fee_gwei <= 0 or c.chain.max_priority_fee_gwei < 0:

@@ -98,6 +98,7 @@ class NodeDaemon:
             )
         )
         self._stopping = asyncio.Event()
+        self._reorg_lock = asyncio.Lock()  # the watcher and the tx audit may both report one reorg
         self.ready = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -239,6 +240,10 @@ class NodeDaemon:
         """Blocks >= from_block were replaced. First our own transactions mined there are re-sent (same
         signed bytes, nonce order), then each job whose on-chain standing may have changed is asked
         where it really stands and moved back to the step that redoes what the reorg undid."""
+        async with self._reorg_lock:
+            await self._reconcile_after_reorg_locked(from_block)
+
+    async def _reconcile_after_reorg_locked(self, from_block: int) -> None:
         self.metrics.reorgs += 1
         resent = await self.tx.reconcile_reorg(from_block)
         self.metrics.txs_resent_after_reorg += len(resent)
@@ -293,10 +298,14 @@ class NodeDaemon:
     # ---- transactions ----------------------------------------------------------------------------
     async def _tx_loop(self) -> None:
         failures = 0
+        passes = 0
         while True:
             try:
                 for record in await self.tx.poll():
                     log.info("tx %s %s (nonce %d)", record.key, record.state.value, record.nonce)
+                passes += 1
+                if passes % self.config.chain.reorg_audit_every == 0:
+                    await self._audit_settled_txs()
                 if failures:
                     log.info("tx monitor: recovered after %d failure(s)", failures)
                 failures = 0
@@ -308,6 +317,21 @@ class NodeDaemon:
                 if failures == 1 or failures % 20 == 0:
                     log.warning("tx monitor: %s; retrying (%d failure(s) in a row)", e, failures)
             await asyncio.sleep(min(10.0, self.config.chain.poll_interval_s * 2 ** min(failures, 6)))
+
+    async def _audit_settled_txs(self) -> None:
+        """A reorg deeper than `[chain].confirmations` can drop a tx we already settled, in blocks the
+        watcher never processed (it was behind): the tx manager re-checks settled txs until they are
+        `[chain].finality_blocks` deep, and a drop is repaired exactly like a reorg the watcher saw."""
+        dropped_from = await self.tx.find_dropped(self.config.chain.finality_blocks)
+        if dropped_from is None:
+            return
+        log.warning(
+            "recovery: a settled transaction of ours in block %d is no longer on the chain (a reorg deeper"
+            " than [chain].confirmations = %d): repairing",
+            dropped_from,
+            self.config.chain.confirmations,
+        )
+        await self._reconcile_after_reorg(dropped_from)
 
     # ---- peer network ----------------------------------------------------------------------------
     async def _announce_loop(self) -> None:

@@ -131,3 +131,54 @@ async def test_underpriced_claim_is_bumped_with_the_same_nonce(
         assert any(
             "bumped fees" in r.getMessage() and f"claim:{job}" in r.getMessage() for r in caplog.records
         )
+
+
+async def test_deep_reorg_in_blocks_the_lagging_watcher_never_saw_is_repaired(
+    tmp_path: Path, tiny: LoadedModel, caplog, monkeypatch
+) -> None:
+    """Our claim and result are settled (tx manager: confirmed) while the event watcher lags behind;
+    a reorg then replaces exactly those blocks. The watcher has nothing to compare, so the tx manager's
+    re-check of settled txs must find the drop, and the same signed txs are re-sent and paid once."""
+    from chain.watcher import EventWatcher
+
+    caplog.set_level(logging.INFO)
+    lag = {"stalled": False}
+    watch = EventWatcher.next_batch
+
+    async def lagging_next_batch(self):
+        if lag["stalled"]:
+            return None
+        batch = await watch(self)
+        if batch is not None and any(e.name == "JobSubmitted" for e in batch.events):
+            lag["stalled"] = True  # the watcher saw the job, then falls behind the head
+        return batch
+
+    monkeypatch.setattr(EventWatcher, "next_batch", lagging_next_batch)
+    async with protocol_stack(tmp_path) as s:
+        adapter_id, _ = s.publish(make_peft_adapter(tiny, tmp_path / "adapter", rank=4, seed=10), tiny)
+        s.register_node(tiny)
+        market = s.contract("JobMarket")
+        config = s.node_config(chain={"reorg_audit_every": 1})
+        async with running_node(config, tiny_llama(0)):
+            job = s.submit(adapter_id, "deep reorg prompt", max_tokens=6)
+            await wait_until(lambda: all_paid(s, [job]), 90, "job paid")
+            assert lag["stalled"] and _watcher_cursor(config) < s.w3.eth.block_number
+            claim_block = market.events.JobClaimed.get_logs(
+                from_block=s.deployment.start_block, argument_filters={"jobId": job}
+            )[-1]["blockNumber"]
+            assert claim_block > _watcher_cursor(config)  # the watcher never processed the claim block
+            s.w3.provider.make_request("anvil_reorg", [s.w3.eth.block_number - claim_block + 1, []])
+            assert market.functions.getJob(job).call()[-1] == 1  # OPEN again
+            await wait_until(lambda: all_paid(s, [job]), 60, "the job paid again on the new chain")
+            lag["stalled"] = False  # the watcher catches up over the new chain without another repair
+            await wait_until(lambda: _watcher_cursor(config) >= s.w3.eth.block_number, 30, "watcher at head")
+        report = settlement(s, [job])
+        assert report["paid"] == [job] and not report["double_results"] and not report["double_claims"], (
+            report
+        )
+        messages = [r.getMessage() for r in caplog.records]
+        assert not any("chain reorganised" in m for m in messages)  # the watcher did not see this reorg
+        assert any("is no longer on the chain" in m for m in messages), messages
+        records = {r["key"]: r for r in _tx_records(config)}
+        for key in (f"claim:{job}", f"result:{job}"):
+            assert len(records[key]["hashes"]) == 1 and records[key]["state"] == "confirmed", records[key]

@@ -120,3 +120,58 @@ async def test_reorg_that_drops_mined_txs_resends_the_same_bytes_in_nonce_order(
     assert (again_a.mined_hash, again_b.mined_hash) == (a.mined_hash, b.mined_hash)  # same signed txs
     assert await tm.w3.eth.get_transaction_count(tm.address) == 2
     assert await tm.reconcile_reorg(again_a.mined_block) == []  # nothing dropped: nothing re-sent
+
+
+async def test_confirmed_tx_dropped_by_a_deep_reorg_is_found_until_finality(
+    chain: Anvil, dev_keys: list[str], tmp_path
+) -> None:
+    tm = _manager(chain.url, dev_keys[0], tmp_path / "db")
+    to = Account.from_key(dev_keys[1]).address
+    await tm.send("pay:deep", to, "0x", value=3)
+    settled = await tm.wait("pay:deep", timeout=20)
+    await tm.w3.provider.make_request("anvil_mine", [3])  # now 4 blocks deep: far past confirmations=1
+    assert await tm.find_dropped(finality_blocks=64) is None  # still canonical: nothing to repair
+    assert settled.state == TxState.CONFIRMED
+    depth = await tm.w3.eth.block_number - settled.mined_block + 1
+    await tm.w3.provider.make_request("anvil_reorg", [depth, []])  # replaced down to our block, by empty ones
+    assert await tm.find_dropped(finality_blocks=2) is None  # older than the finality window: not checked
+    dropped_from = await tm.find_dropped(finality_blocks=64)
+    assert dropped_from == settled.mined_block
+    resent = await tm.reconcile_reorg(dropped_from)
+    assert [r.key for r in resent] == ["pay:deep"]
+    again = await tm.wait("pay:deep", timeout=20)
+    assert again.mined_hash == settled.mined_hash and again.mined_block_hash != settled.mined_block_hash
+    assert await tm.find_dropped(finality_blocks=64) is None
+    assert await tm.w3.eth.get_transaction_count(tm.address) == 1
+
+
+def test_store_written_before_the_mined_block_column_is_migrated(tmp_path) -> None:
+    import json
+    import sqlite3
+
+    conn = sqlite3.connect(tmp_path / "old.db")
+    conn.execute(
+        "CREATE TABLE txs (key TEXT PRIMARY KEY, sender TEXT NOT NULL, nonce INTEGER NOT NULL,"
+        " state TEXT NOT NULL, body TEXT NOT NULL)"
+    )
+    body = {
+        "key": "claim:1",
+        "sender": "0xabc",
+        "to": "0xdef",
+        "data": "0x",
+        "value": 0,
+        "nonce": 0,
+        "gas": 1,
+        "max_fee": 1,
+        "priority_fee": 1,
+        "state": "confirmed",
+        "mined_block": 12,
+        "mined_block_hash": "0x12",
+    }
+    conn.execute(
+        "INSERT INTO txs VALUES (?, ?, ?, ?, ?)", ("claim:1", "0xabc", 0, "confirmed", json.dumps(body))
+    )
+    conn.commit()
+    store = SqliteTxStore(conn)
+    assert [r.key for r in store.mined_since("0xabc", 12)] == ["claim:1"]
+    assert store.mined_since("0xabc", 13) == []
