@@ -6,22 +6,6 @@ import {Test} from "./utils/Test.sol";
 import {AdapterRegistry} from "../src/AdapterRegistry.sol";
 
 contract AdapterRegistryTest is Test {
-    event AdapterRegistered(
-        uint256 indexed adapterId,
-        address indexed publisher,
-        bytes32 indexed baseModel,
-        string cid,
-        bytes32 contentHash,
-        uint16 rank,
-        uint64 size,
-        uint96 feePerJob
-    );
-    event AdapterFeeUpdated(uint256 indexed adapterId, uint96 feePerJob);
-    event AdapterRetired(uint256 indexed adapterId);
-    event ValidatorSet(address indexed validator, bool allowed);
-    event AdapterAttested(uint256 indexed adapterId, address indexed validator);
-    event AdapterAttestationRevoked(uint256 indexed adapterId, address indexed validator);
-
     bytes32 internal constant BASE = keccak256("tiny-llama");
     // A literal: sha256() is a precompile call, which would consume a pending vm.prank or vm.expectRevert.
     bytes32 internal constant HASH = 0x6c6f726120616461707465722077656967687473207368613235362068617368;
@@ -45,7 +29,7 @@ contract AdapterRegistryTest is Test {
 
     function test_register_stores_adapter_and_emits() public {
         vm.expectEmit(true, true, true, true, address(reg));
-        emit AdapterRegistered(1, publisher, BASE, CID, HASH, 16, 1_000_000, 5 gwei);
+        emit AdapterRegistry.AdapterRegistered(1, publisher, BASE, CID, HASH, 16, 1_000_000, 5 gwei);
         uint256 id = _register();
         assertEq(id, 1, "first id");
         assertEq(reg.adapterCount(), 1, "count");
@@ -163,7 +147,7 @@ contract AdapterRegistryTest is Test {
     function test_setFee_by_publisher() public {
         uint256 id = _register();
         vm.expectEmit(true, false, false, true, address(reg));
-        emit AdapterFeeUpdated(id, 7 gwei);
+        emit AdapterRegistry.AdapterFeeUpdated(id, 7 gwei);
         vm.prank(publisher);
         reg.setFee(id, 7 gwei);
         assertEq(reg.getAdapter(id).feePerJob, 7 gwei, "fee");
@@ -190,7 +174,7 @@ contract AdapterRegistryTest is Test {
     function test_retire_by_publisher_once() public {
         uint256 id = _register();
         vm.expectEmit(true, false, false, true, address(reg));
-        emit AdapterRetired(id);
+        emit AdapterRegistry.AdapterRetired(id);
         vm.prank(publisher);
         reg.retire(id);
         assertTrue(reg.getAdapter(id).retired, "retired");
@@ -208,7 +192,7 @@ contract AdapterRegistryTest is Test {
 
     function test_setValidator_owner_only() public {
         vm.expectEmit(true, false, false, true, address(reg));
-        emit ValidatorSet(validator, true);
+        emit AdapterRegistry.ValidatorSet(validator, true);
         reg.setValidator(validator, true);
         assertTrue(reg.isValidator(validator), "allowed");
         vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, other));
@@ -222,7 +206,7 @@ contract AdapterRegistryTest is Test {
         uint256 id = _register();
         reg.setValidator(validator, true);
         vm.expectEmit(true, true, false, true, address(reg));
-        emit AdapterAttested(id, validator);
+        emit AdapterRegistry.AdapterAttested(id, validator);
         vm.prank(validator);
         reg.attest(id);
         assertEq(reg.attestationCount(id), 1, "count after attest");
@@ -235,7 +219,7 @@ contract AdapterRegistryTest is Test {
         // A validator removed by the owner may still withdraw its own attestation.
         reg.setValidator(validator, false);
         vm.expectEmit(true, true, false, true, address(reg));
-        emit AdapterAttestationRevoked(id, validator);
+        emit AdapterRegistry.AdapterAttestationRevoked(id, validator);
         vm.prank(validator);
         reg.revoke(id);
         assertEq(reg.attestationCount(id), 0, "count after revoke");

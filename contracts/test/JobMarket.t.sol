@@ -7,35 +7,6 @@ import {JobMarket} from "../src/JobMarket.sol";
 import {AdapterRegistry} from "../src/AdapterRegistry.sol";
 
 contract JobMarketTest is Fixture {
-    event JobSubmitted(
-        uint256 indexed jobId,
-        address indexed submitter,
-        uint256 indexed adapterId,
-        bytes32 adapterHash,
-        bytes32 inputHash,
-        bytes input,
-        string inputCid,
-        uint32 maxTokens,
-        uint64 deadline,
-        uint256 price
-    );
-    event JobClaimed(uint256 indexed jobId, address indexed node);
-    event ResultSubmitted(
-        uint256 indexed jobId,
-        address indexed node,
-        bytes32 outputHash,
-        bytes output,
-        string outputCid,
-        uint256 nodeAmount,
-        uint256 adapterAmount,
-        uint256 protocolAmount
-    );
-    event JobCancelled(uint256 indexed jobId);
-    event JobExpired(uint256 indexed jobId, uint256 refund, uint256 slashed);
-    event Withdrawn(address indexed account, uint256 amount);
-    event ProtocolFeeUpdated(uint16 protocolFeeBps);
-    event TreasuryUpdated(address indexed treasury);
-
     string internal constant INPUT_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
     bytes32 internal constant INPUT_HASH = keccak256("large input");
 
@@ -66,7 +37,7 @@ contract JobMarketTest is Fixture {
 
     function test_setProtocolFee() public {
         vm.expectEmit(false, false, false, true, address(market));
-        emit ProtocolFeeUpdated(250);
+        emit JobMarket.ProtocolFeeUpdated(250);
         market.setProtocolFee(250);
         assertEq(market.protocolFeeBps(), 250, "fee");
         vm.expectRevert(abi.encodeWithSelector(JobMarket.ProtocolFeeTooHigh.selector, uint16(1_001), uint16(1_000)));
@@ -78,7 +49,7 @@ contract JobMarketTest is Fixture {
 
     function test_setTreasury() public {
         vm.expectEmit(true, false, false, true, address(market));
-        emit TreasuryUpdated(stranger);
+        emit JobMarket.TreasuryUpdated(stranger);
         market.setTreasury(stranger);
         assertEq(market.treasury(), stranger, "treasury");
         vm.expectRevert(JobMarket.ZeroAddress.selector);
@@ -101,7 +72,7 @@ contract JobMarketTest is Fixture {
     function test_submitJob_escrows_and_emits() public {
         uint64 deadline = uint64(block.timestamp + 1 hours);
         vm.expectEmit(true, true, true, true, address(market));
-        emit JobSubmitted(
+        emit JobMarket.JobSubmitted(
             1, submitter, adapterId, CONTENT_HASH, keccak256(input), input, "", MAX_TOKENS, deadline, PRICE
         );
         uint256 jobId = _submit();
@@ -202,7 +173,9 @@ contract JobMarketTest is Fixture {
     function test_submitJobByCid() public {
         uint64 deadline = uint64(block.timestamp + 1 hours);
         vm.expectEmit(true, true, true, true, address(market));
-        emit JobSubmitted(1, submitter, adapterId, CONTENT_HASH, INPUT_HASH, "", INPUT_CID, MAX_TOKENS, deadline, PRICE);
+        emit JobMarket.JobSubmitted(
+            1, submitter, adapterId, CONTENT_HASH, INPUT_HASH, "", INPUT_CID, MAX_TOKENS, deadline, PRICE
+        );
         vm.prank(submitter);
         uint256 jobId = market.submitJobByCid{value: PRICE}(adapterId, INPUT_CID, INPUT_HASH, MAX_TOKENS, deadline);
         assertEq(market.getJob(jobId).inputHash, INPUT_HASH, "input hash");
@@ -225,7 +198,7 @@ contract JobMarketTest is Fixture {
     function test_cancel_refunds_to_pull_balance() public {
         uint256 jobId = _submit();
         vm.expectEmit(true, false, false, true, address(market));
-        emit JobCancelled(jobId);
+        emit JobMarket.JobCancelled(jobId);
         vm.prank(submitter);
         market.cancel(jobId);
         assertTrue(market.getJob(jobId).status == JobMarket.JobStatus.Cancelled, "cancelled");
@@ -250,7 +223,7 @@ contract JobMarketTest is Fixture {
     function test_claimJob_locks_stake() public {
         uint256 jobId = _submit();
         vm.expectEmit(true, true, false, true, address(market));
-        emit JobClaimed(jobId, operator);
+        emit JobMarket.JobClaimed(jobId, operator);
         _claim(jobId);
         JobMarket.Job memory j = market.getJob(jobId);
         assertTrue(j.status == JobMarket.JobStatus.Claimed, "claimed");
@@ -302,7 +275,9 @@ contract JobMarketTest is Fixture {
         uint256 protocolAmount = PRICE * PROTOCOL_FEE_BPS / 10_000;
         uint256 nodeAmount = PRICE - ADAPTER_FEE - protocolAmount;
         vm.expectEmit(true, true, false, true, address(market));
-        emit ResultSubmitted(jobId, operator, keccak256(output), output, "", nodeAmount, ADAPTER_FEE, protocolAmount);
+        emit JobMarket.ResultSubmitted(
+            jobId, operator, keccak256(output), output, "", nodeAmount, ADAPTER_FEE, protocolAmount
+        );
         _complete(jobId, output);
         assertTrue(market.getJob(jobId).status == JobMarket.JobStatus.Completed, "completed");
         assertEq(market.balanceOf(operator), nodeAmount, "node");
@@ -418,7 +393,7 @@ contract JobMarketTest is Fixture {
             _signDigest(SIGNER_KEY, market.resultDigest(jobId, keccak256(input), CONTENT_HASH, outputHash));
         uint256 protocolAmount = PRICE * PROTOCOL_FEE_BPS / 10_000;
         vm.expectEmit(true, true, false, true, address(market));
-        emit ResultSubmitted(
+        emit JobMarket.ResultSubmitted(
             jobId,
             operator,
             outputHash,
@@ -465,7 +440,7 @@ contract JobMarketTest is Fixture {
         uint256 jobId = _submit();
         vm.warp(block.timestamp + 1 hours);
         vm.expectEmit(true, false, false, true, address(market));
-        emit JobExpired(jobId, PRICE, 0);
+        emit JobMarket.JobExpired(jobId, PRICE, 0);
         vm.prank(stranger);
         market.expire(jobId);
         assertEq(market.balanceOf(submitter), PRICE, "refund");
@@ -478,7 +453,7 @@ contract JobMarketTest is Fixture {
         vm.warp(block.timestamp + 1 hours);
         uint256 toSubmitter = CLAIM_STAKE * SLASH_TO_SUBMITTER_BPS / 10_000;
         vm.expectEmit(true, false, false, true, address(market));
-        emit JobExpired(jobId, PRICE + toSubmitter, CLAIM_STAKE);
+        emit JobMarket.JobExpired(jobId, PRICE + toSubmitter, CLAIM_STAKE);
         market.expire(jobId);
         assertEq(market.balanceOf(submitter), PRICE + toSubmitter, "refund + slash share");
         assertEq(market.balanceOf(treasury), CLAIM_STAKE - toSubmitter, "treasury share");
@@ -509,7 +484,7 @@ contract JobMarketTest is Fixture {
         market.cancel(jobId);
         uint256 before = submitter.balance;
         vm.expectEmit(true, false, false, true, address(market));
-        emit Withdrawn(submitter, PRICE);
+        emit JobMarket.Withdrawn(submitter, PRICE);
         vm.prank(submitter);
         market.withdraw();
         assertEq(submitter.balance - before, PRICE, "paid");

@@ -11,15 +11,6 @@ contract SlashSink {
 }
 
 contract NodeRegistryTest is Test {
-    event NodeRegistered(
-        address indexed operator, address indexed signer, bytes32 indexed baseModel, string peerId, uint256 stake
-    );
-    event NodeUpdated(address indexed operator, address indexed signer, bytes32 indexed baseModel, string peerId);
-    event StakeAdded(address indexed operator, uint256 amount);
-    event UnstakeRequested(address indexed operator, uint256 amount, uint64 availableAt);
-    event StakeWithdrawn(address indexed operator, uint256 amount);
-    event NodeSlashed(address indexed operator, uint256 amount);
-
     bytes32 internal constant BASE = keccak256("tiny-llama");
     bytes32 internal constant OTHER_BASE = keccak256("other-model");
     string internal constant PEER = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN";
@@ -62,7 +53,7 @@ contract NodeRegistryTest is Test {
 
     function test_register_stakes_and_emits() public {
         vm.expectEmit(true, true, true, true, address(reg));
-        emit NodeRegistered(operator, signer, BASE, PEER, 2 ether);
+        emit NodeRegistry.NodeRegistered(operator, signer, BASE, PEER, 2 ether);
         _register(2 ether);
         NodeRegistry.Node memory n = reg.getNode(operator);
         assertEq(n.signer, signer, "signer");
@@ -107,7 +98,7 @@ contract NodeRegistryTest is Test {
     function test_update_changes_profile() public {
         _register(1 ether);
         vm.expectEmit(true, true, true, true, address(reg));
-        emit NodeUpdated(operator, other, OTHER_BASE, "peer-2");
+        emit NodeRegistry.NodeUpdated(operator, other, OTHER_BASE, "peer-2");
         vm.prank(operator);
         reg.update(other, OTHER_BASE, "peer-2");
         NodeRegistry.Node memory n = reg.getNode(operator);
@@ -134,7 +125,7 @@ contract NodeRegistryTest is Test {
         reg.requestUnstake(0.5 ether);
         assertFalse(reg.getNode(operator).active, "inactive below minimum");
         vm.expectEmit(true, false, false, true, address(reg));
-        emit StakeAdded(operator, 0.5 ether);
+        emit NodeRegistry.StakeAdded(operator, 0.5 ether);
         vm.prank(operator);
         reg.addStake{value: 0.5 ether}();
         assertTrue(reg.getNode(operator).active, "active again");
@@ -160,7 +151,7 @@ contract NodeRegistryTest is Test {
         _register(3 ether);
         vm.warp(1_000);
         vm.expectEmit(true, false, false, true, address(reg));
-        emit UnstakeRequested(operator, 1 ether, 1_000 + 1 hours);
+        emit NodeRegistry.UnstakeRequested(operator, 1 ether, 1_000 + 1 hours);
         vm.prank(operator);
         reg.requestUnstake(1 ether);
         NodeRegistry.Node memory n = reg.getNode(operator);
@@ -175,7 +166,7 @@ contract NodeRegistryTest is Test {
         vm.warp(1_000 + 1 hours);
         uint256 before = operator.balance;
         vm.expectEmit(true, false, false, true, address(reg));
-        emit StakeWithdrawn(operator, 1 ether);
+        emit NodeRegistry.StakeWithdrawn(operator, 1 ether);
         vm.prank(operator);
         reg.withdrawUnstaked();
         assertEq(operator.balance - before, 1 ether, "paid");
@@ -232,7 +223,7 @@ contract NodeRegistryTest is Test {
 
         uint256 before = market.balance;
         vm.expectEmit(true, false, false, true, address(reg));
-        emit NodeSlashed(operator, 0.5 ether);
+        emit NodeRegistry.NodeSlashed(operator, 0.5 ether);
         reg.slash(operator, 0.5 ether);
         vm.stopPrank();
         assertEq(market.balance - before, 0.5 ether, "slash sent to market");
