@@ -101,10 +101,21 @@ class InferenceService:
         host = [cid for cid in self._hashes if cid in self.engine.host and cid not in device]
         return device, host
 
-    async def generate(self, cid: str, content_hash: bytes, prompt: str, max_tokens: int) -> GenerationResult:
-        """Greedy generation under the adapter. If it fell out of the host tier (or the node restarted
-        since `prepare`), the engine's loader brings it back from the disk tier, re-verified."""
-        self._hashes[cid] = content_hash
+    async def generate(
+        self,
+        cid: str | None,
+        content_hash: bytes | None,
+        prompt: str,
+        max_tokens: int,
+        **sampling: object,
+    ) -> GenerationResult:
+        """Generation under the adapter (greedy unless `sampling` says otherwise: temperature, top_p, seed,
+        stop); cid None = the bare base model. If the adapter fell out of the host tier (or the node
+        restarted since `prepare`), the engine's loader brings it back from the disk tier, re-verified."""
+        if cid is not None:
+            if content_hash is None:
+                raise ValueError("an adapter needs its registry content hash")
+            self._hashes[cid] = content_hash
         return await self.engine.generate(
-            GenerationRequest(prompt=prompt, adapter=cid, max_tokens=max_tokens)
+            GenerationRequest(prompt=prompt, adapter=cid, max_tokens=max_tokens, **sampling)  # type: ignore[arg-type]
         )

@@ -1,8 +1,13 @@
-"""The operator's HTTP surface (aiohttp): /healthz, /readyz, /metrics (Prometheus text), /status (JSON)."""
+"""The operator's HTTP surface (aiohttp): the status page (/), /healthz, /readyz, /metrics (Prometheus
+text), /status (JSON), and when enabled the local OpenAI-style /v1/completions (node/completions.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import time
+from importlib import resources
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -10,10 +15,37 @@ from aiohttp import web
 if TYPE_CHECKING:
     from node.daemon import NodeDaemon
 
+HISTORY_KEY = web.AppKey("history", "StatusHistory")
 
-def status_snapshot(daemon: NodeDaemon) -> dict:
+
+class StatusHistory:
+    """One sample a second of the counters the status page charts (10 minutes kept)."""
+
+    def __init__(self, daemon: NodeDaemon, keep: int = 600) -> None:
+        self.daemon = daemon
+        self.samples: collections.deque[dict] = collections.deque(maxlen=keep)
+
+    def sample(self) -> None:
+        m = self.daemon.metrics
+        self.samples.append(
+            {"t": round(time.time(), 1), "tokens": m.tokens_generated, "earned_wei": str(m.earned_wei)}
+        )
+
+    async def run(self, period_s: float = 1.0) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(period_s)
+
+
+def status_snapshot(daemon: NodeDaemon, history: StatusHistory | None = None) -> dict:
     engine = daemon.service.engine.stats()
     jobs = daemon.jobs
+    slot_cids = [s.adapter for s in engine.slots if s.adapter]
+    names = {}
+    for cid in slot_cids + [j.adapter_cid for j in jobs.recent(25) if j.adapter_cid]:
+        record = daemon.registry.adapter_by_cid(cid)
+        if record is not None:
+            names[cid] = record.adapter_id
     return {
         "operator": daemon.operator.address,
         "signer": daemon.signer.address,
@@ -42,7 +74,11 @@ def status_snapshot(daemon: NodeDaemon) -> dict:
         "cache": {
             "usage_bytes": daemon.service.store.usage_bytes(),
             "budget_bytes": daemon.service.store.budget_bytes,
+            "count": len(daemon.service.store.entries()),
         },
+        "adapter_ids": names,  # CID -> registry id, for what the page shows
+        "explorer_url": daemon.config.api.explorer_url,
+        "history": list(history.samples) if history is not None else [],
     }
 
 
@@ -115,8 +151,27 @@ def prometheus_text(daemon: NodeDaemon) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _page(name: str) -> bytes:
+    return resources.files("node.static").joinpath(name).read_bytes()
+
+
 def build_app(daemon: NodeDaemon) -> web.Application:
     app = web.Application()
+    history = StatusHistory(daemon)
+    app[HISTORY_KEY] = history
+    page = _page("status.html")
+
+    async def sample_history(app: web.Application):
+        task = asyncio.create_task(history.run())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(sample_history)
+
+    async def index(_: web.Request) -> web.Response:
+        return web.Response(body=page, content_type="text/html", charset="utf-8")
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"ok": True})
@@ -128,12 +183,17 @@ def build_app(daemon: NodeDaemon) -> web.Application:
         return web.Response(text=prometheus_text(daemon), content_type="text/plain", charset="utf-8")
 
     async def status(_: web.Request) -> web.Response:
-        return web.json_response(status_snapshot(daemon))
+        return web.json_response(status_snapshot(daemon, history))
 
+    app.router.add_get("/", index)
+    app.router.add_get("/status.html", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status", status)
+    from node.completions import add_completion_routes
+
+    add_completion_routes(app, daemon)
     return app
 
 

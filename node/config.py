@@ -84,7 +84,8 @@ class ApiSection:
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = 8700
-    completions: bool = False  # local OpenAI-style /v1/completions, off by default
+    completions: bool = False  # local OpenAI-style /v1/completions, off by default; loopback only
+    explorer_url: str | None = None  # e.g. "https://etherscan.io/tx/{hash}": tx links on the status page
 
 
 @dataclass
@@ -224,6 +225,13 @@ def _check(c: NodeConfig) -> None:
         raise ConfigError(f"[engine].device: expected auto, cpu or cuda, got {c.engine.device!r}")
     if not 0 < c.api.port < 65536:
         raise ConfigError(f"[api].port: {c.api.port} is not a TCP port")
+    if c.api.completions and c.api.host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(
+            f"[api].completions serves inference without payment: it binds to 127.0.0.1 only, but [api].host"
+            f' is {c.api.host!r}; set host = "127.0.0.1" or turn completions off'
+        )
+    if c.api.explorer_url is not None and "{hash}" not in c.api.explorer_url:
+        raise ConfigError('[api].explorer_url must contain {hash}, e.g. "https://etherscan.io/tx/{hash}"')
 
 
 def load_config(path: Path) -> NodeConfig:

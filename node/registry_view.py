@@ -88,15 +88,13 @@ class RegistryView:
         self.conn.commit()
         return True
 
-    def adapter(self, adapter_id: int) -> AdapterRecord | None:
-        row = self.conn.execute(
-            "SELECT adapter_id, publisher, cid, content_hash, base_model, rank, size, fee, retired,"
-            " (SELECT COUNT(*) FROM attestations t WHERE t.adapter_id = a.adapter_id) FROM adapters a"
-            " WHERE adapter_id = ?",
-            (adapter_id,),
-        ).fetchone()
-        if row is None:
-            return None
+    _SELECT = (
+        "SELECT adapter_id, publisher, cid, content_hash, base_model, rank, size, fee, retired,"
+        " (SELECT COUNT(*) FROM attestations t WHERE t.adapter_id = a.adapter_id) FROM adapters a"
+    )
+
+    @staticmethod
+    def _record(row: tuple) -> AdapterRecord:
         return AdapterRecord(
             row[0],
             row[1],
@@ -109,6 +107,23 @@ class RegistryView:
             bool(row[8]),
             row[9],
         )
+
+    def adapter(self, adapter_id: int) -> AdapterRecord | None:
+        row = self.conn.execute(f"{self._SELECT} WHERE adapter_id = ?", (adapter_id,)).fetchone()
+        return self._record(row) if row else None
+
+    def adapters(self, base_model: bytes | None = None) -> list[AdapterRecord]:
+        """Live (not retired) adapters, optionally for one base model, newest first."""
+        rows = self.conn.execute(f"{self._SELECT} WHERE retired = 0 ORDER BY adapter_id DESC").fetchall()
+        records = [self._record(r) for r in rows]
+        return [r for r in records if base_model is None or r.base_model == base_model]
+
+    def adapter_by_cid(self, cid: str) -> AdapterRecord | None:
+        """The newest live registration of this CID."""
+        row = self.conn.execute(
+            f"{self._SELECT} WHERE cid = ? AND retired = 0 ORDER BY adapter_id DESC LIMIT 1", (cid,)
+        ).fetchone()
+        return self._record(row) if row else None
 
     def signer_of(self, operator: str) -> str | None:
         row = self.conn.execute("SELECT signer FROM nodes WHERE operator = ?", (operator,)).fetchone()

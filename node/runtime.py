@@ -183,7 +183,12 @@ async def run_node(
             "or stop what uses it"
         ) from None
     if runner:
-        log.info("API on http://%s:%d (/healthz /readyz /metrics /status)", config.api.host, config.api.port)
+        log.info(
+            "API on http://%s:%d (status page at /; /healthz /readyz /metrics /status%s)",
+            config.api.host,
+            config.api.port,
+            " /v1/completions" if config.api.completions else "",
+        )
     try:
         await daemon.run(stop)
     finally:
