@@ -109,7 +109,8 @@ class SqliteTxStore:
     def mined_since(self, sender: str, block: int) -> list[TxRecord]:
         """Records with a receipt in a block >= `block` (candidates for a reorg to have dropped), by nonce."""
         rows = self.conn.execute(
-            "SELECT body FROM txs WHERE sender = ? AND mined_block >= ? AND state IN (?, ?, ?) ORDER BY nonce",
+            "SELECT body FROM txs WHERE sender = ? AND mined_block >= ? AND state IN (?, ?, ?)"
+            " ORDER BY nonce",
             (sender, block, TxState.MINED.value, TxState.CONFIRMED.value, TxState.REVERTED.value),
         ).fetchall()
         return [_decode(b[0]) for b in rows]

@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from pathlib import Path
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-
-
-def _cmd_node_run(args: argparse.Namespace) -> int:
-    from node.config import load_config
-    from node.logs import setup_logging
-    from node.runtime import run_node
-
-    config = load_config(args.config)
-    setup_logging(config.node.log_format, config.node.log_level)
-    asyncio.run(run_node(config))
-    return 0
 
 
 def _cmd_dev(args: argparse.Namespace) -> int:
@@ -41,13 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    node = sub.add_parser("node", help="run and manage a node").add_subparsers(
-        dest="node_command", required=True
-    )
-    run = node.add_parser("run", help="run the node daemon")
-    run.add_argument("--config", type=Path, required=True, help="path to node.toml")
-    run.set_defaults(func=_cmd_node_run)
-
     dev = sub.add_parser(
         "dev", help="the whole system on a local devnet: contracts, demo adapters, node, demo jobs"
     )
@@ -59,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--jobs-per-adapter", type=int, default=1)
     dev.set_defaults(func=_cmd_dev)
 
-    from node.commands import adapter, jobs
+    from node.commands import adapter, jobs, node_ops
 
+    node_ops.register(sub)
     adapter.register(sub)
     jobs.register(sub)
     return parser

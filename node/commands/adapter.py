@@ -1,4 +1,4 @@
-"""`openlora adapter publish|inspect|verify`: the publisher's side of the supply chain."""
+"""`openlora adapter publish|inspect|verify|list|earnings`: the publisher's side of the supply chain."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
+from web3 import Web3
 
 from node.commands.common import CommandError, add_chain_options, client_from
+from node.commands.progress import add_progress_option, steps
 
 console = Console(highlight=False)
 
@@ -19,8 +22,7 @@ def _validate_against(base_model: str, files: dict[str, bytes]):
     from inference.models import load_base_model
     from inference.validate import BaseModelSpec, validate_adapter_files
 
-    with console.status(f"loading {base_model} to check shapes"):
-        base = load_base_model(base_model)
+    base = load_base_model(base_model)
     return validate_adapter_files(files, BaseModelSpec.from_model(base.model, name=base.name))
 
 
@@ -34,26 +36,35 @@ def cmd_publish(args: argparse.Namespace) -> int:
     from inference.models import base_model_id
     from inference.publish import package_adapter, pin_to_kubo, publish_to_store
 
-    pkg = package_adapter(args.dir, cid_version=args.cid_version)
-    weights = _validate_against(args.base_model, pkg.files)
-    publish_to_store(pkg, BlockStore(args.store))
-    info = {
-        "cid": pkg.cid,
-        "sha256": pkg.content_hash.hex(),
-        "size": pkg.size,
-        "rank": pkg.rank,
-        "targets": ",".join(weights.target_modules),
-        "blocks": f"{len(pkg.dag.blocks)} in {args.store}",
-    }
-    if args.kubo:
-        with console.status(f"pinning to Kubo at {args.kubo}"):
-            info["kubo"] = asyncio.run(pin_to_kubo(pkg, args.kubo))
-    if not args.no_register:
-        client = client_from(args)
-        with console.status("registering on chain"):
-            info["adapter id"] = client.register_adapter(
-                pkg.cid, pkg.content_hash, base_model_id(args.base_model), pkg.rank, pkg.size, args.fee_wei
-            )
+    with steps(args) as progress:
+        with progress.step(f"import {args.dir} as UnixFS (CIDv{args.cid_version})"):
+            pkg = package_adapter(args.dir, cid_version=args.cid_version)
+        with progress.step(f"validate against {args.base_model}"):
+            weights = _validate_against(args.base_model, pkg.files)
+        with progress.step(f"store {len(pkg.dag.blocks)} blocks in {args.store}"):
+            publish_to_store(pkg, BlockStore(args.store))
+        info = {
+            "cid": pkg.cid,
+            "sha256": pkg.content_hash.hex(),
+            "size": pkg.size,
+            "rank": pkg.rank,
+            "targets": ",".join(weights.target_modules),
+            "blocks": f"{len(pkg.dag.blocks)} in {args.store}",
+        }
+        if args.kubo:
+            with progress.step(f"pin to Kubo at {args.kubo}"):
+                info["kubo"] = asyncio.run(pin_to_kubo(pkg, args.kubo))
+        if not args.no_register:
+            client = client_from(args)
+            with progress.step("register on chain"):
+                info["adapter id"] = client.register_adapter(
+                    pkg.cid,
+                    pkg.content_hash,
+                    base_model_id(args.base_model),
+                    pkg.rank,
+                    pkg.size,
+                    args.fee_wei,
+                )
     _describe(info) if not args.json else print(json.dumps(info))
     return 0
 
@@ -93,25 +104,27 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     if not args.gateway:
         raise CommandError("name at least one --gateway URL to fetch from")
-    expected = None
+    expected, size = None, None
     if args.adapter_id is not None:
-        adapter = client_from(args, need_signer=False).adapters.functions.getAdapter(args.adapter_id).call()
-        expected, registered_cid = bytes(adapter[1]), adapter[7]
-        if registered_cid != args.cid:
+        listing = client_from(args, need_signer=False).adapter(args.adapter_id)
+        expected, size = listing.content_hash, listing.size
+        if listing.cid != args.cid:
             raise CommandError(
-                f"adapter {args.adapter_id} is registered with CID {registered_cid}, not {args.cid}"
+                f"adapter {args.adapter_id} is registered with CID {listing.cid}, not {args.cid}"
             )
 
-    async def fetch() -> dict[str, bytes]:
+    async def fetch(progress) -> dict[str, bytes]:
         sources = [GatewaySource(url) for url in args.gateway]
+        received = lambda: sum(s.stats.bytes_received for s in sources)  # noqa: E731
         try:
-            return await fetch_adapter_dir(args.cid, sources, max_bytes=args.max_mb << 20)
+            async with progress.transfer(f"fetch {args.cid}, every block checked", size, received):
+                return await fetch_adapter_dir(args.cid, sources, max_bytes=args.max_mb << 20)
         finally:
             for s in sources:
                 await s.close()
 
-    with console.status(f"fetching {args.cid}, every block checked against its CID"):
-        files = asyncio.run(fetch())
+    with steps(args) as progress:
+        files = asyncio.run(fetch(progress))
     digest = hashlib.sha256(files["adapter_model.safetensors"]).digest()
     console.print(
         f"[green]✔[/] every block of {args.cid} matches its CID "
@@ -127,10 +140,80 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_list(args: argparse.Namespace) -> int:
+    client = client_from(args, need_signer=False)
+    adapters = client.list_adapters(args.publisher)
+    if args.json:
+        rows = [
+            {
+                "adapter_id": a.adapter_id,
+                "cid": a.cid,
+                "publisher": a.publisher,
+                "sha256": a.content_hash.hex(),
+                "rank": a.rank,
+                "size": a.size,
+                "fee_per_job_wei": str(a.fee_per_job_wei),
+                "retired": a.retired,
+            }
+            for a in adapters
+        ]
+        print(json.dumps(rows))
+        return 0
+    if not adapters:
+        console.print("no adapters registered" + (f" by {args.publisher}" if args.publisher else ""))
+        return 0
+    table = Table("id", "cid", "publisher", "rank", "size", "fee (ETH)", "state", box=None)
+    for a in adapters:
+        table.add_row(
+            str(a.adapter_id),
+            a.cid,
+            a.publisher,
+            str(a.rank),
+            f"{a.size:,}",
+            str(Web3.from_wei(a.fee_per_job_wei, "ether")),
+            "retired" if a.retired else "live",
+        )
+    console.print(table)
+    return 0
+
+
+def cmd_earnings(args: argparse.Namespace) -> int:
+    client = client_from(args, need_signer=args.account is None)
+    e = client.earnings(args.account)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "account": e.account,
+                    "withdrawable_wei": str(e.withdrawable_wei),
+                    "adapter_total_wei": str(e.adapter_total_wei),
+                    "adapters": {
+                        str(i): {"jobs": e.adapter_jobs[i], "wei": str(w)} for i, w in e.adapter_wei.items()
+                    },
+                    "node_wei": str(e.node_wei),
+                    "jobs_served": e.jobs_served,
+                }
+            )
+        )
+        return 0
+    eth = lambda wei: f"{Web3.from_wei(wei, 'ether')} ETH"  # noqa: E731
+    console.print(f"[bold]account[/] {e.account}")
+    if e.adapter_wei:
+        table = Table("adapter", "paid jobs", "fees earned", box=None)
+        for adapter_id, wei in e.adapter_wei.items():
+            table.add_row(str(adapter_id), str(e.adapter_jobs[adapter_id]), eth(wei))
+        console.print(table)
+    console.print(f"[bold]adapter fees[/] {eth(e.adapter_total_wei)}")
+    if e.jobs_served:
+        console.print(f"[bold]as a node[/] {eth(e.node_wei)} for {e.jobs_served} job(s)")
+    console.print(f"[bold]withdrawable now[/] {eth(e.withdrawable_wei)} (`openlora node withdraw` claims it)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    group = sub.add_parser("adapter", help="publish, inspect and verify LoRA adapters").add_subparsers(
-        dest="adapter_command", required=True
-    )
+    group = sub.add_parser(
+        "adapter", help="publish, inspect, verify and list LoRA adapters; earnings"
+    ).add_subparsers(dest="adapter_command", required=True)
 
     publish = group.add_parser(
         "publish", help="validate a PEFT folder, store it as UnixFS blocks, register it"
@@ -151,6 +234,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     publish.add_argument("--fee-wei", type=int, default=2 * 10**15, help="fee per job paid to you")
     publish.add_argument("--no-register", action="store_true", help="only validate and store; no transaction")
     publish.add_argument("--json", action="store_true", help="print one JSON object")
+    add_progress_option(publish)
     add_chain_options(publish)
     publish.set_defaults(func=cmd_publish)
 
@@ -169,5 +253,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--adapter-id", type=int, help="compare with this registry entry's CID and content hash"
     )
     verify.add_argument("--max-mb", type=int, default=512)
+    add_progress_option(verify)
     add_chain_options(verify, signer=False)
     verify.set_defaults(func=cmd_verify)
+
+    listing = group.add_parser("list", help="adapters in the registry, with their terms")
+    listing.add_argument("--publisher", metavar="ADDRESS", help="only this publisher's adapters")
+    listing.add_argument("--json", action="store_true")
+    add_chain_options(listing, signer=False)
+    listing.set_defaults(func=cmd_list)
+
+    earnings = group.add_parser("earnings", help="fees your adapters earned, and what you can withdraw")
+    earnings.add_argument("--account", metavar="ADDRESS", help="another account (default: the key's)")
+    earnings.add_argument("--json", action="store_true")
+    add_chain_options(earnings)
+    earnings.set_defaults(func=cmd_earnings)

@@ -10,8 +10,8 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
-from chain.client import ProtocolClient
 from chain.deployment import Deployment
+from chain.sdk import OpenLoRA
 from node.keys import KeystoreError, load_keystore, read_password
 
 
@@ -55,7 +55,7 @@ def signer_from(args: argparse.Namespace) -> LocalAccount | None:
     return None
 
 
-def client_from(args: argparse.Namespace, *, need_signer: bool = True) -> ProtocolClient:
+def client_from(args: argparse.Namespace, *, need_signer: bool = True) -> OpenLoRA:
     w3 = Web3(HTTPProvider(args.rpc, request_kwargs={"timeout": 30}))
     deployment = Deployment.load(args.deployment)
     if not w3.is_connected():
@@ -69,4 +69,4 @@ def client_from(args: argparse.Namespace, *, need_signer: bool = True) -> Protoc
         raise KeystoreError(
             "this command sends a transaction: pass --keystore (and --password-file) or --private-key-env VAR"
         )
-    return ProtocolClient(w3, deployment, account)
+    return OpenLoRA(w3, deployment, account)

@@ -1,0 +1,294 @@
+"""`openlora node init|register|status|withdraw` (and `node run`): the operator's side."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import secrets
+import sys
+import urllib.error
+import urllib.request
+from decimal import Decimal
+from pathlib import Path
+
+from rich.console import Console
+from web3 import HTTPProvider, Web3
+
+from chain.deployment import Deployment
+from chain.sdk import OpenLoRA
+from node.commands.common import CommandError
+from node.config import ConfigError, NodeConfig, load_config
+from node.keys import KeystoreError, load_keystore, read_password, write_keystore
+
+console = Console(highlight=False)
+
+CONFIG_TEMPLATE = """\
+# OpenLoRA node configuration, written by `openlora node init`.
+# Relative paths are relative to this file's folder. Reference: docs/operators.md.
+
+[node]
+data_dir = "data"                 # job database, adapter cache, p2p identity
+base_model = "{base_model}"       # the model this node serves; adapters must be trained for it
+log_format = "text"               # "text" for people, "json" for log shippers
+log_level = "INFO"
+max_inflight_jobs = 8             # jobs driven concurrently (fetch, claim, run, post)
+
+[chain]
+rpc_urls = ["{rpc}"]              # one or more JSON-RPC endpoints, in order of preference (failover)
+deployment = "{deployment}"       # contract addresses, chain id, start block
+keystore = "operator.keystore.json"   # the operator account: stakes, claims, gets paid
+{password_line}
+# signer_keystore = "signer.keystore.json"   # a separate key that signs results (default: the operator)
+confirmations = 1                 # blocks deep before events are acted on and txs counted settled
+finality_blocks = 64              # settled txs are re-checked against deeper reorgs until this deep
+poll_interval_s = 1.0
+max_fee_gwei = 200.0              # hard cap on maxFeePerGas, fee bumps included
+max_priority_fee_gwei = 5.0
+bump_after_s = 30.0               # no receipt after this long: same nonce, higher fees
+rpc_timeout_s = 10.0
+
+[ipfs]
+gateways = [{gateways}]           # trustless gateways (application/vnd.ipld.raw and .car)
+# kubo_rpc = "http://127.0.0.1:5001"   # your own Kubo node, asked before the gateways
+cache_budget_mb = 2048            # verified adapters on disk, LRU beyond this
+max_adapter_mb = 512              # larger adapters are refused while streaming
+
+[policy]
+min_attestations = 0              # validator attestations an adapter needs on chain
+allowed_publishers = []           # empty = anyone; else only these publisher addresses
+denied_cids = []
+min_price_wei = 0                 # jobs paying less are left for others
+
+[admission]
+max_committed_jobs = 16           # jobs held at once; more are left for other nodes
+assumed_tokens_per_s = 20.0       # decode speed until the engine has measured its own
+safety_factor = 1.5               # claim only what finishes before the deadline with this margin
+
+[engine]
+max_slots = 8                     # adapters resident on the accelerator at once
+max_rank = 64                     # largest LoRA rank served
+host_budget_mb = 512              # parsed adapters kept in host memory
+max_batch = 8                     # rows decoded together
+max_queue = 256
+max_tokens_cap = 512
+device = "auto"                   # "auto", "cpu" or "cuda"
+
+[api]
+enabled = true
+host = "127.0.0.1"                # /healthz /readyz /metrics /status and the status page at /
+port = {api_port}
+completions = false               # POST /v1/completions to try adapters locally (127.0.0.1 only)
+# explorer_url = "https://etherscan.io/tx/{{hash}}"   # links on the status page
+
+[p2p]
+enabled = false                   # libp2p: announce warm adapters, serve and fetch blocks over bitswap
+listen = "/ip4/0.0.0.0/tcp/4001"
+bootstrap = []
+"""
+
+
+def _new_password(args: argparse.Namespace) -> tuple[str, str]:
+    """(password, the config line that tells the daemon where to find it)."""
+    if args.password_file:
+        return read_password(args.password_file), f'password_file = "{Path(args.password_file).resolve()}"'
+    line = '# password: env OPENLORA_KEYSTORE_PASSWORD (or set password_file = "...", mode 0600)'
+    env = os.environ.get("OPENLORA_KEYSTORE_PASSWORD")
+    if env:
+        return env, line
+    if not sys.stdin.isatty():
+        raise KeystoreError(
+            "no keystore password: pass --password-file FILE or set OPENLORA_KEYSTORE_PASSWORD"
+        )
+    first = getpass.getpass("keystore password: ")
+    if first != getpass.getpass("again: ") or not first:
+        raise KeystoreError("the passwords differ or are empty; nothing was written")
+    return first, line
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    folder: Path = args.dir
+    config_path, keystore_path = folder / "node.toml", folder / "operator.keystore.json"
+    existing = [p for p in (config_path, keystore_path) if p.exists()]
+    if existing:
+        raise ConfigError(
+            f"{', '.join(map(str, existing))} already exist: refusing to overwrite (choose another --dir)"
+        )
+    password, password_line = _new_password(args)
+    folder.mkdir(parents=True, exist_ok=True)
+    address = write_keystore(keystore_path, secrets.token_bytes(32), password)
+    gateways = ", ".join(f'"{g}"' for g in args.gateway)
+    config_path.write_text(
+        CONFIG_TEMPLATE.format(
+            base_model=args.base_model,
+            rpc=args.rpc,
+            deployment=Path(args.deployment).resolve(),
+            password_line=password_line,
+            gateways=gateways,
+            api_port=args.api_port,
+        )
+    )
+    load_config(config_path)  # what we wrote must load; fail here rather than at the first start
+    console.print(f"[bold]config[/]   {config_path}")
+    console.print(f"[bold]keystore[/] {keystore_path} (encrypted, mode 0600)")
+    console.print(f"[bold]operator[/] {address}")
+    console.print(
+        "\nNext:\n"
+        f"  1. fund {address} with the stake plus gas\n"
+        f"  2. openlora node register --config {config_path} --stake 2\n"
+        f"  3. openlora node run --config {config_path}   (or the systemd unit: docs/operators.md)"
+    )
+    if args.json:
+        print(json.dumps({"config": str(config_path), "keystore": str(keystore_path), "address": address}))
+    return 0
+
+
+def _client_for(config: NodeConfig) -> OpenLoRA:
+    operator = load_keystore(config.chain.keystore, read_password(config.chain.password_file))
+    rpc = config.chain.rpc_urls[0]
+    w3 = Web3(HTTPProvider(rpc, request_kwargs={"timeout": config.chain.rpc_timeout_s}))
+    if not w3.is_connected():
+        raise CommandError(f"cannot reach {rpc} ([chain].rpc_urls): is the chain running?")
+    return OpenLoRA(w3, Deployment.load(config.chain.deployment), operator)
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from inference.models import base_model_id
+    from node.identity import node_peer_id
+
+    config = load_config(args.config)
+    client = _client_for(config)
+    signer = client.address
+    if config.chain.signer_keystore is not None:
+        signer = load_keystore(
+            config.chain.signer_keystore, read_password(config.chain.password_file)
+        ).address
+    peer_id = node_peer_id(config.identity_path)
+    stake = Web3.to_wei(args.stake, "ether")
+    minimum = client.nodes.functions.minStake().call()
+    if stake < minimum:
+        raise CommandError(
+            f"--stake {args.stake} ETH is below the registry's minimum {Web3.from_wei(minimum, 'ether')} ETH"
+        )
+    with console.status("registering on chain"):
+        receipt = client.register_node(signer, base_model_id(config.node.base_model), peer_id, stake)
+    console.print(f"[green]✔[/] node {client.address} registered for {config.node.base_model}")
+    console.print(f"  stake {args.stake} ETH, signer {signer}, peer {peer_id}")
+    console.print(f"  tx {receipt['transactionHash'].to_0x_hex()}")
+    return 0
+
+
+def _status_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return args.url.rstrip("/")
+    config = load_config(args.config)
+    if not config.api.enabled:
+        raise ConfigError(f"{args.config}: [api].enabled is false, the daemon serves no /status")
+    return f"http://{config.api.host}:{config.api.port}"
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    base = _status_url(args)
+    try:
+        with urllib.request.urlopen(f"{base}/status", timeout=10) as r:
+            status = json.loads(r.read())
+    except (urllib.error.URLError, OSError) as e:
+        raise CommandError(
+            f"no daemon answering at {base}/status ({e}): is `openlora node run` up?"
+        ) from None
+    if args.json:
+        print(json.dumps(status))
+        return 0
+    eth = Web3.from_wei(int(status.get("earned_wei", 0)), "ether")
+    engine = status.get("engine", {})
+    console.print(f"[bold]node[/]     {status['operator']} ({'ready' if status['ready'] else 'not ready'})")
+    console.print(f"[bold]model[/]    {status['base_model']}, up {status['uptime_s']:.0f} s")
+    jobs = ", ".join(f"{state} {n}" for state, n in sorted(status["jobs_by_state"].items())) or "none yet"
+    console.print(f"[bold]jobs[/]     {jobs}")
+    console.print(f"[bold]earned[/]   {eth} ETH, {status['tokens_generated']} tokens generated")
+    slots = engine.get("slots", [])
+    held = [s for s in slots if s.get("adapter")]
+    console.print(f"[bold]slots[/]    {len(held)}/{len(slots)} holding adapters")
+    for s in held:
+        console.print(f"           #{s['index']} {s['adapter']} (in flight: {s.get('pinned', 0)})")
+    cache = status.get("cache", {})
+    if cache:
+        console.print(
+            f"[bold]cache[/]    {cache['usage_bytes'] / 2**20:.1f} / {cache['budget_bytes'] / 2**20:.0f} MiB"
+        )
+    return 0
+
+
+def cmd_withdraw(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    client = _client_for(config)
+    amount = client.withdrawable()
+    if amount == 0:
+        console.print(f"nothing to withdraw for {client.address}")
+        return 0
+    with console.status(f"withdrawing {Web3.from_wei(amount, 'ether')} ETH"):
+        receipt = client.withdraw()
+    console.print(
+        f"[green]✔[/] withdrew {Web3.from_wei(amount, 'ether')} ETH to {client.address}"
+        f" (tx {receipt['transactionHash'].to_0x_hex()})"
+    )
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from node.logs import setup_logging
+    from node.runtime import run_node
+
+    config = load_config(args.config)
+    setup_logging(config.node.log_format, config.node.log_level)
+    asyncio.run(run_node(config))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    node = sub.add_parser("node", help="run and manage a node").add_subparsers(
+        dest="node_command", required=True
+    )
+
+    run = node.add_parser("run", help="run the node daemon")
+    run.add_argument("--config", type=Path, required=True, help="path to node.toml")
+    run.set_defaults(func=_cmd_run)
+
+    init = node.add_parser("init", help="write a commented config and a new encrypted operator keystore")
+    init.add_argument(
+        "--dir", type=Path, default=Path("run/node"), help="where node.toml and the keystore go"
+    )
+    init.add_argument("--base-model", default="smollm2-135m-instruct")
+    init.add_argument("--rpc", default=os.environ.get("OPENLORA_RPC", "http://127.0.0.1:8545"))
+    init.add_argument(
+        "--deployment", default=os.environ.get("OPENLORA_DEPLOYMENT", "run/dev/deployment.json")
+    )
+    init.add_argument("--gateway", action="append", default=[], help="trustless gateway URL (repeatable)")
+    init.add_argument("--api-port", type=int, default=8700)
+    init.add_argument(
+        "--password-file",
+        type=Path,
+        help="keystore password file (else env OPENLORA_KEYSTORE_PASSWORD or a prompt)",
+    )
+    init.add_argument("--json", action="store_true", help="also print one JSON object")
+    init.set_defaults(func=cmd_init)
+
+    reg = node.add_parser("register", help="stake and register the node in the NodeRegistry")
+    reg.add_argument("--config", type=Path, required=True)
+    reg.add_argument(
+        "--stake", type=Decimal, default=Decimal(2), help="ETH to stake (at least the registry's minimum)"
+    )
+    reg.set_defaults(func=cmd_register)
+
+    status = node.add_parser("status", help="what the running daemon reports at /status")
+    where = status.add_mutually_exclusive_group(required=True)
+    where.add_argument("--config", type=Path, help="read [api] host and port from this config")
+    where.add_argument("--url", help="the daemon's API, e.g. http://127.0.0.1:8700")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    withdraw = node.add_parser("withdraw", help="withdraw the operator's earnings from the job market")
+    withdraw.add_argument("--config", type=Path, required=True)
+    withdraw.set_defaults(func=cmd_withdraw)
