@@ -110,6 +110,9 @@ async def test_operator_publisher_and_submitter_commands(
         earned = _last_json(out)
         assert code == 0 and earned["adapters"][str(adapter_id)] == {"jobs": 2, "wei": str(2 * ADAPTER_FEE)}
         assert int(earned["withdrawable_wei"]) == 2 * ADAPTER_FEE
+        code, out = await run("withdraw", "--private-key-env", "PUBLISHER_KEY", *chain)
+        assert code == 0 and "withdrew 0.004 ETH" in out, out
+        assert s.contract("JobMarket").functions.balanceOf(s.publisher.address).call() == 0
 
         before = s.w3.eth.get_balance(operator)
         owed = s.contract("JobMarket").functions.balanceOf(operator).call()

@@ -19,7 +19,7 @@ from web3 import HTTPProvider, Web3
 
 from chain.deployment import Deployment
 from chain.sdk import OpenLoRA
-from node.commands.common import CommandError
+from node.commands.common import CommandError, add_chain_options, client_from
 from node.config import ConfigError, NodeConfig, load_config
 from node.keys import KeystoreError, load_keystore, read_password, write_keystore
 
@@ -222,8 +222,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_withdraw(args: argparse.Namespace) -> int:
-    config = load_config(args.config)
-    client = _client_for(config)
+    """`node withdraw --config` (the operator's key) or top-level `withdraw` (any account's key)."""
+    client = _client_for(load_config(args.config)) if getattr(args, "config", None) else client_from(args)
     amount = client.withdrawable()
     if amount == 0:
         console.print(f"nothing to withdraw for {client.address}")
@@ -292,3 +292,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     withdraw = node.add_parser("withdraw", help="withdraw the operator's earnings from the job market")
     withdraw.add_argument("--config", type=Path, required=True)
     withdraw.set_defaults(func=cmd_withdraw)
+
+    anyone = sub.add_parser("withdraw", help="withdraw an account's balance (fees, payments, refunds)")
+    add_chain_options(anyone)
+    anyone.set_defaults(func=cmd_withdraw)
