@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import shutil
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inference.ipfs.cid import InvalidCidError, block_key, parse_cid
-from inference.ipfs.fetcher import ADAPTER_FILES, BlockSource, FetchError, FetchOptions, fetch_adapter_dir
+from inference.ipfs.fetcher import ADAPTER_FILES, BlockSource, FetchError, FetchOptions, fetch_adapter
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +52,6 @@ class CacheEntry:
     size: int  # bytes of the two files
     last_used: float
     leases: int = 0
-
-
-def _hash_file(data: bytes) -> bytes:
-    return hashlib.sha256(data).digest()
 
 
 def _write_entry(tmp_root: Path, final: Path, files: dict[str, bytes]) -> None:
@@ -253,15 +248,16 @@ class AdapterStore:
         flight = (key, content_hash)
         try:
             self.downloads += 1
-            files = await fetch_adapter_dir(
+            fetched = await fetch_adapter(
                 cid,
                 sources if sources is not None else self.sources,
                 max_bytes=self.max_adapter_bytes,
                 options=self.options,
             )
-            got = await asyncio.to_thread(_hash_file, files[WEIGHTS_FILE])
+            got = fetched[WEIGHTS_FILE].sha256  # hashed while the blocks streamed in, in file order
             if got != content_hash:
                 raise AdapterIntegrityError(cid, content_hash, got)
+            files = {name: f.data for name, f in fetched.items()}
             final = self._adapters / f"{key}.{content_hash.hex()}"
             await asyncio.to_thread(_write_entry, self._tmp, final, files)
         except BaseException:

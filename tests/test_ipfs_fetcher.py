@@ -24,6 +24,7 @@ from inference.ipfs.fetcher import (
     SizeLimitError,
     SourcesExhaustedError,
     UnsafeNameError,
+    fetch_adapter,
     fetch_adapter_dir,
     fetch_file,
 )
@@ -357,3 +358,33 @@ async def test_third_party_sources_without_max_size_work() -> None:
     peers, backup = Peers(), Backup()
     assert await fetch_file(dag.root, [peers, backup], max_bytes=dag.size) == MODEL
     assert peers.stats.failures == 1 and backup.stats.requests == 1  # type: ignore[attr-defined]
+
+
+class _ReversedSource:
+    """Delivers a file's blocks in reverse order: each leaf waits until every later leaf was delivered."""
+
+    def __init__(self, dag: ImportedDag) -> None:
+        self.blocks = dag.blocks
+        self.order = leaves(dag)
+        self.delivered: list[str] = []
+        self._turn = asyncio.Condition()
+
+    async def get_block(self, cid: str) -> bytes:
+        if cid in self.order:
+            async with self._turn:
+                later = self.order[self.order.index(cid) + 1 :]
+                await self._turn.wait_for(lambda: all(c in self.delivered for c in later))
+                self.delivered.append(cid)
+                self._turn.notify_all()
+        return self.blocks[cid]
+
+
+async def test_file_hash_is_computed_in_file_order_whatever_order_blocks_arrive(dag: ImportedDag) -> None:
+    source = _ReversedSource(dag)
+    fetched = await fetch_adapter(dag.root, [source], max_bytes=dag.size, options=FAST)
+    assert source.delivered == list(reversed(source.order))  # really out of order
+    weights = fetched["adapter_model.safetensors"]
+    assert bytes(weights.data) == MODEL and weights.sha256 == hashlib.sha256(MODEL).digest()
+    config = fetched["adapter_config.json"]  # one block: no assembly
+    assert config.data == FILES["adapter_config.json"]
+    assert config.sha256 == hashlib.sha256(FILES["adapter_config.json"]).digest()

@@ -8,9 +8,12 @@ are checked against the caller's limits before the bytes they describe are downl
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import hashlib
 import inspect
 import random
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,6 +29,7 @@ from .errors import (
 )
 from .sources import (
     MAX_BLOCK_SIZE,
+    THREAD_HASH_MIN,
     BlockSource,
     GatewaySource,
     KuboRpcSource,
@@ -33,7 +37,7 @@ from .sources import (
     SourceStats,
     block_matches,
 )
-from .unixfs import FileChild, UnixFSError, parse_directory_block, parse_file_block
+from .unixfs import FileChild, FileNode, UnixFSError, parse_directory_block, parse_file_block
 
 __all__ = [
     "ADAPTER_FILES",
@@ -42,6 +46,7 @@ __all__ = [
     "DagFormatError",
     "FetchError",
     "FetchOptions",
+    "FetchedFile",
     "GatewaySource",
     "KuboRpcSource",
     "LocalStoreSource",
@@ -49,6 +54,7 @@ __all__ = [
     "SourceStats",
     "SourcesExhaustedError",
     "UnsafeNameError",
+    "fetch_adapter",
     "fetch_adapter_dir",
     "fetch_file",
 ]
@@ -56,6 +62,12 @@ __all__ = [
 T = TypeVar("T")
 ADAPTER_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors"})
 MAX_DEPTH = 16  # 174^16 chunks: no honest file is deeper
+
+
+@dataclass(frozen=True)
+class FetchedFile:
+    data: bytes | bytearray  # a bytearray when assembled from several blocks (no extra copy)
+    sha256: bytes
 
 
 @dataclass(frozen=True)
@@ -69,8 +81,13 @@ class FetchOptions:
 
 
 def _takes_max_size(source: BlockSource) -> bool:
+    return _class_takes_max_size(type(source)) if hasattr(type(source), "get_block") else False
+
+
+@functools.cache
+def _class_takes_max_size(cls: type) -> bool:
     try:
-        return "max_size" in inspect.signature(source.get_block).parameters
+        return "max_size" in inspect.signature(cls.get_block).parameters
     except (TypeError, ValueError):
         return False
 
@@ -112,6 +129,9 @@ class _Fetch:
         self.received = 0
         self.blocks: dict[bytes, bytes] = {}  # digest -> verified block
         self._inflight: dict[bytes, asyncio.Future[bytes]] = {}
+        # While a CAR streams in, a block it will probably carry is awaited rather than requested again.
+        self._car_streaming = False
+        self._car_waiters: dict[bytes, asyncio.Future[None]] = {}
         self._limit = asyncio.Semaphore(options.concurrency)
 
     async def gather(self, coros: list[Coroutine[Any, Any, T]]) -> list[T]:
@@ -134,29 +154,56 @@ class _Fetch:
 
     async def prefetch_car(self, root: ParsedCid) -> None:
         """Ask CAR-capable gateways, in order, for the whole DAG in one response; stop at the first that
-        delivers it all. Blocks that arrived before a failure were verified and are kept."""
-        for source in self.sources:
-            if not (isinstance(source, GatewaySource) and source.supports_car):
-                continue
-            stats = source_stats(source)
-            stats.requests += 1
-            try:
-                async with asyncio.timeout(self.options.car_timeout_s):
-                    async for cid, data in source.get_car(root, max_bytes=self.max_bytes):
-                        if cid.digest not in self.blocks:
-                            self.blocks[cid.digest] = data
-                            stats.bytes_received += len(data)
-                return
-            except TimeoutError:
-                self._fail(
-                    source,
-                    SourceError(
-                        f"{source.name}: CAR not complete within {self.options.car_timeout_s}s",
-                        reason="timeout",
-                    ),
-                )
-            except FetchError as exc:
-                self._fail(source, exc)
+        delivers it all. Blocks that arrived before a failure were verified and are kept. Runs alongside
+        the DAG walk (see `streaming_car`), which takes each block the moment it is verified."""
+        self._car_streaming = True
+        try:
+            for source in self.sources:
+                if not (isinstance(source, GatewaySource) and source.supports_car):
+                    continue
+                stats = source_stats(source)
+                stats.requests += 1
+                try:
+                    async with asyncio.timeout(self.options.car_timeout_s):
+                        async for cid, data in source.get_car(root, max_bytes=self.max_bytes):
+                            if cid.digest not in self.blocks:
+                                self.blocks[cid.digest] = data
+                                stats.bytes_received += len(data)
+                                waiter = self._car_waiters.pop(cid.digest, None)
+                                if waiter is not None and not waiter.done():
+                                    waiter.set_result(None)
+                    return
+                except TimeoutError:
+                    self._fail(
+                        source,
+                        SourceError(
+                            f"{source.name}: CAR not complete within {self.options.car_timeout_s}s",
+                            reason="timeout",
+                        ),
+                    )
+                except FetchError as exc:
+                    self._fail(source, exc)
+        finally:
+            self._car_streaming = False
+            for waiter in self._car_waiters.values():  # what the CAR did not bring is fetched per block
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._car_waiters.clear()
+
+    @contextlib.asynccontextmanager
+    async def streaming_car(self, root: ParsedCid) -> AsyncIterator[None]:
+        """Stream the CAR (if any source offers one) while the body walks the DAG."""
+        if not any(isinstance(s, GatewaySource) and s.supports_car for s in self.sources):
+            yield
+            return
+        self._car_streaming = True  # before the task first runs: the walk's first block waits for the CAR
+        car = asyncio.ensure_future(self.prefetch_car(root))
+        try:
+            yield
+        finally:
+            if not car.done():
+                car.cancel()
+            await asyncio.gather(car, return_exceptions=True)
 
     def _fail(self, source: BlockSource, exc: FetchError) -> None:
         stats = source_stats(source)
@@ -167,6 +214,14 @@ class _Fetch:
         cached = self.blocks.get(cid.digest)
         if cached is not None:
             return cached
+        if self._car_streaming:
+            waiter = self._car_waiters.get(cid.digest)
+            if waiter is None:
+                waiter = self._car_waiters[cid.digest] = asyncio.get_running_loop().create_future()
+            await asyncio.shield(waiter)
+            cached = self.blocks.get(cid.digest)
+            if cached is not None:
+                return cached
         pending = self._inflight.get(cid.digest)
         if pending is not None:  # the same block linked twice (repeated chunk): download it once
             return await asyncio.shield(pending)
@@ -237,18 +292,12 @@ class _Fetch:
                 return data
         raise SourcesExhaustedError(cid.text, failures)
 
-    async def file(self, cid: ParsedCid, *, cap: int, filesize: int | None = None) -> bytes:
-        return b"".join(await self._pieces(cid, cap=cap, filesize=filesize, depth=0))
-
-    async def _pieces(self, cid: ParsedCid, *, cap: int, filesize: int | None, depth: int) -> list[bytes]:
-        """The file as a flat list of leaf pieces, joined once at the top (one copy, not one per level)."""
-        if depth > MAX_DEPTH:
-            raise DagFormatError(f"file DAG deeper than {MAX_DEPTH} levels at {cid}")
+    async def file(self, cid: ParsedCid, *, cap: int, filesize: int | None = None) -> FetchedFile:
+        """The file under `cid`, its blocks verified as they arrive, assembled in place in one buffer of
+        the size the (hash-authenticated) root declares, and hashed in file order while later blocks are
+        still arriving: the sha256 costs no second pass over the bytes."""
         block = await self.block(cid, cap)
-        try:
-            node = parse_file_block(cid, block)
-        except UnixFSError as exc:
-            raise DagFormatError(str(exc)) from exc
+        node = self._parse(cid, block)
         if filesize is not None and node.filesize != filesize:
             raise DagFormatError(f"{cid} holds {node.filesize} file bytes, its parent says {filesize}")
         if node.filesize > self.max_bytes:
@@ -256,15 +305,98 @@ class _Fetch:
                 f"{cid} declares a file of {node.filesize} bytes, the cap is {self.max_bytes}"
             )
         if not node.children:
-            return [node.data]
-        parts = await self.gather([self._child(child, depth) for child in node.children])
-        return [node.data, *(piece for part in parts for piece in part)]
+            return FetchedFile(node.data, await _sha256(node.data))
+        assembly = _Assembly(node.filesize)
+        hasher = asyncio.ensure_future(assembly.hash_in_order())
+        try:
+            await self._place(assembly, node, 0, depth=0)
+            if assembly.filled != node.filesize:
+                raise DagFormatError(f"{cid}: the DAG delivers {assembly.filled} of {node.filesize} bytes")
+            await hasher
+        finally:
+            if not hasher.done():
+                hasher.cancel()
+                await asyncio.gather(hasher, return_exceptions=True)
+        return FetchedFile(assembly.buffer, assembly.sha256.digest())
 
-    async def _child(self, child: FileChild, depth: int) -> list[bytes]:
+    def _parse(self, cid: ParsedCid, block: bytes) -> FileNode:
+        try:
+            return parse_file_block(cid, block)
+        except UnixFSError as exc:
+            raise DagFormatError(str(exc)) from exc
+
+    async def _place(self, assembly: _Assembly, node: FileNode, offset: int, *, depth: int) -> None:
+        """Write `node`'s bytes at `offset`, its children after them, fetched concurrently. Each child's
+        offset follows from its siblings' sizes, which the parse checked add up to the parent's."""
+        assembly.put(offset, node.data)
+        offset += len(node.data)
+        placements = []
+        for child in node.children:
+            placements.append(self._place_child(assembly, child, offset, depth=depth + 1))
+            offset += child.filesize
+        await self.gather(placements)
+
+    async def _place_child(self, assembly: _Assembly, child: FileChild, offset: int, *, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise DagFormatError(f"file DAG deeper than {MAX_DEPTH} levels at {child.cid}")
         # A raw leaf's Tsize is its exact length, a node's Tsize bounds its block: a response beyond what
         # the (hash-authenticated) parent says cannot be right, so it is cut off there.
         cap = child.tsize if child.tsize > 0 else MAX_BLOCK_SIZE
-        return await self._pieces(child.cid, cap=cap, filesize=child.filesize, depth=depth + 1)
+        node = self._parse(child.cid, await self.block(child.cid, cap))
+        if node.filesize != child.filesize:
+            raise DagFormatError(
+                f"{child.cid} holds {node.filesize} file bytes, its parent says {child.filesize}"
+            )
+        if not node.children:
+            self.blocks.pop(child.cid.digest, None)  # placed: the buffer holds it now
+        await self._place(assembly, node, offset, depth=depth)
+
+
+class _Assembly:
+    """A file's bytes placed at their offsets as blocks arrive in any order, and a sha256 fed with the
+    contiguous prefix as soon as it grows (in a worker thread: hashlib releases the GIL)."""
+
+    def __init__(self, size: int) -> None:
+        self.buffer = bytearray(size)
+        self._view = memoryview(self.buffer)
+        self.filled = 0
+        self.sha256 = hashlib.sha256()
+        self._ready: dict[int, int] = {}  # start -> end of placed ranges not yet hashed
+        self._hashed = 0
+        self._progress = asyncio.Event()
+
+    def put(self, offset: int, data: bytes) -> None:
+        end = offset + len(data)
+        if end > len(self.buffer):
+            raise DagFormatError(f"the DAG places bytes past the declared file size {len(self.buffer)}")
+        if not data:
+            return
+        self._view[offset:end] = data
+        self.filled += len(data)
+        self._ready[offset] = end
+        self._progress.set()
+
+    async def hash_in_order(self) -> None:
+        while self._hashed < len(self.buffer):
+            end = self._hashed
+            while end in self._ready:
+                end = self._ready.pop(end)
+            if end == self._hashed:
+                self._progress.clear()
+                await self._progress.wait()
+                continue
+            chunk = self._view[self._hashed : end]
+            if len(chunk) < THREAD_HASH_MIN:
+                self.sha256.update(chunk)
+            else:
+                await asyncio.to_thread(self.sha256.update, chunk)
+            self._hashed = end
+
+
+async def _sha256(data: bytes) -> bytes:
+    if len(data) < THREAD_HASH_MIN:
+        return hashlib.sha256(data).digest()
+    return await asyncio.to_thread(lambda: hashlib.sha256(data).digest())
 
 
 def _root(cid: str) -> ParsedCid:
@@ -276,15 +408,57 @@ def _root(cid: str) -> ParsedCid:
 
 async def fetch_file(
     cid: str, sources: Sequence[BlockSource], *, max_bytes: int, options: FetchOptions | None = None
-) -> bytes:
+) -> bytes | bytearray:
     """The bytes of the UnixFS file at `cid`, every block verified; at most max_bytes downloaded."""
     root = _root(cid)
     fetch = _Fetch(sources, max_bytes, options or FetchOptions())
     try:
-        await fetch.prefetch_car(root)
-        return await fetch.file(root, cap=MAX_BLOCK_SIZE)
+        async with fetch.streaming_car(root):
+            return (await fetch.file(root, cap=MAX_BLOCK_SIZE)).data
     finally:
         await fetch.close()
+
+
+async def fetch_adapter(
+    root_cid: str,
+    sources: Sequence[BlockSource],
+    *,
+    max_bytes: int,
+    expected: frozenset[str] = ADAPTER_FILES,
+    options: FetchOptions | None = None,
+) -> dict[str, FetchedFile]:
+    """{name: FetchedFile(bytes, sha256)} for a UnixFS directory holding exactly the `expected` files (by
+    default a PEFT adapter: adapter_config.json and adapter_model.safetensors). Names and declared sizes
+    are checked before any file is fetched; each file's sha256 is computed while it streams in."""
+    root = _root(root_cid)
+    fetch = _Fetch(sources, max_bytes, options or FetchOptions())
+    try:
+        async with fetch.streaming_car(root):
+            return await _fetch_dir(fetch, root, max_bytes, expected)
+    finally:
+        await fetch.close()
+
+
+async def _fetch_dir(
+    fetch: _Fetch, root: ParsedCid, max_bytes: int, expected: frozenset[str]
+) -> dict[str, FetchedFile]:
+    block = await fetch.block(root, MAX_BLOCK_SIZE)
+    try:
+        links = parse_directory_block(root, block)
+    except UnixFSError as exc:
+        raise DagFormatError(f"{exc}; an adapter CID must name a directory (ipfs add -r)") from exc
+    names = [link.name for link in links]
+    for name in names:
+        check_entry_name(name, expected)
+    if len(set(names)) != len(names) or set(names) != expected:
+        raise DagFormatError(
+            f"adapter directory {root} has entries {names}, expected exactly {sorted(expected)}"
+        )
+    declared = len(block) + sum(link.tsize for link in links)
+    if declared > max_bytes:
+        raise SizeLimitError(f"adapter {root} declares {declared} bytes, the cap is {max_bytes}")
+    bodies = await fetch.gather([fetch.file(link.cid, cap=link.tsize or MAX_BLOCK_SIZE) for link in links])
+    return dict(zip(names, bodies, strict=True))
 
 
 async def fetch_adapter_dir(
@@ -294,32 +468,7 @@ async def fetch_adapter_dir(
     max_bytes: int,
     expected: frozenset[str] = ADAPTER_FILES,
     options: FetchOptions | None = None,
-) -> dict[str, bytes]:
-    """{name: bytes} for a UnixFS directory holding exactly the `expected` files (by default a PEFT adapter:
-    adapter_config.json and adapter_model.safetensors). Names and declared sizes are checked before any
-    file is fetched."""
-    root = _root(root_cid)
-    fetch = _Fetch(sources, max_bytes, options or FetchOptions())
-    try:
-        await fetch.prefetch_car(root)
-        block = await fetch.block(root, MAX_BLOCK_SIZE)
-        try:
-            links = parse_directory_block(root, block)
-        except UnixFSError as exc:
-            raise DagFormatError(f"{exc}; an adapter CID must name a directory (ipfs add -r)") from exc
-        names = [link.name for link in links]
-        for name in names:
-            check_entry_name(name, expected)
-        if len(set(names)) != len(names) or set(names) != expected:
-            raise DagFormatError(
-                f"adapter directory {root} has entries {names}, expected exactly {sorted(expected)}"
-            )
-        declared = len(block) + sum(link.tsize for link in links)
-        if declared > max_bytes:
-            raise SizeLimitError(f"adapter {root} declares {declared} bytes, the cap is {max_bytes}")
-        bodies = await fetch.gather(
-            [fetch.file(link.cid, cap=link.tsize or MAX_BLOCK_SIZE) for link in links]
-        )
-    finally:
-        await fetch.close()
-    return dict(zip(names, bodies, strict=True))
+) -> dict[str, bytes | bytearray]:
+    """`fetch_adapter` without the digests: {name: bytes}."""
+    files = await fetch_adapter(root_cid, sources, max_bytes=max_bytes, expected=expected, options=options)
+    return {name: f.data for name, f in files.items()}
