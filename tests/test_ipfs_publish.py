@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,74 @@ def test_publish_cli(peft_dir: Path, tmp_path: Path) -> None:
         [sys.executable, "-m", "inference.publish", str(tmp_path)], capture_output=True, text=True
     )
     assert failed.returncode != 0 and "has no adapter_config.json" in failed.stderr
+
+
+class KuboAddApi:
+    """A stand-in for Kubo's RPC `/api/v0/add` (Kubo itself does not install here): a real HTTP server that
+    checks the request the way Kubo reads it (multipart with a directory part and its files, import
+    options as query parameters) and answers NDJSON {"Name", "Hash", "Size"} lines. `lie` makes it report
+    another root, as a Kubo with different Import.* settings would."""
+
+    def __init__(self, lie: bool = False) -> None:
+        self.lie = lie
+        self.seen: dict = {}
+
+    async def add(self, request):
+        from aiohttp import web
+
+        self.seen["params"] = dict(request.query)
+        reader = await request.multipart()
+        parts: list[tuple[str, str, bytes]] = []
+        while (part := await reader.next()) is not None:
+            # Kubo (boxo/files fileName) query-unescapes multipart file names: "adapter%2Fx" is "adapter/x"
+            name = urllib.parse.unquote_plus(part.filename)
+            parts.append((name, part.headers.get("Content-Type", ""), await part.read()))
+        self.seen["parts"] = [(name, ctype) for name, ctype, _ in parts]
+        files = {name.split("/", 1)[1]: body for name, ctype, body in parts if "/" in name}
+        version = int(request.query["cid-version"])
+        dag = import_directory(files, cid_version=version)
+        root = import_directory({"x": b"another import"}).root if self.lie else dag.root
+        lines = [{"Name": f"adapter/{n}", "Hash": "bafk", "Size": str(len(b))} for n, b in files.items()]
+        lines.append({"Name": "adapter", "Hash": root, "Size": str(dag.size)})
+        return web.Response(text="\n".join(json.dumps(line) for line in lines) + "\n")
+
+    async def __aenter__(self) -> str:
+        from aiohttp import web
+
+        app = web.Application()
+        app.router.add_post("/api/v0/add", self.add)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._runner.cleanup()
+
+
+@pytest.mark.parametrize("cid_version", [1, 0])
+async def test_pin_to_kubo_sends_the_import_settings_and_checks_the_root(
+    peft_dir: Path, cid_version: int
+) -> None:
+    from inference.publish import pin_to_kubo
+
+    pkg = package_adapter(peft_dir, cid_version=cid_version)
+    kubo = KuboAddApi()
+    async with kubo as url:
+        assert await pin_to_kubo(pkg, url) == pkg.cid
+    params = kubo.seen["params"]
+    assert params["cid-version"] == str(cid_version) and params["pin"] == "true"
+    assert params["raw-leaves"] == ("true" if cid_version == 1 else "false")
+    assert params["chunker"] == "size-262144"
+    assert kubo.seen["parts"][0] == ("adapter", "application/x-directory")
+    assert sorted(n for n, _ in kubo.seen["parts"][1:]) == [f"adapter/{n}" for n in sorted(pkg.files)]
+
+
+async def test_pin_to_kubo_refuses_a_different_root(peft_dir: Path) -> None:
+    from inference.publish import pin_to_kubo
+
+    pkg = package_adapter(peft_dir)
+    async with KuboAddApi(lie=True) as url:
+        with pytest.raises(PublishError, match="Kubo computed"):
+            await pin_to_kubo(pkg, url)
