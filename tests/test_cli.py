@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 
@@ -64,6 +65,21 @@ async def test_publish_verify_submit_wait(tmp_path: Path, tiny: LoadedModel, cap
                 *chain,
             )
             assert code == 0 and "equals the registry's content hash" in out, out
+
+            # inspect the published CID through the gateway: the same facts as the folder
+            code, by_cid = await asyncio.to_thread(
+                _run, capsys, "adapter", "inspect", cid, "--gateway", url, "--json"
+            )
+            assert code == 0, by_cid
+            code, by_dir = await asyncio.to_thread(
+                _run, capsys, "adapter", "inspect", str(adapter_dir), "--json"
+            )
+            cid_info, dir_info = json.loads(by_cid.splitlines()[-1]), json.loads(by_dir.splitlines()[-1])
+            assert cid_info["cid"] == dir_info["cid"] == cid
+            for key in ("sha256", "rank", "alpha", "targets", "tensors"):
+                assert cid_info[key] == dir_info[key], key
+            code, out = await asyncio.to_thread(_run, capsys, "adapter", "inspect", "not-a-cid-or-dir")
+            assert code == 1 and "neither an adapter folder nor a CID" in out
 
             s.register_node(tiny)
             async with running_node(s.node_config(gateways=[url]), tiny_llama(0)):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import hashlib
 import json
 from pathlib import Path
 
@@ -69,41 +68,67 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch_verified(cid: str, gateways: list[str], max_mb: int, progress, size: int | None = None):
+    """{name: FetchedFile} of an adapter CID, every block checked against its CID on the way in."""
+    from inference.ipfs.fetcher import fetch_adapter
+    from inference.ipfs.sources import GatewaySource
+
+    if not gateways:
+        raise CommandError("name at least one --gateway URL to fetch from")
+
+    async def fetch():
+        sources = [GatewaySource(url, mode="car") for url in gateways]
+        received = lambda: sum(s.stats.bytes_received for s in sources)  # noqa: E731
+        try:
+            async with progress.transfer(f"fetch {cid}, every block checked", size, received):
+                return await fetch_adapter(cid, sources, max_bytes=max_mb << 20)
+        finally:
+            for s in sources:
+                await s.close()
+
+    return asyncio.run(fetch())
+
+
 def cmd_inspect(args: argparse.Namespace) -> int:
     from inference.publish import package_adapter
     from inference.validate import parse_safetensors_header
     from inference.validate.limits import ValidationLimits
+    from inference.validate.strict_json import StrictJsonError, loads_object
 
     path = Path(args.target)
-    if not path.is_dir():
-        raise CommandError(
-            f"{args.target} is not an adapter folder (inspect a CID with `openlora adapter verify`)"
-        )
-    pkg = package_adapter(path)
-    header = parse_safetensors_header(pkg.files["adapter_model.safetensors"], limits=ValidationLimits())
-    config = json.loads(pkg.files["adapter_config.json"])
+    if path.is_dir():
+        pkg = package_adapter(path)
+        cid, files, digest, size = pkg.cid, pkg.files, pkg.content_hash, pkg.size
+    elif args.target.startswith(("bafy", "Qm", "bafk")):
+        with steps(args) as progress:
+            fetched = _fetch_verified(args.target, args.gateway, args.max_mb, progress)
+        files = {name: bytes(f.data) for name, f in fetched.items()}
+        cid, digest = args.target, fetched["adapter_model.safetensors"].sha256
+        size = sum(len(b) for b in files.values())
+    else:
+        raise CommandError(f"{args.target} is neither an adapter folder nor a CID")
+    header = parse_safetensors_header(files["adapter_model.safetensors"], limits=ValidationLimits())
+    try:
+        config = loads_object(files["adapter_config.json"])
+    except StrictJsonError as e:
+        raise CommandError(f"adapter_config.json: {e}") from None
     info = {
-        "cid": pkg.cid,
-        "sha256": pkg.content_hash.hex(),
-        "size": pkg.size,
-        "rank": pkg.rank,
+        "cid": cid,
+        "sha256": digest.hex(),
+        "size": size,
+        "rank": config.get("r"),
         "alpha": config.get("lora_alpha"),
         "targets": config.get("target_modules"),
         "tensors": len(header.tensors),
     }
     if args.base_model:
-        weights = _validate_against(args.base_model, pkg.files)
+        weights = _validate_against(args.base_model, files)
         info["valid for"] = f"{args.base_model} ({len(weights.layers)} layers adapted)"
     _describe(info) if not args.json else print(json.dumps(info, default=str))
     return 0
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from inference.ipfs.fetcher import fetch_adapter_dir
-    from inference.ipfs.sources import GatewaySource
-
-    if not args.gateway:
-        raise CommandError("name at least one --gateway URL to fetch from")
     expected, size = None, None
     if args.adapter_id is not None:
         listing = client_from(args, need_signer=False).adapter(args.adapter_id)
@@ -112,23 +137,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise CommandError(
                 f"adapter {args.adapter_id} is registered with CID {listing.cid}, not {args.cid}"
             )
-
-    async def fetch(progress) -> dict[str, bytes]:
-        sources = [GatewaySource(url) for url in args.gateway]
-        received = lambda: sum(s.stats.bytes_received for s in sources)  # noqa: E731
-        try:
-            async with progress.transfer(f"fetch {args.cid}, every block checked", size, received):
-                return await fetch_adapter_dir(args.cid, sources, max_bytes=args.max_mb << 20)
-        finally:
-            for s in sources:
-                await s.close()
-
     with steps(args) as progress:
-        files = asyncio.run(fetch(progress))
-    digest = hashlib.sha256(files["adapter_model.safetensors"]).digest()
+        fetched = _fetch_verified(args.cid, args.gateway, args.max_mb, progress, size)
+    digest = fetched["adapter_model.safetensors"].sha256
     console.print(
         f"[green]✔[/] every block of {args.cid} matches its CID "
-        f"({sum(len(b) for b in files.values())} bytes of files)"
+        f"({sum(len(f.data) for f in fetched.values())} bytes of files)"
     )
     if expected is not None:
         if digest != expected:
@@ -238,10 +252,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_chain_options(publish)
     publish.set_defaults(func=cmd_publish)
 
-    inspect = group.add_parser("inspect", help="show an adapter folder's CID, hash, rank and tensors")
-    inspect.add_argument("target", help="adapter folder")
+    inspect = group.add_parser(
+        "inspect", help="show an adapter's CID, hash, rank and tensors (folder or CID)"
+    )
+    inspect.add_argument("target", help="adapter folder, or a CID (fetched, verified, through --gateway)")
+    inspect.add_argument("--gateway", action="append", default=[], help="trustless gateway URL for a CID")
+    inspect.add_argument("--max-mb", type=int, default=512)
     inspect.add_argument("--base-model", help="also validate it against this base model")
     inspect.add_argument("--json", action="store_true")
+    add_progress_option(inspect)
     inspect.set_defaults(func=cmd_inspect)
 
     verify = group.add_parser(
