@@ -338,10 +338,9 @@ class ProtocolClient:
         result = self.wait_result(job_id, timeout=timeout, poll_s=poll_s)
         return VerifiedResult(result, self.verify_signature(result))
 
-    def result(self, job_id: int, from_block: int = 0) -> JobResult | None:
-        logs = self.market.events.ResultSubmitted.get_logs(
-            from_block=from_block, argument_filters={"jobId": job_id}
-        )
+    def result(self, job_id: int, from_block: int | None = None) -> JobResult | None:
+        """The job's result event, if one was posted (searched from the deployment's start block)."""
+        logs = self._logs(self.market.events.ResultSubmitted, {"jobId": job_id}, from_block)
         if not logs:
             return None
         e = logs[-1]
