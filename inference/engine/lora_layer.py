@@ -77,7 +77,7 @@ class MultiLoraLinear(nn.Module):
         )
         self.batch = batch
         self.slot_rank = [0] * (num_slots + 1)  # rows in use per slot, to zero only what is stale
-        self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (epoch, a [rows,r,in], bt)
+        self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (epoch, A^T [rows,in,r], Bt)
 
     @property
     def weight(self) -> torch.Tensor:  # some model code reads proj.weight.dtype/device
@@ -114,14 +114,22 @@ class MultiLoraLinear(nn.Module):
         if b.uniform_slot is not None:
             a = self.lora_a[b.uniform_slot, :r]
             bt = self.lora_bt[b.uniform_slot, :r]
-            return y + (x @ a.t()) @ bt
+            if not y.is_contiguous():
+                return y + (x @ a.t()) @ bt
+            y.view(-1, y.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]) @ a.t(), bt)  # in place: y is ours
+            return y
         idx = b.row_slots
         assert idx is not None and x.dim() == 3 and x.shape[0] == idx.shape[0], (
             "LoraBatch does not match input"
         )
-        a = self.lora_a[:, :r].index_select(0, idx)  # [rows, r, in]
-        bt = self.lora_bt[:, :r].index_select(0, idx)  # [rows, r, out]
-        return y + torch.bmm(torch.bmm(x, a.transpose(1, 2)), bt)
+        gathered = self._gathered
+        if gathered is None or gathered[0] != b.epoch:
+            # Gathered once per batch composition, not per step: decode steps between two admissions
+            # (or swaps) reuse it, so a step costs two small bmm's and no copy of the slot weights.
+            at = self.lora_a[:, :r].index_select(0, idx).transpose(1, 2).contiguous()  # [rows, in, r]
+            bt = self.lora_bt[:, :r].index_select(0, idx)  # [rows, r, out]
+            gathered = self._gathered = (b.epoch, at, bt)
+        return torch.baddbmm(y, torch.bmm(x, gathered[1]), gathered[2])  # y + (x A^T) Bt, one pass over y
 
 
 def wrap_model(
