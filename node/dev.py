@@ -180,7 +180,7 @@ class DevStack:
         with console.status("node starting (loading the base model)"):
             _wait_http(f"http://127.0.0.1:{api_port}/readyz", timeout=300, proc=node)
         console.print(
-            f"[bold]node[/] {accounts['operator'].address} ready; status http://127.0.0.1:{api_port}/status "
+            f"[bold]node[/] {accounts['operator'].address} ready; status page http://127.0.0.1:{api_port}/ "
             f"(log: {self.dir / 'node.log'})"
         )
 
@@ -214,6 +214,15 @@ class DevStack:
         if self.opts.once:
             return 0
         console.print("[bold green]devnet and node running[/] — Ctrl-C to stop everything")
+        console.print(
+            f"  status page  http://127.0.0.1:{api_port}/\n"
+            f"  submit       KEY={accounts['submitter'].key.to_0x_hex()} openlora submit --adapter 1"
+            f" --prompt 'Hello' --private-key-env KEY --rpc {self.anvil.url}"
+            f" --deployment {self.dir / 'deployment.json'}\n"
+            f"  try locally  curl -s http://127.0.0.1:{api_port}/v1/completions"
+            """ -H 'content-type: application/json' -d '{"model": "base", "prompt": "Hello"}'""",
+            soft_wrap=True,
+        )
         while all(p.poll() is None for _, p in self.procs):
             time.sleep(1)
         dead = [n for n, p in self.procs if p.poll() is not None]
@@ -259,6 +268,7 @@ gateways = ["{gateway}"]
 
 [api]
 port = {api_port}
+completions = true   # try an adapter locally: POST /v1/completions (127.0.0.1 only)
 """
 
 

@@ -205,9 +205,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     engine = status.get("engine", {})
     console.print(f"[bold]node[/]     {status['operator']} ({'ready' if status['ready'] else 'not ready'})")
     console.print(f"[bold]model[/]    {status['base_model']}, up {status['uptime_s']:.0f} s")
-    jobs = ", ".join(f"{state} {n}" for state, n in sorted(status["jobs_by_state"].items())) or "none yet"
+    by_state = sorted(status["jobs_by_state"].items())
+    jobs = ", ".join(f"{state} {n}" for state, n in by_state if n) or "none yet"
     console.print(f"[bold]jobs[/]     {jobs}")
-    console.print(f"[bold]earned[/]   {eth} ETH, {status['tokens_generated']} tokens generated")
+    console.print(f"[bold]earned[/]   {eth:.6f} ETH, {status['tokens_generated']} tokens generated")
     slots = engine.get("slots", [])
     held = [s for s in slots if s.get("adapter")]
     console.print(f"[bold]slots[/]    {len(held)}/{len(slots)} holding adapters")
