@@ -17,7 +17,7 @@ from web3.contract import Contract
 from chain.artifacts import load_artifact
 from chain.deployment import Deployment
 from chain.errors import describe_revert
-from chain.protocol import JobStatus
+from chain.protocol import AdapterInfo, JobStatus, adapter_info
 from chain.signing import ResultClaim
 
 ZERO_ADDRESS = "0x" + "00" * 20
@@ -59,19 +59,6 @@ class SubmittedJob:
     block_number: int
     price_wei: int
     deadline: int
-
-
-@dataclass(frozen=True)
-class AdapterListing:
-    adapter_id: int
-    publisher: str
-    cid: str
-    content_hash: bytes
-    base_model: bytes
-    rank: int
-    size: int
-    fee_per_job_wei: int
-    retired: bool
 
 
 @dataclass(frozen=True)
@@ -184,11 +171,10 @@ class ProtocolClient:
         return receipt
 
     # ---- publishers ----
-    def adapter(self, adapter_id: int) -> AdapterListing:
-        a = self.adapters.functions.getAdapter(adapter_id).call()
-        return AdapterListing(adapter_id, a[0], a[7], bytes(a[1]), bytes(a[2]), a[3], a[4], a[5], a[6])
+    def adapter(self, adapter_id: int) -> AdapterInfo:
+        return adapter_info(adapter_id, self.adapters.functions.getAdapter(adapter_id).call())
 
-    def list_adapters(self, publisher: str | None = None) -> list[AdapterListing]:
+    def list_adapters(self, publisher: str | None = None) -> list[AdapterInfo]:
         """Registered adapters (optionally one publisher's), oldest first, with their current terms."""
         filters = {"publisher": Web3.to_checksum_address(publisher)} if publisher else None
         events = self._logs(self.adapters.events.AdapterRegistered, filters)

@@ -34,6 +34,12 @@ class AdapterInfo:
     cid: str
 
 
+def adapter_info(adapter_id: int, a: tuple) -> AdapterInfo:
+    """From AdapterRegistry.getAdapter's tuple (publisher, contentHash, baseModel, rank, size, fee, retired,
+    cid)."""
+    return AdapterInfo(adapter_id, a[0], bytes(a[1]), bytes(a[2]), a[3], a[4], a[5], a[6], a[7])
+
+
 class Protocol:
     def __init__(self, w3: AsyncWeb3, deployment: Deployment) -> None:
         self.w3 = w3
@@ -57,7 +63,7 @@ class Protocol:
 
     async def adapter(self, adapter_id: int) -> AdapterInfo:
         a = await self.adapters.functions.getAdapter(adapter_id).call()
-        return AdapterInfo(adapter_id, a[0], bytes(a[1]), bytes(a[2]), a[3], a[4], a[5], a[6], a[7])
+        return adapter_info(adapter_id, a)
 
     async def job_status(self, job_id: int) -> JobStatus:
         job = await self.market.functions.getJob(job_id).call()

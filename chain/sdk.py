@@ -20,7 +20,6 @@ from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
 from chain.client import (
-    AdapterListing,
     ContractCallError,
     Earnings,
     JobInfo,
@@ -32,10 +31,10 @@ from chain.client import (
     VerifiedResult,
 )
 from chain.deployment import Deployment
-from chain.protocol import JobStatus
+from chain.protocol import AdapterInfo, JobStatus
 
 __all__ = [
-    "AdapterListing",
+    "AdapterInfo",
     "AsyncOpenLoRA",
     "ContractCallError",
     "Earnings",
@@ -143,10 +142,10 @@ class AsyncOpenLoRA:
     async def min_price(self, adapter_id: int) -> int:
         return await self._call(self.sync.min_price, adapter_id)
 
-    async def adapter(self, adapter_id: int) -> AdapterListing:
+    async def adapter(self, adapter_id: int) -> AdapterInfo:
         return await self._call(self.sync.adapter, adapter_id)
 
-    async def list_adapters(self, publisher: str | None = None) -> list[AdapterListing]:
+    async def list_adapters(self, publisher: str | None = None) -> list[AdapterInfo]:
         return await self._call(self.sync.list_adapters, publisher)
 
     async def register_adapter(self, *args, **kwargs) -> int:

@@ -166,7 +166,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                 "sha256": a.content_hash.hex(),
                 "rank": a.rank,
                 "size": a.size,
-                "fee_per_job_wei": str(a.fee_per_job_wei),
+                "fee_per_job_wei": str(a.fee_per_job),
                 "retired": a.retired,
             }
             for a in adapters
@@ -184,7 +184,7 @@ def cmd_list(args: argparse.Namespace) -> int:
             a.publisher,
             str(a.rank),
             f"{a.size:,}",
-            str(Web3.from_wei(a.fee_per_job_wei, "ether")),
+            str(Web3.from_wei(a.fee_per_job, "ether")),
             "retired" if a.retired else "live",
         )
     console.print(table)
