@@ -40,9 +40,11 @@ class StatusHistory:
 def status_snapshot(daemon: NodeDaemon, history: StatusHistory | None = None) -> dict:
     engine = daemon.service.engine.stats()
     jobs = daemon.jobs
-    slot_cids = [s.adapter for s in engine.slots if s.adapter]
-    names = {}
-    for cid in slot_cids + [j.adapter_cid for j in jobs.recent(25) if j.adapter_cid]:
+    recent = jobs.recent(25)
+    names = {}  # CID -> registry id, for what the page shows
+    for cid in {s.adapter for s in engine.slots if s.adapter} | {
+        j.adapter_cid for j in recent if j.adapter_cid
+    }:
         record = daemon.registry.adapter_by_cid(cid)
         if record is not None:
             names[cid] = record.adapter_id
@@ -66,7 +68,7 @@ def status_snapshot(daemon: NodeDaemon, history: StatusHistory | None = None) ->
                 "error": j.error,
                 "updated_at": j.updated_at,
             }
-            for j in jobs.recent(25)
+            for j in recent
         ],
         "earned_wei": str(daemon.metrics.earned_wei),
         "tokens_generated": daemon.metrics.tokens_generated,
@@ -76,7 +78,7 @@ def status_snapshot(daemon: NodeDaemon, history: StatusHistory | None = None) ->
             "budget_bytes": daemon.service.store.budget_bytes,
             "count": len(daemon.service.store.entries()),
         },
-        "adapter_ids": names,  # CID -> registry id, for what the page shows
+        "adapter_ids": names,
         "explorer_url": daemon.config.api.explorer_url,
         "history": list(history.samples) if history is not None else [],
     }
