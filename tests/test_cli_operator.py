@@ -84,9 +84,11 @@ async def test_operator_publisher_and_submitter_commands(
 
         async with running_node(config, tiny_llama(0)) as url:
             # a submitter names the adapter by its CID
+            deadline = s.w3.eth.get_block("latest")["timestamp"] + 900
             code, out = await run(
                 "submit", "--adapter", pkg.cid, "--prompt", "hello operator", "--max-tokens", "6",
-                "--private-key-env", "SUBMITTER_KEY", "--json", *chain,
+                "--price", "0.02", "--deadline", deadline, "--private-key-env", "SUBMITTER_KEY", "--json",
+                *chain,
             )  # fmt: skip
             assert code == 0, out
             submitted = _last_json(out)
@@ -103,6 +105,7 @@ async def test_operator_publisher_and_submitter_commands(
         mine = _last_json(out)
         assert code == 0 and [j["job_id"] for j in mine] == [submitted["job_id"], job], mine
         assert {j["status"] for j in mine} == {"completed"} and {j["node"] for j in mine} == {operator}
+        assert mine[0]["price_wei"] == str(Web3.to_wei("0.02", "ether")) and mine[0]["deadline"] == deadline
         code, out = await run("job", "list", "--submitter", s.publisher.address, *chain)
         assert code == 0 and "no jobs submitted by" in out
 

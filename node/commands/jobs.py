@@ -6,6 +6,7 @@ import argparse
 import json
 from dataclasses import asdict
 from datetime import UTC, datetime
+from decimal import Decimal
 
 from rich.console import Console
 from rich.table import Table
@@ -30,8 +31,14 @@ def _adapter_id(client, ref: str) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     client = client_from(args)
     adapter_id = _adapter_id(client, args.adapter)
+    price_wei = Web3.to_wei(args.price, "ether") if args.price is not None else args.price_wei
     job = client.submit(
-        adapter_id, args.prompt, max_tokens=args.max_tokens, price_wei=args.price_wei, ttl_s=args.ttl
+        adapter_id,
+        args.prompt,
+        max_tokens=args.max_tokens,
+        price_wei=price_wei,
+        deadline=args.deadline,
+        ttl_s=args.ttl,
     )
     if args.json:
         print(json.dumps({**asdict(job), "adapter_id": adapter_id}))
@@ -131,10 +138,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     submit.add_argument("--prompt", required=True)
     submit.add_argument("--max-tokens", type=int, default=64)
-    submit.add_argument(
-        "--price-wei", type=int, help="escrow (default: the market's minimum for the adapter)"
+    price = submit.add_mutually_exclusive_group()
+    price.add_argument(
+        "--price", type=Decimal, metavar="ETH", help="escrow in ETH (default: the market's minimum)"
     )
-    submit.add_argument("--ttl", type=int, default=600, help="seconds until the deadline")
+    price.add_argument("--price-wei", type=int, help="escrow in wei")
+    deadline = submit.add_mutually_exclusive_group()
+    deadline.add_argument("--deadline", type=int, metavar="UNIX_TIME", help="latest time for the result")
+    deadline.add_argument(
+        "--ttl", type=int, default=600, help="seconds from now until the deadline (default 600)"
+    )
     submit.add_argument("--json", action="store_true", help="print one JSON object")
     add_chain_options(submit)
     submit.set_defaults(func=cmd_submit)
