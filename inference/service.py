@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from inference.store import AdapterStore
 from inference.validate import BaseModelSpec, ValidationLimits, validate_adapter_dir
 
 log = logging.getLogger("openlora.inference")
+EngineFactory = Callable[..., Engine]  # (base, config, loader=...) -> an Engine or a backend shaped like it
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class InferenceService:
         engine_config: EngineConfig,
         limits: ValidationLimits | None = None,
         blocks: BlockStore | None = None,
+        engine_factory: EngineFactory | None = None,
     ) -> None:
         self.base = base
         self.store = store
@@ -49,7 +51,8 @@ class InferenceService:
         limits = limits or ValidationLimits()
         self.limits = dataclasses.replace(limits, max_rank=min(limits.max_rank, engine_config.max_rank))
         self.spec = BaseModelSpec.from_model(base.model, name=base.name)
-        self.engine = Engine(base, engine_config, loader=self._load)
+        # the built-in swap engine, or a backend with the same interface (engine/vllm_backend.py)
+        self.engine = (engine_factory or Engine)(base, engine_config, loader=self._load)
         self._hashes: dict[str, bytes] = {}
 
     async def start(self) -> None:

@@ -49,7 +49,43 @@ def engine_config(config: NodeConfig) -> EngineConfig:
     )
 
 
+def engine_factory(config: NodeConfig):
+    """None for the built-in swap engine; for `[engine].backend = "vllm"`, a factory for the vLLM backend,
+    checked here so that a machine without vLLM fails at start with one line."""
+    if config.engine.backend != "vllm":
+        return None
+    from inference.embedded import prepare_smollm2
+    from inference.engine.vllm_backend import VllmEngine
+    from inference.models import SMOLLM2
+
+    if config.node.base_model != SMOLLM2:
+        raise StartupError(
+            f'[engine].backend = "vllm" serves a model folder; {config.node.base_model!r} has none: '
+            f"use {SMOLLM2!r} or the builtin backend"
+        )
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        raise StartupError(
+            "[engine].backend = \"vllm\" but vLLM is not installed: pip install 'openlora-node[vllm]' on a"
+            ' CUDA machine, or set [engine].backend = "builtin"'
+        ) from None
+    model_dir = prepare_smollm2()
+
+    def make(base: LoadedModel, engine_cfg: EngineConfig, loader=None) -> VllmEngine:
+        return VllmEngine(
+            base,
+            engine_cfg,
+            loader,
+            model_dir=model_dir,
+            tensor_parallel_size=config.engine.tensor_parallel_size,
+        )
+
+    return make
+
+
 async def build_daemon(config: NodeConfig, *, base: LoadedModel | None = None) -> NodeDaemon:
+    factory = engine_factory(config)  # first: a backend that cannot run here is one line, before any work
     password = read_password(config.chain.password_file)
     operator = load_keystore(config.chain.keystore, password)
     signer = (
@@ -147,7 +183,7 @@ async def build_daemon(config: NodeConfig, *, base: LoadedModel | None = None) -
             keccak(text=config.node.base_model),
             registry.is_registered_signer,
         )
-    service = InferenceService(base, store, engine_config(config), blocks=blocks)
+    service = InferenceService(base, store, engine_config(config), blocks=blocks, engine_factory=factory)
     return NodeDaemon(
         config,
         w3,

@@ -75,6 +75,7 @@ max_batch = 8                     # rows decoded together
 max_queue = 256
 max_tokens_cap = 512
 device = "auto"                   # "auto", "cpu" or "cuda"
+backend = "builtin"               # or "vllm" (pip install 'openlora-node[vllm]', CUDA)
 
 [api]
 enabled = true
