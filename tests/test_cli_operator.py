@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 from pathlib import Path
 
 from web3 import Web3
@@ -23,6 +24,11 @@ def _run(capsys, *argv: object) -> tuple[int, str]:
     code = main([str(a) for a in argv])
     out = capsys.readouterr()
     return code, out.out + out.err
+
+
+def _node_paid(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/status", timeout=5) as r:
+        return json.loads(r.read())["jobs_by_state"].get("paid", 0)
 
 
 def _last_json(out: str):
@@ -95,6 +101,7 @@ async def test_operator_publisher_and_submitter_commands(
             assert submitted["adapter_id"] == adapter_id
             job = s.submit(adapter_id, "a second job", max_tokens=6)
             await wait_until(lambda: all_paid(s, [submitted["job_id"], job]), 90, "both jobs paid")
+            await wait_until(lambda: _node_paid(url) == 2, 30, "the node to record both payments")
 
             code, out = await run("node", "status", "--config", node_dir / "node.toml")
             assert code == 0 and "paid 2" in out and pkg.cid in out, out

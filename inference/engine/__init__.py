@@ -10,6 +10,8 @@
 - kv_batch.py    left-padded batched KV cache; rows join and leave between steps
 - sampling.py    greedy / seeded temperature + top-p, stop strings
 - engine.py      Engine: ties it together, decode loop in a worker thread
+- peft_folder.py validated weights written back out as a PEFT folder (for disk-loading backends)
+- vllm_backend.py VllmEngine: the same interface over vLLM (optional extra, CUDA)
 """
 
 from inference.engine.config import EngineConfig
