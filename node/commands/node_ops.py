@@ -15,9 +15,8 @@ from decimal import Decimal
 from pathlib import Path
 
 from rich.console import Console
-from web3 import HTTPProvider, Web3
+from web3 import Web3
 
-from chain.deployment import Deployment
 from chain.sdk import OpenLoRA
 from node.commands.common import CommandError, add_chain_options, client_from
 from node.config import ConfigError, NodeConfig, load_config
@@ -31,14 +30,14 @@ CONFIG_TEMPLATE = """\
 
 [node]
 data_dir = "data"                 # job database, adapter cache, p2p identity
-base_model = "{base_model}"       # the model this node serves; adapters must be trained for it
+base_model = {base_model}         # the model this node serves; adapters must be trained for it
 log_format = "text"               # "text" for people, "json" for log shippers
 log_level = "INFO"
 max_inflight_jobs = 8             # jobs driven concurrently (fetch, claim, run, post)
 
 [chain]
-rpc_urls = ["{rpc}"]              # one or more JSON-RPC endpoints, in order of preference (failover)
-deployment = "{deployment}"       # contract addresses, chain id, start block
+rpc_urls = [{rpc}]                # one or more JSON-RPC endpoints, in order of preference (failover)
+deployment = {deployment}         # contract addresses, chain id, start block
 keystore = "operator.keystore.json"   # the operator account: stakes, claims, gets paid
 {password_line}
 # signer_keystore = "signer.keystore.json"   # a separate key that signs results (default: the operator)
@@ -94,7 +93,9 @@ bootstrap = []
 def _new_password(args: argparse.Namespace) -> tuple[str, str]:
     """(password, the config line that tells the daemon where to find it)."""
     if args.password_file:
-        return read_password(args.password_file), f'password_file = "{Path(args.password_file).resolve()}"'
+        return read_password(
+            args.password_file
+        ), f"password_file = {json.dumps(str(Path(args.password_file).resolve()))}"
     line = '# password: env OPENLORA_KEYSTORE_PASSWORD (or set password_file = "...", mode 0600)'
     env = os.environ.get("OPENLORA_KEYSTORE_PASSWORD")
     if env:
@@ -120,14 +121,14 @@ def cmd_init(args: argparse.Namespace) -> int:
     password, password_line = _new_password(args)
     folder.mkdir(parents=True, exist_ok=True)
     address = write_keystore(keystore_path, secrets.token_bytes(32), password)
-    gateways = ", ".join(f'"{g}"' for g in args.gateway)
+    quoted = json.dumps  # a JSON string is a valid TOML basic string: quotes and backslashes escaped
     config_path.write_text(
         CONFIG_TEMPLATE.format(
-            base_model=args.base_model,
-            rpc=args.rpc,
-            deployment=Path(args.deployment).resolve(),
+            base_model=quoted(args.base_model),
+            rpc=quoted(args.rpc),
+            deployment=quoted(str(Path(args.deployment).resolve())),
             password_line=password_line,
-            gateways=gateways,
+            gateways=", ".join(quoted(g) for g in args.gateway),
             api_port=args.api_port,
         )
     )
@@ -147,12 +148,11 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _client_for(config: NodeConfig) -> OpenLoRA:
+    """The operator's client, from the node's own config (first RPC URL, deployment, keystore)."""
     operator = load_keystore(config.chain.keystore, read_password(config.chain.password_file))
-    rpc = config.chain.rpc_urls[0]
-    w3 = Web3(HTTPProvider(rpc, request_kwargs={"timeout": config.chain.rpc_timeout_s}))
-    if not w3.is_connected():
-        raise CommandError(f"cannot reach {rpc} ([chain].rpc_urls): is the chain running?")
-    return OpenLoRA(w3, Deployment.load(config.chain.deployment), operator)
+    return OpenLoRA.connect(
+        config.chain.rpc_urls[0], config.chain.deployment, operator, timeout_s=config.chain.rpc_timeout_s
+    )
 
 
 def cmd_register(args: argparse.Namespace) -> int:
