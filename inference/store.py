@@ -54,20 +54,13 @@ class CacheEntry:
     leases: int = 0
 
 
-def _write_entry(tmp_root: Path, final: Path, files: dict[str, bytes]) -> None:
-    """Write the files into a fresh temp folder, fsync them, then rename the folder into place."""
-    tmp = Path(tempfile.mkdtemp(dir=tmp_root, prefix="fill-"))
-    try:
-        for name, data in files.items():
-            with open(tmp / name, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def _commit_entry(tmp: Path, final: Path) -> None:
+    """fsync the verified files in `tmp`, then rename the folder into place, durably."""
+    for path in tmp.iterdir():
+        with open(path, "rb+") as f:
+            os.fsync(f.fileno())
+    os.chmod(tmp, 0o755)
+    os.rename(tmp, final)
     with contextlib.suppress(OSError):  # make the rename itself durable
         fd = os.open(final.parent, os.O_RDONLY)
         try:
@@ -248,22 +241,29 @@ class AdapterStore:
         flight = (key, content_hash)
         try:
             self.downloads += 1
-            fetched = await fetch_adapter(
-                cid,
-                sources if sources is not None else self.sources,
-                max_bytes=self.max_adapter_bytes,
-                options=self.options,
-            )
-            got = fetched[WEIGHTS_FILE].sha256  # hashed while the blocks streamed in, in file order
-            if got != content_hash:
-                raise AdapterIntegrityError(cid, content_hash, got)
-            files = {name: f.data for name, f in fetched.items()}
-            final = self._adapters / f"{key}.{content_hash.hex()}"
-            await asyncio.to_thread(_write_entry, self._tmp, final, files)
+            # Blocks are written into a private temp folder as they are verified against their CIDs; the
+            # folder becomes a cache entry only once the weights' sha256 equals the registry's.
+            tmp = Path(tempfile.mkdtemp(dir=self._tmp, prefix="fill-"))
+            try:
+                fetched = await fetch_adapter(
+                    cid,
+                    sources if sources is not None else self.sources,
+                    max_bytes=self.max_adapter_bytes,
+                    options=self.options,
+                    into=tmp,
+                )
+                got = fetched[WEIGHTS_FILE].sha256  # hashed while the blocks streamed in, in file order
+                if got != content_hash:
+                    raise AdapterIntegrityError(cid, content_hash, got)
+                final = self._adapters / f"{key}.{content_hash.hex()}"
+                await asyncio.to_thread(_commit_entry, tmp, final)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
         except BaseException:
             self._waiting.pop(flight, None)
             raise
-        size = sum(len(b) for b in files.values())
+        size = sum(f.size for f in fetched.values())
         entry = CacheEntry(key, content_hash, final, size, time.time(), leases=self._waiting.pop(flight, 0))
         self._entries[key] = entry
         log.info("adapter cache: added %s (%d bytes)", cid, entry.size)

@@ -388,3 +388,14 @@ async def test_file_hash_is_computed_in_file_order_whatever_order_blocks_arrive(
     config = fetched["adapter_config.json"]  # one block: no assembly
     assert config.data == FILES["adapter_config.json"]
     assert config.sha256 == hashlib.sha256(FILES["adapter_config.json"]).digest()
+
+
+async def test_fetch_into_a_folder_writes_the_files_and_hashes_them(dag: ImportedDag, tmp_path: Path) -> None:
+    source = _ReversedSource(dag)  # out of order: blocks land at their offsets in the file
+    out = tmp_path / "into"
+    out.mkdir()
+    fetched = await fetch_adapter(dag.root, [source], max_bytes=dag.size, options=FAST, into=out)
+    for name, content in FILES.items():
+        got = fetched[name]
+        assert got.data is None and got.path == out / name and got.size == len(content)
+        assert (out / name).read_bytes() == content and got.sha256 == hashlib.sha256(content).digest()

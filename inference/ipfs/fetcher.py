@@ -12,10 +12,12 @@ import contextlib
 import functools
 import hashlib
 import inspect
+import os
 import random
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
 
 from .cid import InvalidCidError, ParsedCid, parse_cid
 from .errors import (
@@ -66,8 +68,10 @@ MAX_DEPTH = 16  # 174^16 chunks: no honest file is deeper
 
 @dataclass(frozen=True)
 class FetchedFile:
-    data: bytes | bytearray  # a bytearray when assembled from several blocks (no extra copy)
+    data: bytes | bytearray | None  # in memory (a bytearray when assembled); None when written to `path`
     sha256: bytes
+    size: int
+    path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -292,10 +296,12 @@ class _Fetch:
                 return data
         raise SourcesExhaustedError(cid.text, failures)
 
-    async def file(self, cid: ParsedCid, *, cap: int, filesize: int | None = None) -> FetchedFile:
-        """The file under `cid`, its blocks verified as they arrive, assembled in place in one buffer of
-        the size the (hash-authenticated) root declares, and hashed in file order while later blocks are
-        still arriving: the sha256 costs no second pass over the bytes."""
+    async def file(
+        self, cid: ParsedCid, *, cap: int, filesize: int | None = None, dest: Path | None = None
+    ) -> FetchedFile:
+        """The file under `cid`, its blocks verified as they arrive and placed at their offsets, in one
+        buffer of the size the (hash-authenticated) root declares or straight into the file `dest`; the
+        sha256 is fed in file order while later blocks are still arriving, so it costs no second pass."""
         block = await self.block(cid, cap)
         node = self._parse(cid, block)
         if filesize is not None and node.filesize != filesize:
@@ -304,20 +310,22 @@ class _Fetch:
             raise SizeLimitError(
                 f"{cid} declares a file of {node.filesize} bytes, the cap is {self.max_bytes}"
             )
-        if not node.children:
-            return FetchedFile(node.data, await _sha256(node.data))
-        assembly = _Assembly(node.filesize)
-        hasher = asyncio.ensure_future(assembly.hash_in_order())
+        sink: _Sink = _FileSink(dest, node.filesize) if dest is not None else _MemorySink(node.filesize)
         try:
-            await self._place(assembly, node, 0, depth=0)
-            if assembly.filled != node.filesize:
-                raise DagFormatError(f"{cid}: the DAG delivers {assembly.filled} of {node.filesize} bytes")
-            await hasher
+            assembly = _Assembly(node.filesize, sink)
+            hasher = asyncio.ensure_future(assembly.hash_in_order())
+            try:
+                await self._place(assembly, node, 0, depth=0)
+                if assembly.filled != node.filesize:
+                    raise DagFormatError(f"{cid}: the DAG has {assembly.filled} of {node.filesize} bytes")
+                await hasher
+            finally:
+                if not hasher.done():
+                    hasher.cancel()
+                    await asyncio.gather(hasher, return_exceptions=True)
         finally:
-            if not hasher.done():
-                hasher.cancel()
-                await asyncio.gather(hasher, return_exceptions=True)
-        return FetchedFile(assembly.buffer, assembly.sha256.digest())
+            sink.close()
+        return FetchedFile(sink.data(), assembly.sha256.digest(), node.filesize, dest)
 
     def _parse(self, cid: ParsedCid, block: bytes) -> FileNode:
         try:
@@ -348,55 +356,97 @@ class _Fetch:
                 f"{child.cid} holds {node.filesize} file bytes, its parent says {child.filesize}"
             )
         if not node.children:
-            self.blocks.pop(child.cid.digest, None)  # placed: the buffer holds it now
+            self.blocks.pop(child.cid.digest, None)  # placed: the sink holds it now
         await self._place(assembly, node, offset, depth=depth)
 
 
-class _Assembly:
-    """A file's bytes placed at their offsets as blocks arrive in any order, and a sha256 fed with the
-    contiguous prefix as soon as it grows (in a worker thread: hashlib releases the GIL)."""
+class _Sink(Protocol):
+    def write(self, offset: int, data: bytes) -> None: ...
+    def data(self) -> bytearray | None: ...
+    def close(self) -> None: ...
 
+
+class _MemorySink:
     def __init__(self, size: int) -> None:
         self.buffer = bytearray(size)
         self._view = memoryview(self.buffer)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._view[offset : offset + len(data)] = data
+
+    def data(self) -> bytearray:
+        return self.buffer
+
+    def close(self) -> None:
+        self._view.release()
+
+
+class _FileSink:
+    """Blocks written at their offsets into a file (the page cache holds them, not this process)."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.ftruncate(self._fd, size)
+
+    def write(self, offset: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:  # pwrite may write less than asked
+            written = os.pwrite(self._fd, view, offset)
+            view, offset = view[written:], offset + written
+
+    def data(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _Assembly:
+    """A file's bytes placed at their offsets as blocks arrive in any order, and a sha256 fed with each
+    block once every byte before it has been fed (in a worker thread: hashlib releases the GIL). Blocks
+    wait in `_pending` only until the contiguous prefix reaches them."""
+
+    def __init__(self, size: int, sink: _Sink) -> None:
+        self.size = size
+        self.sink = sink
         self.filled = 0
         self.sha256 = hashlib.sha256()
-        self._ready: dict[int, int] = {}  # start -> end of placed ranges not yet hashed
+        self._pending: dict[int, bytes] = {}  # offset -> placed bytes not yet hashed
         self._hashed = 0
         self._progress = asyncio.Event()
 
     def put(self, offset: int, data: bytes) -> None:
-        end = offset + len(data)
-        if end > len(self.buffer):
-            raise DagFormatError(f"the DAG places bytes past the declared file size {len(self.buffer)}")
+        if offset + len(data) > self.size:
+            raise DagFormatError(f"the DAG places bytes past the declared file size {self.size}")
         if not data:
             return
-        self._view[offset:end] = data
+        self.sink.write(offset, data)
         self.filled += len(data)
-        self._ready[offset] = end
+        self._pending[offset] = data
         self._progress.set()
 
     async def hash_in_order(self) -> None:
-        while self._hashed < len(self.buffer):
-            end = self._hashed
-            while end in self._ready:
-                end = self._ready.pop(end)
-            if end == self._hashed:
+        while self._hashed < self.size:
+            pieces, end = [], self._hashed
+            while (piece := self._pending.pop(end, None)) is not None:
+                pieces.append(piece)
+                end += len(piece)
+            if not pieces:
                 self._progress.clear()
                 await self._progress.wait()
                 continue
-            chunk = self._view[self._hashed : end]
-            if len(chunk) < THREAD_HASH_MIN:
-                self.sha256.update(chunk)
+            if end - self._hashed < THREAD_HASH_MIN:
+                _feed(self.sha256, pieces)
             else:
-                await asyncio.to_thread(self.sha256.update, chunk)
+                await asyncio.to_thread(_feed, self.sha256, pieces)
             self._hashed = end
 
 
-async def _sha256(data: bytes) -> bytes:
-    if len(data) < THREAD_HASH_MIN:
-        return hashlib.sha256(data).digest()
-    return await asyncio.to_thread(lambda: hashlib.sha256(data).digest())
+def _feed(sha: hashlib._Hash, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        sha.update(piece)
 
 
 def _root(cid: str) -> ParsedCid:
@@ -426,21 +476,24 @@ async def fetch_adapter(
     max_bytes: int,
     expected: frozenset[str] = ADAPTER_FILES,
     options: FetchOptions | None = None,
+    into: Path | None = None,
 ) -> dict[str, FetchedFile]:
-    """{name: FetchedFile(bytes, sha256)} for a UnixFS directory holding exactly the `expected` files (by
-    default a PEFT adapter: adapter_config.json and adapter_model.safetensors). Names and declared sizes
-    are checked before any file is fetched; each file's sha256 is computed while it streams in."""
+    """{name: FetchedFile} for a UnixFS directory holding exactly the `expected` files (by default a PEFT
+    adapter: adapter_config.json and adapter_model.safetensors). Names and declared sizes are checked
+    before any file is fetched; each file's sha256 is computed while it streams in. With `into` (an
+    existing folder) the files are written there block by block instead of held in memory; the caller
+    decides what happens to them once the sha256 is known (the store renames them into its cache)."""
     root = _root(root_cid)
     fetch = _Fetch(sources, max_bytes, options or FetchOptions())
     try:
         async with fetch.streaming_car(root):
-            return await _fetch_dir(fetch, root, max_bytes, expected)
+            return await _fetch_dir(fetch, root, max_bytes, expected, into)
     finally:
         await fetch.close()
 
 
 async def _fetch_dir(
-    fetch: _Fetch, root: ParsedCid, max_bytes: int, expected: frozenset[str]
+    fetch: _Fetch, root: ParsedCid, max_bytes: int, expected: frozenset[str], into: Path | None
 ) -> dict[str, FetchedFile]:
     block = await fetch.block(root, MAX_BLOCK_SIZE)
     try:
@@ -457,7 +510,12 @@ async def _fetch_dir(
     declared = len(block) + sum(link.tsize for link in links)
     if declared > max_bytes:
         raise SizeLimitError(f"adapter {root} declares {declared} bytes, the cap is {max_bytes}")
-    bodies = await fetch.gather([fetch.file(link.cid, cap=link.tsize or MAX_BLOCK_SIZE) for link in links])
+    bodies = await fetch.gather(
+        [
+            fetch.file(link.cid, cap=link.tsize or MAX_BLOCK_SIZE, dest=into / link.name if into else None)
+            for link in links
+        ]
+    )
     return dict(zip(names, bodies, strict=True))
 
 
