@@ -109,7 +109,8 @@ async def test_status_page_updates_live_while_jobs_run(tmp_path: Path, tiny: Loa
     async with protocol_stack(tmp_path) as s:
         adapter_id, pkg = s.publish(make_peft_adapter(tiny, tmp_path / "adapter", rank=4, seed=61), tiny)
         s.register_node(tiny)
-        async with running_node(s.node_config(), tiny_llama(0)) as url:
+        config = s.node_config(api={"explorer_url": "https://explorer.example/tx/{hash}"})
+        async with running_node(config, tiny_llama(0)) as url:
             browser = Browser(tmp_path / "chromium-profile")
             try:
                 await browser.open(f"{url}/")
@@ -134,6 +135,12 @@ async def test_status_page_updates_live_while_jobs_run(tmp_path: Path, tiny: Loa
                     "[...document.querySelectorAll('#jobs tbody tr')].map(r => r.cells[5].textContent)"
                 )
                 assert all(cell.startswith("0x") for cell in tx_cells), tx_cells
+                links = await browser.evaluate(
+                    "[...document.querySelectorAll('#jobs tbody tr')]"
+                    ".map(r => r.cells[5].querySelector('a').href)"
+                )
+                result_txs = {s.result_event(j)["transactionHash"].to_0x_hex() for j in jobs}
+                assert {link.rsplit("/", 1)[-1] for link in links} == result_txs, links
 
                 shot = await browser.call("Page.captureScreenshot", format="png")
                 png = base64.b64decode(shot["data"])
