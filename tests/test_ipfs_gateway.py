@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 import socket
 import subprocess
 import sys
@@ -69,6 +70,20 @@ def test_car_round_trip_and_streaming_reader() -> None:
         got += reader.feed(car[i : i + 1000])
     reader.finish()
     assert len(got) == len(dag.blocks)
+
+
+def test_car_reader_any_chunking_gives_the_same_blocks() -> None:
+    dag = import_directory(FILES)
+    car = car_bytes([dag.root], dag.blocks.items())
+    rng = random.Random(4)
+    for _ in range(40):
+        reader, got, i = CarReader(max_block_size=1 << 20, max_total=1 << 30), [], 0
+        while i < len(car):  # chunk sizes from 1 byte (inside a varint or a CID) to several blocks
+            n = rng.choice([1, 3, 37, 4096, 262_144, 700_000])
+            got += reader.feed(car[i : i + n])
+            i += n
+        reader.finish()
+        assert [(c.text, b) for c, b in got] == list(dag.blocks.items())
 
 
 def test_car_reader_refuses_bad_streams() -> None:
