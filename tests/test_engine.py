@@ -357,13 +357,13 @@ def test_bad_input_is_rejected_with_a_clear_error(adapter_dirs: dict[str, Path])
 
 def test_pool_is_preallocated_and_swaps_copy(adapter_dirs: dict[str, Path]) -> None:
     engine = make_engine(adapter_dirs, max_slots=2)
-    buffers = {p: (m.lora_a.data_ptr(), m.lora_bt.data_ptr()) for p, m in engine.layers.items()}
+    buffers = {p: (m.lora_at.data_ptr(), m.lora_bt.data_ptr()) for p, m in engine.layers.items()}
     pool_bytes = engine.stats().pool_bytes
     engine.generate_batch_sync(
         [GenerationRequest("x", k, max_tokens=2) for k in [*adapter_dirs, *adapter_dirs]]
     )
     assert engine.stats().swaps_in >= 4
-    assert buffers == {p: (m.lora_a.data_ptr(), m.lora_bt.data_ptr()) for p, m in engine.layers.items()}
+    assert buffers == {p: (m.lora_at.data_ptr(), m.lora_bt.data_ptr()) for p, m in engine.layers.items()}
     assert pool_bytes == engine.stats().pool_bytes == sum(m.pool_bytes for m in engine.layers.values())
 
 

@@ -1,7 +1,8 @@
 """MultiLoraLinear: one base nn.Linear plus a preallocated pool of LoRA slots, applied per batch row.
 
-Layout (per wrapped layer): A `[slots + 1, r_max, in]`, Bt `[slots + 1, r_max, out]` where Bt is B
-transposed with the adapter's scale folded in at swap-in, so a step does no extra multiply. The last
+Layout (per wrapped layer): Aᵀ `[slots + 1, in, r_max]`, Bt `[slots + 1, r_max, out]`: both stored
+transposed, as the batched matmuls read them (a gather is then one `index_select`, no transpose copy),
+with the adapter's scale folded into Bt at swap-in, so a step does no extra multiply. The last
 slot is all zeros and stands for "no adapter". Rank r < r_max occupies rows [0, r) and the rest stay
 zero, so computing with any width >= the batch's largest rank is exact; the batch's largest rank is
 used (`LoraBatch.rank`), not r_max.
@@ -66,8 +67,8 @@ class MultiLoraLinear(nn.Module):
         w = base.weight
         # Registered as buffers: part of the module's memory and device moves, not of its parameters.
         self.register_buffer(
-            "lora_a",
-            torch.zeros(num_slots + 1, max_rank, self.in_features, dtype=w.dtype, device=w.device),
+            "lora_at",
+            torch.zeros(num_slots + 1, self.in_features, max_rank, dtype=w.dtype, device=w.device),
             persistent=False,
         )
         self.register_buffer(
@@ -86,7 +87,7 @@ class MultiLoraLinear(nn.Module):
     @property
     def pool_bytes(self) -> int:
         return (
-            self.lora_a.numel() * self.lora_a.element_size()
+            self.lora_at.numel() * self.lora_at.element_size()
             + self.lora_bt.numel() * self.lora_bt.element_size()
         )
 
@@ -96,10 +97,10 @@ class MultiLoraLinear(nn.Module):
         old = self.slot_rank[slot]
         r = 0 if a is None or bt is None else a.shape[0]
         if r:
-            self.lora_a[slot, :r].copy_(a, non_blocking=True)
+            self.lora_at[slot, :, :r].copy_(a.t(), non_blocking=True)
             self.lora_bt[slot, :r].copy_(bt, non_blocking=True)
         if old > r:
-            self.lora_a[slot, r:old].zero_()
+            self.lora_at[slot, :, r:old].zero_()
             self.lora_bt[slot, r:old].zero_()
         self.slot_rank[slot] = r
         self._gathered = None
@@ -112,11 +113,11 @@ class MultiLoraLinear(nn.Module):
         if r == 0:
             return y
         if b.uniform_slot is not None:
-            a = self.lora_a[b.uniform_slot, :r]
+            at = self.lora_at[b.uniform_slot, :, :r]
             bt = self.lora_bt[b.uniform_slot, :r]
             if not y.is_contiguous():
-                return y + (x @ a.t()) @ bt
-            y.view(-1, y.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]) @ a.t(), bt)  # in place: y is ours
+                return y + (x @ at) @ bt
+            y.view(-1, y.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]) @ at, bt)  # in place: y is ours
             return y
         idx = b.row_slots
         assert idx is not None and x.dim() == 3 and x.shape[0] == idx.shape[0], (
@@ -126,7 +127,7 @@ class MultiLoraLinear(nn.Module):
         if gathered is None or gathered[0] != b.epoch:
             # Gathered once per batch composition, not per step: decode steps between two admissions
             # (or swaps) reuse it, so a step costs two small bmm's and no copy of the slot weights.
-            at = self.lora_a[:, :r].index_select(0, idx).transpose(1, 2).contiguous()  # [rows, in, r]
+            at = self.lora_at[:, :, :r].index_select(0, idx)  # [rows, in, r], contiguous
             bt = self.lora_bt[:, :r].index_select(0, idx)  # [rows, r, out]
             gathered = self._gathered = (b.epoch, at, bt)
         return torch.baddbmm(y, torch.bmm(x, gathered[1]), gathered[2])  # y + (x A^T) Bt, one pass over y
