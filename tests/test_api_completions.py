@@ -3,6 +3,7 @@ through the same verified path as jobs, outputs equal to PEFT's."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -46,9 +47,17 @@ async def test_completions_with_adapters_base_and_bad_requests(tmp_path: Path, t
                 async with http.post(f"{url}/v1/completions", json=body) as r:
                     return r.status, await r.json()
 
-            async with http.get(f"{url}/v1/models") as r:
-                models = {m["id"]: m for m in (await r.json())["data"]}
-            assert {"base", pkg.cid, liar.cid} <= set(models) and models[pkg.cid]["rank"] == 8
+            async def models() -> dict:
+                async with http.get(f"{url}/v1/models") as r:
+                    return {m["id"]: m for m in (await r.json())["data"]}
+
+            # the registry view fills from chain events: a node that just started may not list them yet
+            for _ in range(100):
+                listed = await models()
+                if {pkg.cid, liar.cid} <= set(listed):
+                    break
+                await asyncio.sleep(0.2)
+            assert {"base", pkg.cid, liar.cid} <= set(listed) and listed[pkg.cid]["rank"] == 8
 
             prompt = "Try this adapter without the chain."
             status, body = await complete({"model": pkg.cid, "prompt": prompt, "max_tokens": 10})
@@ -57,9 +66,7 @@ async def test_completions_with_adapters_base_and_bad_requests(tmp_path: Path, t
             choice = body["choices"][0]
             assert choice["text"] == peft_generate(tiny, adapter_dir, prompt, 10).text
             assert body["usage"]["completion_tokens"] <= 10 and choice["finish_reason"] in ("stop", "length")
-            async with http.get(f"{url}/v1/models") as r:
-                warm = {m["id"]: m.get("warm") for m in (await r.json())["data"]}
-            assert warm[pkg.cid] in ("device", "host")
+            assert (await models())[pkg.cid]["warm"] in ("device", "host")
 
             status, body = await complete({"model": "base", "prompt": prompt, "max_tokens": 6})
             assert status == 200 and body["usage"]["completion_tokens"] <= 6
