@@ -14,7 +14,6 @@ from eth_utils import keccak
 from web3 import Web3
 from web3.contract import Contract
 
-from chain.artifacts import load_artifact
 from chain.deployment import Deployment
 from chain.errors import describe_revert
 from chain.protocol import AdapterInfo, JobStatus, adapter_info
@@ -121,15 +120,9 @@ class ProtocolClient:
         self.w3 = w3
         self.deployment = deployment
         self.account = account
-        self.adapters: Contract = w3.eth.contract(
-            address=deployment.adapter_registry, abi=load_artifact("AdapterRegistry").abi
-        )
-        self.nodes: Contract = w3.eth.contract(
-            address=deployment.node_registry, abi=load_artifact("NodeRegistry").abi
-        )
-        self.market: Contract = w3.eth.contract(
-            address=deployment.job_market, abi=load_artifact("JobMarket").abi
-        )
+        self.adapters: Contract = deployment.contract(w3.eth, "AdapterRegistry")
+        self.nodes: Contract = deployment.contract(w3.eth, "NodeRegistry")
+        self.market: Contract = deployment.contract(w3.eth, "JobMarket")
 
     @property
     def address(self) -> str | None:

@@ -28,6 +28,16 @@ class Deployment:
         tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
         tmp.replace(path)
 
+    def contract(self, eth, name: str):
+        """Contract `name` (AdapterRegistry, NodeRegistry, JobMarket) at its deployed address, with its ABI
+        from forge's output; `eth` is a sync or an async web3 `.eth`."""
+        address = {
+            "AdapterRegistry": self.adapter_registry,
+            "NodeRegistry": self.node_registry,
+            "JobMarket": self.job_market,
+        }[name]
+        return eth.contract(address=address, abi=load_artifact(name).abi)
+
     @classmethod
     def load(cls, path: Path) -> Deployment:
         try:

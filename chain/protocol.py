@@ -44,15 +44,9 @@ class Protocol:
     def __init__(self, w3: AsyncWeb3, deployment: Deployment) -> None:
         self.w3 = w3
         self.deployment = deployment
-        self.adapters: AsyncContract = w3.eth.contract(
-            address=deployment.adapter_registry, abi=load_artifact("AdapterRegistry").abi
-        )
-        self.nodes: AsyncContract = w3.eth.contract(
-            address=deployment.node_registry, abi=load_artifact("NodeRegistry").abi
-        )
-        self.market: AsyncContract = w3.eth.contract(
-            address=deployment.job_market, abi=load_artifact("JobMarket").abi
-        )
+        self.adapters: AsyncContract = deployment.contract(w3.eth, "AdapterRegistry")
+        self.nodes: AsyncContract = deployment.contract(w3.eth, "NodeRegistry")
+        self.market: AsyncContract = deployment.contract(w3.eth, "JobMarket")
 
     @property
     def contracts(self) -> list[AsyncContract]:

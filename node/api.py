@@ -15,9 +15,6 @@ from aiohttp import web
 if TYPE_CHECKING:
     from node.daemon import NodeDaemon
 
-HISTORY_KEY = web.AppKey("history", "StatusHistory")
-
-
 class StatusHistory:
     """One sample a second of the counters the status page charts (10 minutes kept)."""
 
@@ -153,15 +150,10 @@ def prometheus_text(daemon: NodeDaemon) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _page(name: str) -> bytes:
-    return resources.files("node.static").joinpath(name).read_bytes()
-
-
 def build_app(daemon: NodeDaemon) -> web.Application:
     app = web.Application()
     history = StatusHistory(daemon)
-    app[HISTORY_KEY] = history
-    page = _page("status.html")
+    page = resources.files("node.static").joinpath("status.html").read_bytes()
 
     async def sample_history(app: web.Application):
         task = asyncio.create_task(history.run())

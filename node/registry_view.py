@@ -114,9 +114,13 @@ class RegistryView:
 
     def adapters(self, base_model: bytes | None = None) -> list[AdapterRecord]:
         """Live (not retired) adapters, optionally for one base model, newest first."""
-        rows = self.conn.execute(f"{self._SELECT} WHERE retired = 0 ORDER BY adapter_id DESC").fetchall()
-        records = [self._record(r) for r in rows]
-        return [r for r in records if base_model is None or r.base_model == base_model]
+        where, args = (
+            ("WHERE retired = 0", ())
+            if base_model is None
+            else ("WHERE retired = 0 AND base_model = ?", (base_model,))
+        )
+        rows = self.conn.execute(f"{self._SELECT} {where} ORDER BY adapter_id DESC", args).fetchall()
+        return [self._record(r) for r in rows]
 
     def adapter_by_cid(self, cid: str) -> AdapterRecord | None:
         """The newest live registration of this CID."""

@@ -55,7 +55,7 @@ def engine_factory(config: NodeConfig):
     if config.engine.backend != "vllm":
         return None
     from inference.embedded import prepare_smollm2
-    from inference.engine.vllm_backend import VllmEngine
+    from inference.engine.vllm_backend import VllmEngine, VllmUnavailable, require_vllm
     from inference.models import SMOLLM2
 
     if config.node.base_model != SMOLLM2:
@@ -64,12 +64,9 @@ def engine_factory(config: NodeConfig):
             f"use {SMOLLM2!r} or the builtin backend"
         )
     try:
-        import vllm  # noqa: F401
-    except ImportError:
-        raise StartupError(
-            "[engine].backend = \"vllm\" but vLLM is not installed: pip install 'openlora-node[vllm]' on a"
-            ' CUDA machine, or set [engine].backend = "builtin"'
-        ) from None
+        require_vllm()
+    except VllmUnavailable as e:
+        raise StartupError(str(e)) from None
     model_dir = prepare_smollm2()
 
     def make(base: LoadedModel, engine_cfg: EngineConfig, loader=None) -> VllmEngine:

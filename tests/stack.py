@@ -15,7 +15,6 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
-from chain.artifacts import load_artifact
 from chain.deployment import Deployment, ProtocolParams, deploy
 from chain.devnet import Anvil, dev_private_key, free_port
 from inference.ipfs.blockstore import BlockStore
@@ -64,12 +63,7 @@ class Stack:
 
     def contract(self, name: str):
         if name not in self.contracts:
-            address = {
-                "AdapterRegistry": self.deployment.adapter_registry,
-                "NodeRegistry": self.deployment.node_registry,
-                "JobMarket": self.deployment.job_market,
-            }[name]
-            self.contracts[name] = self.w3.eth.contract(address=address, abi=load_artifact(name).abi)
+            self.contracts[name] = self.deployment.contract(self.w3.eth, name)
         return self.contracts[name]
 
     def publish(

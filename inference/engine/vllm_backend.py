@@ -40,6 +40,17 @@ class VllmUnavailable(RuntimeError):
     """vLLM is not importable here; the message says how to install it or go back to the built-in engine."""
 
 
+def require_vllm() -> None:
+    """Raise VllmUnavailable unless vLLM imports here."""
+    try:
+        import vllm  # noqa: F401
+    except ImportError as exc:
+        raise VllmUnavailable(
+            "[engine].backend = \"vllm\" but vLLM is not installed: pip install 'openlora-node[vllm]' on a"
+            ' CUDA machine, or set [engine].backend = "builtin"'
+        ) from exc
+
+
 @dataclass(frozen=True)
 class _Adapter:
     lora_id: int  # vLLM's integer id for the adapter (stable for as long as the key is known)
@@ -99,13 +110,7 @@ class VllmEngine:
         model_dir: Path,
         tensor_parallel_size: int = 1,
     ) -> None:
-        try:
-            import vllm  # noqa: F401
-        except ImportError as exc:
-            raise VllmUnavailable(
-                "[engine].backend = \"vllm\" needs vLLM (a CUDA machine: pip install 'openlora-node[vllm]'); "
-                'or set [engine].backend = "builtin"'
-            ) from exc
+        require_vllm()
         self.base = base
         self.config = config
         self.model_dir = Path(model_dir)

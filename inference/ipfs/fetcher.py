@@ -156,15 +156,15 @@ class _Fetch:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def prefetch_car(self, root: ParsedCid) -> None:
+    def _car_sources(self) -> list[GatewaySource]:
+        return [s for s in self.sources if isinstance(s, GatewaySource) and s.supports_car]
+
+    async def _stream_car(self, root: ParsedCid) -> None:
         """Ask CAR-capable gateways, in order, for the whole DAG in one response; stop at the first that
         delivers it all. Blocks that arrived before a failure were verified and are kept. Runs alongside
         the DAG walk (see `streaming_car`), which takes each block the moment it is verified."""
-        self._car_streaming = True
         try:
-            for source in self.sources:
-                if not (isinstance(source, GatewaySource) and source.supports_car):
-                    continue
+            for source in self._car_sources():
                 stats = source_stats(source)
                 stats.requests += 1
                 try:
@@ -197,11 +197,11 @@ class _Fetch:
     @contextlib.asynccontextmanager
     async def streaming_car(self, root: ParsedCid) -> AsyncIterator[None]:
         """Stream the CAR (if any source offers one) while the body walks the DAG."""
-        if not any(isinstance(s, GatewaySource) and s.supports_car for s in self.sources):
+        if not self._car_sources():
             yield
             return
         self._car_streaming = True  # before the task first runs: the walk's first block waits for the CAR
-        car = asyncio.ensure_future(self.prefetch_car(root))
+        car = asyncio.ensure_future(self._stream_car(root))
         try:
             yield
         finally:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
-from web3 import HTTPProvider, Web3
 
 from chain.deployment import Deployment
 from chain.sdk import OpenLoRA
@@ -56,14 +55,8 @@ def signer_from(args: argparse.Namespace) -> LocalAccount | None:
 
 
 def client_from(args: argparse.Namespace, *, need_signer: bool = True) -> OpenLoRA:
-    w3 = Web3(HTTPProvider(args.rpc, request_kwargs={"timeout": 30}))
     deployment = Deployment.load(args.deployment)
-    if not w3.is_connected():
-        raise CommandError(f"cannot reach the RPC endpoint {args.rpc}: is the chain running? (--rpc)")
-    if w3.eth.chain_id != deployment.chain_id:
-        raise CommandError(
-            f"{args.rpc} is chain {w3.eth.chain_id}, the deployment file is for {deployment.chain_id}"
-        )
+    w3 = OpenLoRA.connect(args.rpc, deployment).w3  # reachable, and the chain the deployment is for
     account = signer_from(args)
     if need_signer and account is None:
         raise KeystoreError(
