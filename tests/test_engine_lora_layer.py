@@ -34,41 +34,71 @@ def _reference(x: torch.Tensor, weight: torch.Tensor, rows: list, adapters: dict
     return torch.stack(out)
 
 
+def _set(batch: LoraBatch, rows: list[int], ranks: list[int]) -> None:
+    for i, (slot, rank) in enumerate(zip(rows, ranks, strict=True)):
+        batch.set_row(i, slot, rank)
+    batch.set_window(0, len(rows))
+
+
 @torch.inference_mode()
 def test_mixed_rows_follow_row_and_slot_changes() -> None:
     model, layer, batch = _layer()
+    batch.resize(4)
     adapters = {0: _adapter(2, 1), 1: _adapter(4, 2)}
     for slot, (a, bt) in adapters.items():
         layer.write_slot(slot, a, bt)
     x = torch.randn(4, 1, 8)
     rows = [0, 1, NO_ADAPTER, 1]
-    batch.set_rows(rows, [2, 4, 0, 4], "cpu")
+    _set(batch, rows, [2, 4, 0, 4])
     expected = _reference(x, layer.base.weight, rows, adapters)
     torch.testing.assert_close(model(x), expected)
-    torch.testing.assert_close(model(x), expected)  # second step: served from the gather cache
+    torch.testing.assert_close(model(x), expected)  # second step: the gathered rows are reused
 
     adapters[1] = _adapter(3, 3)  # the slot is rewritten between two steps, rows unchanged
     layer.write_slot(1, *adapters[1])
     torch.testing.assert_close(model(x), _reference(x, layer.base.weight, rows, adapters))
 
-    rows = [1, 0, 0, NO_ADAPTER]  # the batch composition changes
-    batch.set_rows(rows, [3, 2, 2, 0], "cpu")
+    rows = [1, 0, 0, NO_ADAPTER]  # the rows change slots
+    _set(batch, rows, [3, 2, 2, 0])
     torch.testing.assert_close(model(x), _reference(x, layer.base.weight, rows, adapters))
 
-    prefill = torch.randn(4, 5, 8)  # several positions per row (prefill) through the same cache
+    prefill = torch.randn(4, 5, 8)  # several positions per row (prefill) through the same rows
     want = torch.stack([_reference(prefill[:, t], layer.base.weight, rows, adapters) for t in range(5)], 1)
     torch.testing.assert_close(model(prefill), want)
 
 
 @torch.inference_mode()
+def test_window_and_moved_rows() -> None:
+    model, layer, batch = _layer()
+    batch.resize(4)
+    adapters = {0: _adapter(2, 1), 1: _adapter(4, 2), 2: _adapter(3, 4)}
+    for slot, (a, bt) in adapters.items():
+        layer.write_slot(slot, a, bt)
+    _set(batch, [0, 1, 2, NO_ADAPTER], [2, 4, 3, 0])
+    model(torch.randn(4, 1, 8))  # gathers every row
+    batch.set_window(2, 4)  # a prefill of rows 2 and 3 only
+    x = torch.randn(2, 3, 8)
+    want = torch.stack(
+        [_reference(x[:, t], layer.base.weight, [2, NO_ADAPTER], adapters) for t in range(3)], 1
+    )
+    torch.testing.assert_close(model(x), want)
+
+    batch.move_row(2, 0)  # row 0 finished; the last running row (2) moves into its place
+    batch.set_window(0, 2)
+    x = torch.randn(2, 1, 8)
+    torch.testing.assert_close(model(x), _reference(x, layer.base.weight, [2, 1], adapters))
+
+
+@torch.inference_mode()
 def test_uniform_batch_and_no_adapter_batch() -> None:
     model, layer, batch = _layer()
+    batch.resize(3)
     adapters = {2: _adapter(4, 5)}
     layer.write_slot(2, *adapters[2])
     x = torch.randn(3, 2, 8)
-    batch.set_rows([2, 2, 2], [4, 4, 4], "cpu")
+    _set(batch, [2, 2, 2], [4, 4, 4])
     assert batch.uniform_slot == 2
     want = torch.stack([_reference(x[:, t], layer.base.weight, [2, 2, 2], adapters) for t in range(2)], 1)
     torch.testing.assert_close(model(x), want)
-    batch.set_rows([NO_ADAPTER] * 3, [0, 0, 0], "cpu")
+    _set(batch, [NO_ADAPTER] * 3, [0, 0, 0])
     torch.testing.assert_close(model(x), x @ layer.base.weight.t())

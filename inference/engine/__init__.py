@@ -7,7 +7,7 @@
 - host_tier.py   host-memory LRU tier with a byte budget
 - slots.py       slot table: pins, LRU of idle slots, eviction
 - scheduler.py   bounded queue, round-robin admission across adapters
-- kv_batch.py    left-padded batched KV cache; rows join and leave between steps
+- model_runner.py forward passes over persistent rows of a preallocated KV cache (Llama family)
 - sampling.py    greedy / seeded temperature + top-p, stop strings
 - engine.py      Engine: ties it together, decode loop in a worker thread
 - peft_folder.py validated weights written back out as a PEFT folder (for disk-loading backends)

@@ -16,9 +16,9 @@ import torch
 from inference.adapter import AdapterWeights
 from inference.engine.config import EngineConfig
 from inference.engine.host_tier import HostTier
-from inference.engine.kv_batch import KVBatch, ModelRunner
 from inference.engine.lora_layer import NO_ADAPTER, LoraBatch, MultiLoraLinear, wrap_model
 from inference.engine.messages import EngineBusy, EngineStats, GenerationRequest, GenerationResult, StepRecord
+from inference.engine.model_runner import ModelRunner
 from inference.engine.prepared import PreparedAdapter, ensemble_key, merge_adapters, prepare_adapter
 from inference.engine.sampling import RowSampler, find_stop, next_tokens
 from inference.engine.scheduler import Job, Outcome, Scheduler
@@ -44,13 +44,13 @@ class Engine:
         model.to(device=self.device, dtype=config.dtype) if config.dtype else model.to(self.device)
         model.eval()
         self.dtype = next(model.parameters()).dtype
-        self._lora_batch = LoraBatch()
+        self._lora_batch = LoraBatch(config.max_batch)
         self.layers: dict[str, MultiLoraLinear] = wrap_model(
             model, config.target_modules, config.max_slots, config.max_rank, self._lora_batch
         )
         self._shapes = {p: (m.in_features, m.out_features) for p, m in self.layers.items()}
         self.pool_bytes = sum(m.pool_bytes for m in self.layers.values())
-        self.runner = ModelRunner(model, self.device, self.tokenizer.pad_token_id)
+        self.runner = ModelRunner(model, self.device, config.max_batch, self._lora_batch)
         self.host = HostTier(config.host_budget_bytes)
         self.slots = SlotPool(config.max_slots)
         self.scheduler = Scheduler(config.max_queue, bypass_limit=config.max_batch)
@@ -60,8 +60,7 @@ class Engine:
         self._cv = threading.Condition()  # guards the scheduler, _forget and _stopping
         self._model_lock = threading.Lock()  # one forward pass at a time
         self._forget: list[str] = []
-        self._active: list[Job] = []
-        self._kv: KVBatch | None = None
+        self._active: list[Job] = []  # job i runs in persistent row i of the model runner
         self._ids = itertools.count()
         self._steps = 0
         self._trace: deque[StepRecord] = deque(maxlen=4096)
@@ -199,6 +198,7 @@ class Engine:
     def prompt_logits(self, prompt_ids: list[list[int]], adapters: list[str | None]) -> list[torch.Tensor]:
         """Logits [len(prompt), vocab] at every prompt position, all rows in one mixed-adapter batch
         (adapters must be in the host tier). For scoring and for checking the engine against PEFT."""
+        rows = self.config.max_batch
         jobs = [
             Job(
                 -1,
@@ -211,20 +211,26 @@ class Engine:
             )
             for ids, a in zip(prompt_ids, adapters, strict=True)
         ]
+        out: list[torch.Tensor] = []
         with self._model_lock:
-            placed = []
-            try:
-                for job in jobs:
-                    if not self._place(job):
-                        raise NoFreeSlot(f"more distinct adapters ({len(set(adapters))}) than free slots")
-                    placed.append(job)
-                self._set_rows(jobs)
-                logits, _ = self.runner.prefill(prompt_ids, all_logits=True)
-            finally:
-                for job in placed:
-                    self._release(job)
-        t = logits.shape[1]
-        return [logits[i, t - len(p) :].cpu() for i, p in enumerate(prompt_ids)]
+            start = len(self._active)  # rows past the running ones are free scratch space
+            if start == rows:
+                raise RuntimeError(f"all {rows} batch rows are running requests: retry when some finish")
+            for first in range(0, len(jobs), rows - start):
+                chunk = jobs[first : first + rows - start]
+                placed = []
+                try:
+                    for job in chunk:
+                        if not self._place(job):
+                            raise NoFreeSlot(f"more distinct adapters ({len(set(adapters))}) than free slots")
+                        placed.append(job)
+                    self._set_rows(start, chunk)
+                    logits = self.runner.prefill(start, [j.prompt_ids for j in chunk], all_logits=True)
+                finally:
+                    for job in placed:
+                        self._release(job)
+                out += [logits[i, : len(j.prompt_ids)].cpu() for i, j in enumerate(chunk)]
+        return out
 
     # ---------------------------------------------------------------- observability
 
@@ -246,7 +252,11 @@ class Engine:
             tokens_per_s=self.tokens_generated / self.busy_s if self.busy_s else 0.0,
             queue_depth=depth,
             running=len(self._active),
-            extra={"swap_s_total": self.swap_s_total, "steps": float(self._steps)},
+            extra={
+                "swap_s_total": self.swap_s_total,
+                "steps": float(self._steps),
+                "kv_cache_bytes": float(self.runner.cache.nbytes),
+            },
         )
 
     def recent_steps(self) -> list[StepRecord]:
@@ -370,8 +380,9 @@ class Engine:
             self.slots.release(job.slot)
             job.slot = NO_ADAPTER
 
-    def _set_rows(self, jobs: list[Job]) -> None:
-        self._lora_batch.set_rows([j.slot for j in jobs], [j.rank for j in jobs], self.device)
+    def _set_rows(self, start: int, jobs: list[Job]) -> None:
+        for row, job in enumerate(jobs, start):
+            self._lora_batch.set_row(row, job.slot, job.rank)
 
     # ---------------------------------------------------------------- internals: the decode loop
 
@@ -389,7 +400,8 @@ class Engine:
         for job in waiting + self._active:
             self._release(job)
             job.on_done(error)
-        self._active, self._kv = [], None
+        self._active = []
+        self._batch_emptied()
 
     def _step(self) -> None:
         """Admit waiting requests (prefill), then one decode step for every running row."""
@@ -404,7 +416,8 @@ class Engine:
                 for job in self._active:
                     self._release(job)
                     job.on_done(exc)
-                self._active, self._kv = [], None
+                self._active = []
+                self._batch_emptied()
         self.busy_s += time.perf_counter() - t0
 
     def _admit_and_prefill(self) -> None:
@@ -417,30 +430,40 @@ class Engine:
         if not new:
             return
         now = time.perf_counter()
+        start = len(self._active)
         for job in new:
             job.admitted = now
-        self._set_rows(new)
-        logits, kv = self.runner.prefill([j.prompt_ids for j in new])
+            job.cached = len(job.prompt_ids)
+        self._set_rows(start, new)
+        self._active += new  # before the forward pass: if it fails, these requests fail with the batch
+        logits = self.runner.prefill(start, [j.prompt_ids for j in new])
         self._record("prefill", new)
-        keep = self._emit(new, logits)
-        kv_kept = kv.select(keep) if len(keep) < len(new) else kv
-        joined = [new[i] for i in keep]
-        if kv_kept is None:
-            return
-        self._kv = kv_kept if self._kv is None else self._kv.merge(kv_kept)
-        self._active += joined
+        keep = set(self._emit(new, logits))
+        self._drop_rows([start + i for i in range(len(new)) if i not in keep])
 
     def _decode(self) -> None:
-        assert self._kv is not None
-        self._set_rows(self._active)
         tokens = torch.tensor([j.output[-1] for j in self._active], dtype=torch.long)
-        logits, kv = self.runner.decode(self._kv, tokens)
+        logits = self.runner.decode(tokens, [j.cached for j in self._active])
+        for job in self._active:
+            job.cached += 1
         self._record("decode", self._active)
-        keep = self._emit(self._active, logits)
-        if len(keep) < len(self._active):
-            self._active = [self._active[i] for i in keep]
-            kv = kv.select(keep)
-        self._kv = kv
+        keep = set(self._emit(self._active, logits))
+        self._drop_rows([i for i in range(len(self._active)) if i not in keep])
+
+    def _drop_rows(self, rows: list[int]) -> None:
+        """Remove finished rows; the last running row moves into each hole, so rows stay [0, n)."""
+        for row in sorted(rows, reverse=True):
+            last = len(self._active) - 1
+            if row != last:
+                self.runner.move_row(last, row, self._active[last].cached)
+                self._active[row] = self._active[last]
+            self._active.pop()
+        if rows and not self._active:
+            self._batch_emptied()
+
+    def _batch_emptied(self) -> None:
+        self._lora_batch.clear()
+        self.runner.cache.shrink()
 
     def _emit(self, jobs: list[Job], logits: torch.Tensor) -> list[int]:
         """Append each row's next token; finish rows that are done. Returns the rows still running."""

@@ -1,63 +1,78 @@
 """MultiLoraLinear: one base nn.Linear plus a preallocated pool of LoRA slots, applied per batch row.
 
-Layout (per wrapped layer): Aᵀ `[slots + 1, in, r_max]`, Bt `[slots + 1, r_max, out]`: both stored
-transposed, as the batched matmuls read them (a gather is then one `index_select`, no transpose copy),
-with the adapter's scale folded into Bt at swap-in, so a step does no extra multiply. The last
-slot is all zeros and stands for "no adapter". Rank r < r_max occupies rows [0, r) and the rest stay
-zero, so computing with any width >= the batch's largest rank is exact; the batch's largest rank is
-used (`LoraBatch.rank`), not r_max.
+Pool layout (per wrapped layer): Aᵀ `[slots + 1, in, r_max]`, Bt `[slots + 1, r_max, out]`, both stored
+transposed as the batched matmuls read them, with the adapter's scale folded into Bt at swap-in, so a
+step does no extra multiply. The last slot is all zeros and stands for "no adapter". Rank r < r_max
+occupies rows [0, r) and the rest stay zero, so computing with any width >= the batch's largest rank is
+exact.
+
+Rows are persistent (see `model_runner.py`): row i of the running batch keeps its index from prefill to
+finish. Each layer keeps its own copy of every row's A / Bt (`_row_at`, `_row_bt`), refreshed only for
+rows whose slot changed, so a decode step gathers nothing and a join or leave copies one row.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 NO_ADAPTER = -1
+_STALE = -2  # a gathered row that must be copied again before use
 
 
-@dataclass
 class LoraBatch:
-    """Which slot each batch row uses, set by the engine before every forward pass and shared by all
-    wrapped layers. `uniform_slot` short-cuts the common case of one adapter for the whole batch."""
+    """Which slot each persistent row uses, and which rows the next forward pass covers (the window).
+    Shared by all wrapped layers; the engine (through the model runner) sets it before every pass."""
 
-    row_slots: torch.Tensor | None = None  # LongTensor [rows] of pool indices (zero slot for "none")
-    uniform_slot: int | None = None  # all rows use this slot (no gather needed)
-    rank: int = 0  # widest rank among the batch's slots; 0: no adapter in the batch, skip LoRA
-    # Bumped whenever the rows or any slot's contents change: layers keep the gathered per-row A / Bt
-    # of the current epoch, so decode steps between two admissions gather nothing.
-    epoch: int = 0
-    _zero_slot: int = field(default=0, repr=False)
-    _last: tuple[tuple[int, ...], int] = field(default=((), -1), repr=False)
+    def __init__(self, max_rows: int = 0) -> None:
+        self._zero_slot = 0  # set by wrap_model to the pool's all-zero slot
+        self.row_slots: list[int] = []
+        self.row_ranks: list[int] = []
+        self.version = 0  # bumped whenever a row's slot changes: layers re-sync their gathered rows
+        self.start, self.stop = 0, 0
+        self.rank = 0  # widest rank among the window's rows; 0: no adapter in the window, skip LoRA
+        self.width = 0  # widest rank since the batch was last empty: the gathered rows' width
+        self.uniform_slot: int | None = None  # every row of the window uses this slot (no gather)
+        self.resize(max_rows)
 
-    def set_rows(self, slots: list[int], ranks: list[int], device: torch.device | str) -> None:
-        """`slots[i]` is row i's slot or NO_ADAPTER; `ranks[i]` its adapter's rank (0 for none)."""
-        rank = max(ranks, default=0)
-        mapped = tuple(self._zero_slot if s == NO_ADAPTER else s for s in slots)
-        if (mapped, rank) == self._last:
-            return
-        self._last = (mapped, rank)
-        self.epoch += 1
-        self.rank = rank
-        self.row_slots, self.uniform_slot = None, None
-        if rank == 0:
-            return
-        if all(s == mapped[0] for s in mapped):
-            self.uniform_slot = mapped[0]
-            return
-        self.row_slots = torch.tensor(mapped, dtype=torch.long, device=device)
+    def resize(self, max_rows: int) -> None:
+        grow = max_rows - len(self.row_slots)
+        if grow > 0:
+            self.row_slots += [self._zero_slot] * grow
+            self.row_ranks += [0] * grow
+
+    def set_row(self, row: int, slot: int, rank: int) -> None:
+        """Row `row` now uses `slot` (NO_ADAPTER for none) with an adapter of `rank`."""
+        mapped = self._zero_slot if slot == NO_ADAPTER else slot
+        if self.row_slots[row] != mapped:
+            self.row_slots[row] = mapped
+            self.version += 1
+        self.row_ranks[row] = rank if mapped != self._zero_slot else 0
+        self.width = max(self.width, self.row_ranks[row])
+
+    def move_row(self, src: int, dst: int) -> None:
+        self.set_row(dst, self.row_slots[src], self.row_ranks[src])
+
+    def clear(self) -> None:
+        """No row in use: the gathered width may shrink back."""
+        for row in range(len(self.row_slots)):
+            self.set_row(row, NO_ADAPTER, 0)
+        self.width = 0
+
+    def set_window(self, start: int, stop: int) -> None:
+        self.start, self.stop = start, stop
+        slots = self.row_slots[start:stop]
+        self.rank = max(self.row_ranks[start:stop], default=0)
+        self.uniform_slot = slots[0] if slots and all(s == slots[0] for s in slots) else None
 
     def slots_changed(self) -> None:
-        """Call after writing any slot: cached gathers may hold its old contents."""
-        self._last = ((), -1)
-        self.epoch += 1
+        """A slot's contents were rewritten: rows gathered from it must be copied again."""
+        self.version += 1
 
 
 class MultiLoraLinear(nn.Module):
-    """y = base(x) + (x @ A[slot_row].T) @ Bt[slot_row], every row with its own slot, in one gather + bmm
-    per projection (Punica's BGMV, written with torch ops)."""
+    """y = base(x) + (x @ A[slot_row].T) @ Bt[slot_row], every row with its own slot, in one batched
+    matmul pair per projection (Punica's BGMV, written with torch ops)."""
 
     def __init__(self, base: nn.Linear, num_slots: int, max_rank: int, batch: LoraBatch) -> None:
         super().__init__()
@@ -78,7 +93,10 @@ class MultiLoraLinear(nn.Module):
         )
         self.batch = batch
         self.slot_rank = [0] * (num_slots + 1)  # rows in use per slot, to zero only what is stale
-        self._gathered: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (epoch, A^T [rows,in,r], Bt)
+        self._row_at: torch.Tensor | None = None  # [rows, in, width]: each persistent row's A^T
+        self._row_bt: torch.Tensor | None = None  # [rows, width, out]
+        self._row_slot: list[int] = []  # which slot each gathered row holds (_STALE: none valid)
+        self._synced = -1  # LoraBatch.version the gathered rows reflect
 
     @property
     def weight(self) -> torch.Tensor:  # some model code reads proj.weight.dtype/device
@@ -103,7 +121,7 @@ class MultiLoraLinear(nn.Module):
             self.lora_at[slot, :, r:old].zero_()
             self.lora_bt[slot, r:old].zero_()
         self.slot_rank[slot] = r
-        self._gathered = None
+        self._row_slot = [_STALE if s == slot else s for s in self._row_slot]
         self.batch.slots_changed()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -119,18 +137,33 @@ class MultiLoraLinear(nn.Module):
                 return y + (x @ at) @ bt
             y.view(-1, y.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]) @ at, bt)  # in place: y is ours
             return y
-        idx = b.row_slots
-        assert idx is not None and x.dim() == 3 and x.shape[0] == idx.shape[0], (
-            "LoraBatch does not match input"
-        )
-        gathered = self._gathered
-        if gathered is None or gathered[0] != b.epoch:
-            # Gathered once per batch composition, not per step: decode steps between two admissions
-            # (or swaps) reuse it, so a step costs two small bmm's and no copy of the slot weights.
-            at = self.lora_at[:, :, :r].index_select(0, idx)  # [rows, in, r], contiguous
-            bt = self.lora_bt[:, :r].index_select(0, idx)  # [rows, r, out]
-            gathered = self._gathered = (b.epoch, at, bt)
-        return torch.baddbmm(y, torch.bmm(x, gathered[1]), gathered[2])  # y + (x A^T) Bt, one pass over y
+        assert x.dim() == 3 and x.shape[0] == b.stop - b.start, "LoraBatch window does not match input"
+        at, bt = self._gathered_rows()
+        return torch.baddbmm(y, torch.bmm(x, at[b.start : b.stop]), bt[b.start : b.stop])
+
+    def _gathered_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every persistent row's A^T / Bt, copied from the pool only for rows whose slot changed since
+        the last pass: a decode step between two joins or leaves copies nothing."""
+        b = self.batch
+        rows, width = len(b.row_slots), b.width
+        if self._row_at is None or self._row_at.shape[0] != rows or self._row_at.shape[2] != width:
+            self._row_at = self.lora_at.new_zeros(rows, self.in_features, width)
+            self._row_bt = self.lora_bt.new_zeros(rows, width, self.out_features)
+            self._row_slot = [_STALE] * rows
+            self._synced = -1
+        assert self._row_bt is not None
+        if self._synced != b.version:
+            changed = [i for i, s in enumerate(b.row_slots) if self._row_slot[i] != s]
+            if changed:
+                idx = torch.tensor(changed, dtype=torch.long, device=self.lora_at.device)
+                slots = torch.tensor([b.row_slots[i] for i in changed], dtype=torch.long, device=idx.device)
+                w = self._row_at.shape[2]
+                self._row_at.index_copy_(0, idx, self.lora_at[:, :, :w].index_select(0, slots))
+                self._row_bt.index_copy_(0, idx, self.lora_bt[:, :w].index_select(0, slots))
+                for i in changed:
+                    self._row_slot[i] = b.row_slots[i]
+            self._synced = b.version
+        return self._row_at, self._row_bt
 
 
 def wrap_model(
@@ -139,6 +172,7 @@ def wrap_model(
     """Replace every nn.Linear whose last name is in `targets` by a MultiLoraLinear holding the original
     module. Returns {module path: wrapper}. Raises ValueError when nothing matches."""
     batch._zero_slot = num_slots
+    batch.row_slots = [num_slots] * len(batch.row_slots)
     found = [
         (name, mod)
         for name, mod in model.named_modules()

@@ -38,6 +38,7 @@ class Job:
     admitted: float = 0.0
     swap_s: float = 0.0
     slot: int = NO_ADAPTER
+    cached: int = 0  # tokens of this request in the KV cache (the next position)
     output: list[int] = field(default_factory=list)
     text: str = ""  # set when a stop string cut the output
     cut_at_stop: bool = False

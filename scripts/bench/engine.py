@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from inference.adapter import AdapterWeights, LoraPair
 from inference.engine import Engine, EngineConfig, GenerationRequest
-from inference.engine.kv_batch import ModelRunner
 from inference.engine.lora_layer import LoraBatch, wrap_model
+from inference.engine.model_runner import ModelRunner
 from inference.engine.prepared import prepare_adapter
 from inference.models import LoadedModel, load_base_model, tiny_llama
 from inference.prompt import encode_prompt
@@ -220,43 +220,41 @@ def bench_throughput(model_fn: ModelFn, catalog: Catalog, args: argparse.Namespa
 def bench_mixed_batch(model_fn: ModelFn, catalog: Catalog, args: argparse.Namespace) -> dict:
     """Same loop (ModelRunner prefill + decode steps), same batch: bare unwrapped model vs the wrapped
     model with every row on a different adapter (gather + bmm path)."""
+    rows = args.batch
     bare = model_fn()
     wrapped = model_fn()
-    batch_ctx = LoraBatch()
+    batch_ctx = LoraBatch(rows)
     layers = wrap_model(wrapped.model, TARGET_SETS[-1], args.slots, 16, batch_ctx)
     shapes = {p: (m.in_features, m.out_features) for p, m in layers.items()}
-    rows = args.batch
     adapters = [prepare_adapter(f"a{i}", catalog.weights(i), shapes, 16, torch.float32) for i in range(rows)]
     slots = [i % args.slots for i in range(rows)]
     for slot, adapter in zip(slots[: args.slots], adapters[: args.slots], strict=True):
         for path, layer in layers.items():
             pair = adapter.layers.get(path)
             layer.write_slot(slot, *(pair if pair is not None else (None, None)))
-    batch_ctx.set_rows(slots, [a.rank for a in adapters], "cpu")
+    for row, (slot, adapter) in enumerate(zip(slots, adapters, strict=True)):
+        batch_ctx.set_row(row, slot, adapter.rank)
     prompts = [encode_prompt(bare.tokenizer, PROMPTS[i % len(PROMPTS)]) for i in range(rows)]
+    runners = {
+        "bare": ModelRunner(bare.model, "cpu", rows),
+        "mixed": ModelRunner(wrapped.model, "cpu", rows, batch_ctx),
+    }
 
-    def run(model: LoadedModel) -> float:
-        runner = ModelRunner(model.model, "cpu", model.tokenizer.pad_token_id)
+    def run(runner: ModelRunner, batch: list[list[int]]) -> float:
         t0 = time.perf_counter()
-        logits, kv = runner.prefill(prompts)
+        logits = runner.prefill(0, batch)
+        lengths = [len(p) for p in batch]
         for _ in range(args.decode_steps):
-            logits, kv = runner.decode(kv, logits.argmax(-1))
-        return time.perf_counter() - t0
-
-    def run_single(model: LoadedModel) -> float:
-        runner = ModelRunner(model.model, "cpu", model.tokenizer.pad_token_id)
-        t0 = time.perf_counter()
-        logits, kv = runner.prefill(prompts[:1])
-        for _ in range(args.decode_steps):
-            logits, kv = runner.decode(kv, logits.argmax(-1))
+            logits = runner.decode(logits.argmax(-1), lengths)
+            lengths = [n + 1 for n in lengths]
         return time.perf_counter() - t0
 
     bare_t, mixed_t = [], []
-    run(bare), run(wrapped)  # warm-up
-    single = statistics.median(run_single(bare) for _ in range(args.repeats))
+    run(runners["bare"], prompts), run(runners["mixed"], prompts)  # warm-up
+    single = statistics.median(run(runners["bare"], prompts[:1]) for _ in range(args.repeats))
     for _ in range(args.repeats):  # interleaved, so machine load hits both alike
-        bare_t.append(run(bare))
-        mixed_t.append(run(wrapped))
+        bare_t.append(run(runners["bare"], prompts))
+        mixed_t.append(run(runners["mixed"], prompts))
     tokens = rows * (args.decode_steps + 1)
     b, m = statistics.median(bare_t), statistics.median(mixed_t)
     return {
@@ -407,13 +405,15 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--layers", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--sections", default="throughput,mixed_batch,swap,memory,latency")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     quick = args.quick
     args.hidden = args.hidden or (256 if quick else 384)
     args.layers = args.layers or (4 if quick else 6)
-    args.slots, args.batch, args.host_mb = 16, 32, 256
+    args.slots, args.host_mb = 16, 256
+    args.batch = args.batch or 32
     args.adapters = 100
     args.requests = 64 if quick else 320
     args.max_tokens = 16 if quick else 32

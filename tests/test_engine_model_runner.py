@@ -1,0 +1,85 @@
+"""The persistent-row model runner against the model's own (transformers) forward pass: rows of
+different lengths, rows that grow past the cache's first allocation, and rows moved into holes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inference.engine.model_runner import ModelRunner, UnsupportedModelError
+from inference.models import tiny_llama
+
+ATOL = 1e-4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _reference_logits(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=torch.tensor([ids])).logits[0]
+
+
+def _greedy_rows(runner: ModelRunner, prompts: list[list[int]], steps: int) -> list[list[int]]:
+    logits = runner.prefill(0, prompts)
+    seqs = [list(p) for p in prompts]
+    for _ in range(steps):
+        tokens = logits.argmax(-1)
+        lengths = [len(s) for s in seqs]
+        for s, t in zip(seqs, tokens.tolist(), strict=True):
+            s.append(t)
+        logits = runner.decode(tokens, lengths)
+    return seqs
+
+
+def test_prefill_and_decode_equal_the_model_forward() -> None:
+    base = tiny_llama(0)
+    runner = ModelRunner(base.model, "cpu", max_rows=4)
+    prompts = [[5, 9, 20], [7] * 11, [1, 2, 3, 4, 5, 6]]  # right padding to 11 for two of them
+    all_logits = runner.prefill(0, prompts, all_logits=True)
+    for i, p in enumerate(prompts):
+        torch.testing.assert_close(
+            all_logits[i, : len(p)], _reference_logits(base.model, p), atol=ATOL, rtol=0
+        )
+    seqs = _greedy_rows(runner, prompts, steps=6)
+    for seq, p in zip(seqs, prompts, strict=True):
+        want = list(p)
+        for _ in range(6):
+            want.append(int(_reference_logits(base.model, want)[-1].argmax()))
+        assert seq == want
+
+
+def test_rows_grow_past_the_first_allocation() -> None:
+    base = tiny_llama(0)
+    runner = ModelRunner(base.model, "cpu", max_rows=2)
+    first = runner.cache.positions
+    long_prompt = [(i * 7) % 250 for i in range(first - 2)]
+    seqs = _greedy_rows(runner, [long_prompt, [3, 4]], steps=5)  # crosses the first allocation
+    assert runner.cache.positions > first
+    logits = _reference_logits(base.model, seqs[0][:-1])
+    assert int(logits[-1].argmax()) == seqs[0][-1]
+    runner.cache.shrink()
+    assert runner.cache.positions == first
+
+
+def test_a_moved_row_continues_as_before() -> None:
+    base = tiny_llama(0)
+    runner = ModelRunner(base.model, "cpu", max_rows=3)
+    prompts = [[1, 2, 3], [9, 8, 7, 6, 5], [4, 4]]
+    logits = runner.prefill(0, prompts)
+    lengths = [len(p) for p in prompts]
+    tokens = logits.argmax(-1)
+    runner.move_row(2, 0, lengths[2])  # row 0 finished: the last row takes its place
+    moved = [prompts[2] + [int(tokens[2])], prompts[1] + [int(tokens[1])]]
+    out = runner.decode(torch.stack([tokens[2], tokens[1]]), [lengths[2], lengths[1]])
+    for row, seq in enumerate(moved):
+        torch.testing.assert_close(out[row], _reference_logits(base.model, seq)[-1], atol=ATOL, rtol=0)
+
+
+def test_other_architectures_are_refused_with_a_reason() -> None:
+    base = tiny_llama(0)
+    base.model.config.model_type = "gpt2"
+    with pytest.raises(UnsupportedModelError, match="Llama-architecture"):
+        ModelRunner(base.model, "cpu", max_rows=1)
