@@ -139,7 +139,10 @@ class MultiLoraLinear(nn.Module):
             return y
         assert x.dim() == 3 and x.shape[0] == b.stop - b.start, "LoraBatch window does not match input"
         at, bt = self._gathered_rows()
-        return torch.baddbmm(y, torch.bmm(x, at[b.start : b.stop]), bt[b.start : b.stop])
+        h = torch.bmm(x, at[b.start : b.stop])
+        if not y.is_contiguous():
+            return torch.baddbmm(y, h, bt[b.start : b.stop])
+        return y.baddbmm_(h, bt[b.start : b.stop])  # in place: y is ours, no second output buffer
 
     def _gathered_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every persistent row's A^T / Bt, copied from the pool only for rows whose slot changed since

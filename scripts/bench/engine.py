@@ -404,16 +404,18 @@ def main() -> None:
     )
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--layers", type=int, default=None)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--batch", type=int, default=None)
+    ap.add_argument(
+        "--threads", type=int, default=0, help="torch threads for both sides (default: torch's, all cores)"
+    )
+    ap.add_argument("--batch", type=int, default=64, help="engine max_batch and the mixed-batch size")
     ap.add_argument("--sections", default="throughput,mixed_batch,swap,memory,latency")
     args = ap.parse_args()
+    args.threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(args.threads)
     quick = args.quick
     args.hidden = args.hidden or (256 if quick else 384)
     args.layers = args.layers or (4 if quick else 6)
     args.slots, args.host_mb = 16, 256
-    args.batch = args.batch or 32
     args.adapters = 100
     args.requests = 64 if quick else 320
     args.max_tokens = 16 if quick else 32
