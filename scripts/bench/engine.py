@@ -404,9 +404,9 @@ def main() -> None:
     )
     ap.add_argument("--hidden", type=int, default=None)
     ap.add_argument("--layers", type=int, default=None)
-    ap.add_argument(
-        "--threads", type=int, default=0, help="torch threads for both sides (default: torch's, all cores)"
-    )
+    # One thread by default: the engine's decode loop runs in a worker thread, and on this 2-core VM
+    # torch's intra-op threads there slowed it down (open-loop p50 0.84 s at 1 thread, 5.4 s at 2).
+    ap.add_argument("--threads", type=int, default=1, help="torch threads, both sides (0: torch's default)")
     ap.add_argument("--batch", type=int, default=64, help="engine max_batch and the mixed-batch size")
     ap.add_argument("--sections", default="throughput,mixed_batch,swap,memory,latency")
     args = ap.parse_args()

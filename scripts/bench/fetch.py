@@ -10,9 +10,11 @@ its CID, the DAG's sizes checked, and the file's sha256 (computed while the bloc
 with the registry hash. Prints one JSON object; ratio = fetch MB/s / sha256 MB/s.
 
 The "_to_disk" modes write the blocks straight into files as the node's disk tier does (no fsync).
-Two more baselines from the same run say where the time goes: "copy_to_new_buffer" (bytearray(data):
-one allocation and copy of the file, what any fetch must at least do once) and "car_download_only" (the
-same CAR over the same HTTP connection, read and discarded: no parsing, no hashing)."""
+More baselines from the same run say where the time goes: "copy_to_new_buffer" (bytearray(data): one
+allocation and copy of the file, what any fetch must at least do once), "car_download_only" (the same CAR
+over the same HTTP connection, read and discarded: no parsing, no hashing), "store_read_only" (every
+block file of the local store read, nothing else) and "verify_only_two_threads" (the two hashes any
+verified fetch must do, with no I/O at all: every block's sha256 on one thread, the file's on another)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -74,6 +77,17 @@ async def _wait_ready(url: str, cid: str) -> None:
     raise TimeoutError(f"gateway at {url} did not come up")
 
 
+def _verify_only(dag_blocks: list[bytes], model: bytes) -> float:
+    """Seconds for the two hashes a verified fetch needs, on two threads, bytes already in memory."""
+    file_hash = threading.Thread(target=lambda: hashlib.sha256(model).digest())
+    t = time.perf_counter()
+    file_hash.start()
+    for block in dag_blocks:
+        hashlib.sha256(block).digest()
+    file_hash.join()
+    return time.perf_counter() - t
+
+
 def _best_rate(nbytes: int, seconds: list[float]) -> float:
     return nbytes / min(seconds) / 1e6
 
@@ -93,8 +107,15 @@ async def _run(mib: int, repeats: int) -> dict[str, object]:
         )
         try:
             await _wait_ready(url, dag.root)
-            sha_times, copy_times, download_times = [], [], []
+            sha_times, copy_times, download_times, read_times, verify_times = [], [], [], [], []
+            store = BlockStore(Path(tmp))
+            block_list = list(dag.blocks.values())
             for _ in range(repeats):
+                t = time.perf_counter()
+                for cid in dag.blocks:
+                    store.path_for(cid).read_bytes()
+                read_times.append(time.perf_counter() - t)
+                verify_times.append(_verify_only(block_list, model))
                 t = time.perf_counter()
                 hashlib.sha256(model).digest()
                 sha_times.append(time.perf_counter() - t)
@@ -139,6 +160,8 @@ async def _run(mib: int, repeats: int) -> dict[str, object]:
     ceilings = {
         "copy_to_new_buffer": round(_best_rate(len(model), copy_times), 1),
         "car_download_only": round(_best_rate(len(model), download_times), 1),
+        "store_read_only": round(_best_rate(len(model), read_times), 1),
+        "verify_only_two_threads": round(_best_rate(len(model), verify_times), 1),
     }
     return {
         "bench": "fetch",
