@@ -121,7 +121,8 @@ class MultiLoraLinear(nn.Module):
             self.lora_at[slot, :, r:old].zero_()
             self.lora_bt[slot, r:old].zero_()
         self.slot_rank[slot] = r
-        self._row_slot = [_STALE if s == slot else s for s in self._row_slot]
+        if slot in self._row_slot:
+            self._row_slot = [_STALE if s == slot else s for s in self._row_slot]
         self.batch.slots_changed()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
