@@ -77,6 +77,7 @@ class EngineSection:
     max_queue: int = 256
     max_tokens_cap: int = 512
     device: str = "auto"  # "auto", "cpu", "cuda"
+    cpu_threads: int = 0  # torch intra-op threads (process-wide); 0 = torch's default
     backend: str = "builtin"  # "builtin" (the swap engine) or "vllm" (optional extra, CUDA)
     tensor_parallel_size: int = 1  # vllm backend only
 
@@ -223,6 +224,8 @@ def _check(c: NodeConfig) -> None:
         raise ConfigError("[admission].safety_factor must be >= 1 (it pads estimates, never shrinks them)")
     if c.engine.max_slots < 1 or c.engine.max_batch < 1:
         raise ConfigError("[engine].max_slots and max_batch must be >= 1")
+    if c.engine.cpu_threads < 0:
+        raise ConfigError("[engine].cpu_threads must be >= 0 (0 leaves torch's default)")
     if c.engine.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"[engine].device: expected auto, cpu or cuda, got {c.engine.device!r}")
     if not 0 < c.api.port < 65536:

@@ -46,6 +46,7 @@ def engine_config(config: NodeConfig) -> EngineConfig:
         max_batch=e.max_batch,
         max_queue=e.max_queue,
         device=device,
+        cpu_threads=e.cpu_threads,
     )
 
 

@@ -24,6 +24,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ("[chain]\nconfirmations = 0\n", "confirmations must be >= 1"),
         ("[chain]\nrpc_urls = ['localhost:8545']\n", "must be an http(s):// JSON-RPC endpoint"),
         ("[api]\nport = 70000\n", "not a TCP port"),
+        ("[engine]\ncpu_threads = -1\n", "cpu_threads must be >= 0"),
         ("[node\n", "not valid TOML"),
     ],
 )

@@ -83,3 +83,16 @@ def test_other_architectures_are_refused_with_a_reason() -> None:
     base.model.config.model_type = "gpt2"
     with pytest.raises(UnsupportedModelError, match="Llama-architecture"):
         ModelRunner(base.model, "cpu", max_rows=1)
+
+
+def test_engine_sets_cpu_threads_when_asked() -> None:
+    from inference.engine import Engine, EngineConfig
+
+    before = torch.get_num_threads()
+    try:
+        Engine(tiny_llama(0), EngineConfig(max_slots=1, max_rank=4, cpu_threads=1))
+        assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match="cpu_threads"):
+            EngineConfig(cpu_threads=-2)
+    finally:
+        torch.set_num_threads(before)

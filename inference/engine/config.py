@@ -19,12 +19,19 @@ class EngineConfig:
     device: str = "cpu"
     dtype: torch.dtype | None = None  # None: keep the base model's dtype
     target_modules: tuple[str, ...] = DEFAULT_TARGETS
+    # torch intra-op threads, set process-wide when the engine is built; 0 leaves torch's setting. On small
+    # CPU machines fewer threads can be faster: the decode loop runs in a worker thread (docs/engine.md).
+    cpu_threads: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_slots", "max_rank", "host_budget_bytes", "max_batch", "max_queue"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"EngineConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.cpu_threads, int) or self.cpu_threads < 0:
+            raise ValueError(
+                f"EngineConfig.cpu_threads must be >= 0 (0: torch's default), got {self.cpu_threads!r}"
+            )
         if not self.target_modules:
             raise ValueError(
                 "EngineConfig.target_modules is empty: name the linear layers adapters may target"

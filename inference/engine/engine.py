@@ -40,6 +40,8 @@ class Engine:
         self.loader = loader
         self.tokenizer = base.tokenizer
         self.device = torch.device(config.device)
+        if config.cpu_threads:
+            torch.set_num_threads(config.cpu_threads)
         model = base.model
         model.to(device=self.device, dtype=config.dtype) if config.dtype else model.to(self.device)
         model.eval()

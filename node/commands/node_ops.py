@@ -74,6 +74,7 @@ max_batch = 8                     # rows decoded together
 max_queue = 256
 max_tokens_cap = 512
 device = "auto"                   # "auto", "cpu" or "cuda"
+cpu_threads = 0                   # torch intra-op threads, process-wide; 0 = torch's default (all cores)
 backend = "builtin"               # or "vllm" (pip install 'openlora-node[vllm]', CUDA)
 
 [api]
