@@ -102,3 +102,22 @@ def test_uniform_batch_and_no_adapter_batch() -> None:
     torch.testing.assert_close(model(x), want)
     _set(batch, [NO_ADAPTER] * 3, [0, 0, 0])
     torch.testing.assert_close(model(x), x @ layer.base.weight.t())
+
+
+@torch.inference_mode()
+def test_row_copies_widen_when_a_wider_adapter_arrives() -> None:
+    model, layer, batch = _layer()
+    batch.resize(2)
+    adapters = {0: _adapter(2, 6), 1: _adapter(4, 7)}
+    for slot, (a, bt) in adapters.items():
+        layer.write_slot(slot, a, bt)
+    _set(batch, [0, NO_ADAPTER], [2, 0])
+    x = torch.randn(2, 1, 8)
+    torch.testing.assert_close(model(x), _reference(x, layer.base.weight, [0, NO_ADAPTER], adapters))
+    assert layer._row_at is not None and layer._row_at.shape[2] == 2
+    _set(batch, [0, 1], [2, 4])  # a rank-4 adapter joins: the copies widen, row 0 is copied again
+    torch.testing.assert_close(model(x), _reference(x, layer.base.weight, [0, 1], adapters))
+    assert layer._row_at.shape[2] == 4
+    _set(batch, [0, 0], [2, 2])  # narrower window again: computed at rank 2 on the wide copies
+    batch.uniform_slot = None  # force the per-row path even though both rows share a slot
+    torch.testing.assert_close(model(x), _reference(x, layer.base.weight, [0, 0], adapters))

@@ -464,7 +464,6 @@ class Engine:
             self._batch_emptied()
 
     def _batch_emptied(self) -> None:
-        self._lora_batch.clear()
         self.runner.cache.shrink()
 
     def _emit(self, jobs: list[Job], logits: torch.Tensor) -> list[int]:

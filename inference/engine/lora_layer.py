@@ -31,7 +31,9 @@ class LoraBatch:
         self.version = 0  # bumped whenever a row's slot changes: layers re-sync their gathered rows
         self.start, self.stop = 0, 0
         self.rank = 0  # widest rank among the window's rows; 0: no adapter in the window, skip LoRA
-        self.width = 0  # widest rank since the batch was last empty: the gathered rows' width
+        # Widest rank ever set: the width of the layers' per-row copies. It only grows (a copy is
+        # reallocated at most once per new width); each pass computes with the window's `rank` only.
+        self.width = 0
         self.uniform_slot: int | None = None  # every row of the window uses this slot (no gather)
         self.resize(max_rows)
 
@@ -52,12 +54,6 @@ class LoraBatch:
 
     def move_row(self, src: int, dst: int) -> None:
         self.set_row(dst, self.row_slots[src], self.row_ranks[src])
-
-    def clear(self) -> None:
-        """No row in use: the gathered width may shrink back."""
-        for row in range(len(self.row_slots)):
-            self.set_row(row, NO_ADAPTER, 0)
-        self.width = 0
 
     def set_window(self, start: int, stop: int) -> None:
         self.start, self.stop = start, stop
@@ -140,17 +136,18 @@ class MultiLoraLinear(nn.Module):
             return y
         assert x.dim() == 3 and x.shape[0] == b.stop - b.start, "LoraBatch window does not match input"
         at, bt = self._gathered_rows()
-        h = torch.bmm(x, at[b.start : b.stop])
+        at, bt = at[b.start : b.stop, :, :r], bt[b.start : b.stop, :r]  # views: the window, its rank
+        h = torch.bmm(x, at)
         if not y.is_contiguous():
-            return torch.baddbmm(y, h, bt[b.start : b.stop])
-        return y.baddbmm_(h, bt[b.start : b.stop])  # in place: y is ours, no second output buffer
+            return torch.baddbmm(y, h, bt)
+        return y.baddbmm_(h, bt)  # in place: y is ours, no second output buffer
 
     def _gathered_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every persistent row's A^T / Bt, copied from the pool only for rows whose slot changed since
         the last pass: a decode step between two joins or leaves copies nothing."""
         b = self.batch
         rows, width = len(b.row_slots), b.width
-        if self._row_at is None or self._row_at.shape[0] != rows or self._row_at.shape[2] != width:
+        if self._row_at is None or self._row_at.shape[0] != rows or self._row_at.shape[2] < width:
             self._row_at = self.lora_at.new_zeros(rows, self.in_features, width)
             self._row_bt = self.lora_bt.new_zeros(rows, width, self.out_features)
             self._row_slot = [_STALE] * rows
