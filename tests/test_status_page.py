@@ -130,7 +130,10 @@ async def test_status_page_updates_live_while_jobs_run(tmp_path: Path, tiny: Loa
                 await wait_until_async(page_shows_paid_jobs, 10, "the job list to show the paid jobs")
                 slots = await browser.evaluate(SLOTS_JS)
                 assert any(pkg.cid in text and f"#{adapter_id}" in text for text in slots), slots
-                assert await browser.evaluate(UPDATES_JS) > updates  # still polling: live, not one render
+                # still polling (live, not one render): another update lands (bounded wait: loaded machines)
+                await wait_until_async(
+                    lambda: _more_updates(browser, updates), 20, "the page to keep polling after the jobs"
+                )
                 tx_cells = await browser.evaluate(
                     "[...document.querySelectorAll('#jobs tbody tr')].map(r => r.cells[5].textContent)"
                 )
@@ -152,6 +155,10 @@ async def test_status_page_updates_live_while_jobs_run(tmp_path: Path, tiny: Loa
             async with ClientSession() as http, http.post(f"{url}/v1/completions", json={}) as r:
                 assert r.status == 404  # completions are off by default
                 assert "[api].completions = true" in (await r.json())["error"]["message"]
+
+
+async def _more_updates(browser: Browser, seen: int) -> bool:
+    return await browser.evaluate(UPDATES_JS) > seen
 
 
 async def wait_until_async(predicate, timeout: float, what: str) -> None:
