@@ -1,5 +1,5 @@
 """MultiLoraLinear's arithmetic against a plain per-row reference: mixed rows, "no adapter" rows, the
-uniform fast path, and the per-composition gather cache being refreshed when rows or slots change."""
+uniform fast path, and the per-row weight copies being refreshed when rows, windows or slots change."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ from torch import nn
 from inference.engine.lora_layer import NO_ADAPTER, LoraBatch, wrap_model
 
 
-def _layer(slots: int = 3, max_rank: int = 4):
+def _layer(rows: int, adapters: dict[int, tuple[torch.Tensor, torch.Tensor]]):
+    """A wrapped q_proj with room for `rows` batch rows and `adapters` ({slot: (A, Bt)}) in its pool."""
     torch.manual_seed(0)
     model = nn.Sequential()
     model.add_module("q_proj", nn.Linear(8, 6, bias=False))
     batch = LoraBatch()
-    (layer,) = wrap_model(model, ("q_proj",), slots, max_rank, batch).values()
+    (layer,) = wrap_model(model, ("q_proj",), 3, 4, batch).values()  # 3 slots, r_max 4
+    batch.resize(rows)
+    for slot, (a, bt) in adapters.items():
+        layer.write_slot(slot, a, bt)
     return model, layer, batch
 
 
@@ -42,11 +46,8 @@ def _set(batch: LoraBatch, rows: list[int], ranks: list[int]) -> None:
 
 @torch.inference_mode()
 def test_mixed_rows_follow_row_and_slot_changes() -> None:
-    model, layer, batch = _layer()
-    batch.resize(4)
     adapters = {0: _adapter(2, 1), 1: _adapter(4, 2)}
-    for slot, (a, bt) in adapters.items():
-        layer.write_slot(slot, a, bt)
+    model, layer, batch = _layer(4, adapters)
     x = torch.randn(4, 1, 8)
     rows = [0, 1, NO_ADAPTER, 1]
     _set(batch, rows, [2, 4, 0, 4])
@@ -69,11 +70,8 @@ def test_mixed_rows_follow_row_and_slot_changes() -> None:
 
 @torch.inference_mode()
 def test_window_and_moved_rows() -> None:
-    model, layer, batch = _layer()
-    batch.resize(4)
     adapters = {0: _adapter(2, 1), 1: _adapter(4, 2), 2: _adapter(3, 4)}
-    for slot, (a, bt) in adapters.items():
-        layer.write_slot(slot, a, bt)
+    model, layer, batch = _layer(4, adapters)
     _set(batch, [0, 1, 2, NO_ADAPTER], [2, 4, 3, 0])
     model(torch.randn(4, 1, 8))  # gathers every row
     batch.set_window(2, 4)  # a prefill of rows 2 and 3 only
@@ -91,10 +89,8 @@ def test_window_and_moved_rows() -> None:
 
 @torch.inference_mode()
 def test_uniform_batch_and_no_adapter_batch() -> None:
-    model, layer, batch = _layer()
-    batch.resize(3)
     adapters = {2: _adapter(4, 5)}
-    layer.write_slot(2, *adapters[2])
+    model, layer, batch = _layer(3, adapters)
     x = torch.randn(3, 2, 8)
     _set(batch, [2, 2, 2], [4, 4, 4])
     assert batch.uniform_slot == 2
@@ -106,11 +102,8 @@ def test_uniform_batch_and_no_adapter_batch() -> None:
 
 @torch.inference_mode()
 def test_row_copies_widen_when_a_wider_adapter_arrives() -> None:
-    model, layer, batch = _layer()
-    batch.resize(2)
     adapters = {0: _adapter(2, 6), 1: _adapter(4, 7)}
-    for slot, (a, bt) in adapters.items():
-        layer.write_slot(slot, a, bt)
+    model, layer, batch = _layer(2, adapters)
     _set(batch, [0, NO_ADAPTER], [2, 0])
     x = torch.randn(2, 1, 8)
     torch.testing.assert_close(model(x), _reference(x, layer.base.weight, [0, NO_ADAPTER], adapters))

@@ -57,7 +57,6 @@ class Engine:
         self.slots = SlotPool(config.max_slots)
         self.scheduler = Scheduler(config.max_queue, bypass_limit=config.max_batch)
         self._eos = self._eos_ids()
-        self._max_positions = int(getattr(model.config, "max_position_embeddings", 1 << 30))
 
         self._cv = threading.Condition()  # guards the scheduler, _forget and _stopping
         self._model_lock = threading.Lock()  # one forward pass at a time
@@ -331,10 +330,10 @@ class Engine:
         ids = encode_prompt(self.tokenizer, request.prompt, chat=request.chat)
         if not ids:
             raise ValueError("the prompt encodes to zero tokens: send a non-empty prompt or use chat=True")
-        if len(ids) + request.max_tokens > self._max_positions:
+        if len(ids) + request.max_tokens > self.runner.max_positions:
             raise ValueError(
                 f"prompt of {len(ids)} tokens + max_tokens {request.max_tokens} exceeds the model's "
-                f"{self._max_positions} positions: shorten the prompt or lower max_tokens"
+                f"{self.runner.max_positions} positions: shorten the prompt or lower max_tokens"
             )
         sampler = RowSampler(request.temperature, request.top_p, request.seed)
         return Job(next(self._ids), request, key, adapter, ids, sampler, on_done)
@@ -435,7 +434,6 @@ class Engine:
         start = len(self._active)
         for job in new:
             job.admitted = now
-            job.cached = len(job.prompt_ids)
         self._set_rows(start, new)
         self._active += new  # before the forward pass: if it fails, these requests fail with the batch
         logits = self.runner.prefill(start, [j.prompt_ids for j in new])
@@ -445,9 +443,7 @@ class Engine:
 
     def _decode(self) -> None:
         tokens = torch.tensor([j.output[-1] for j in self._active], dtype=torch.long)
-        logits = self.runner.decode(tokens, [j.cached for j in self._active])
-        for job in self._active:
-            job.cached += 1
+        logits = self.runner.decode(tokens, [j.kv_len for j in self._active])
         self._record("decode", self._active)
         keep = set(self._emit(self._active, logits))
         self._drop_rows([i for i in range(len(self._active)) if i not in keep])
@@ -457,7 +453,7 @@ class Engine:
         for row in sorted(rows, reverse=True):
             last = len(self._active) - 1
             if row != last:
-                self.runner.move_row(last, row, self._active[last].cached)
+                self.runner.move_row(last, row, self._active[last].kv_len)
                 self._active[row] = self._active[last]
             self._active.pop()
         if rows and not self._active:

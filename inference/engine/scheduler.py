@@ -38,11 +38,16 @@ class Job:
     admitted: float = 0.0
     swap_s: float = 0.0
     slot: int = NO_ADAPTER
-    cached: int = 0  # tokens of this request in the KV cache (the next position)
     output: list[int] = field(default_factory=list)
     text: str = ""  # set when a stop string cut the output
     cut_at_stop: bool = False
     checked_chars: int = 0
+
+    @property
+    def kv_len(self) -> int:
+        """Tokens of this running request in the KV cache, i.e. the position of the next one: the prompt
+        and every output token but the newest, which the next decode step feeds."""
+        return len(self.prompt_ids) + len(self.output) - 1
 
     @property
     def rank(self) -> int:

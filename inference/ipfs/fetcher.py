@@ -456,17 +456,27 @@ def _root(cid: str) -> ParsedCid:
         raise FetchError(str(exc), reason="bad-cid") from exc
 
 
+@contextlib.asynccontextmanager
+async def _fetching(
+    root: ParsedCid, sources: Sequence[BlockSource], max_bytes: int, options: FetchOptions | None
+) -> AsyncIterator[_Fetch]:
+    """One fetch of the DAG under `root`: a CAR streamed alongside if a source offers one, and every
+    download left over cancelled at the end."""
+    fetch = _Fetch(sources, max_bytes, options or FetchOptions())
+    try:
+        async with fetch.streaming_car(root):
+            yield fetch
+    finally:
+        await fetch.close()
+
+
 async def fetch_file(
     cid: str, sources: Sequence[BlockSource], *, max_bytes: int, options: FetchOptions | None = None
 ) -> bytes | bytearray:
     """The bytes of the UnixFS file at `cid`, every block verified; at most max_bytes downloaded."""
     root = _root(cid)
-    fetch = _Fetch(sources, max_bytes, options or FetchOptions())
-    try:
-        async with fetch.streaming_car(root):
-            return (await fetch.file(root, cap=MAX_BLOCK_SIZE)).data
-    finally:
-        await fetch.close()
+    async with _fetching(root, sources, max_bytes, options) as fetch:
+        return (await fetch.file(root, cap=MAX_BLOCK_SIZE)).data
 
 
 async def fetch_adapter(
@@ -484,12 +494,8 @@ async def fetch_adapter(
     existing folder) the files are written there block by block instead of held in memory; the caller
     decides what happens to them once the sha256 is known (the store renames them into its cache)."""
     root = _root(root_cid)
-    fetch = _Fetch(sources, max_bytes, options or FetchOptions())
-    try:
-        async with fetch.streaming_car(root):
-            return await _fetch_dir(fetch, root, max_bytes, expected, into)
-    finally:
-        await fetch.close()
+    async with _fetching(root, sources, max_bytes, options) as fetch:
+        return await _fetch_dir(fetch, root, max_bytes, expected, into)
 
 
 async def _fetch_dir(

@@ -104,7 +104,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             fetched = _fetch_verified(args.target, args.gateway, args.max_mb, progress)
         files = {name: bytes(f.data) for name, f in fetched.items()}
         cid, digest = args.target, fetched["adapter_model.safetensors"].sha256
-        size = sum(len(b) for b in files.values())
+        size = sum(f.size for f in fetched.values())
     else:
         raise CommandError(f"{args.target} is neither an adapter folder nor a CID")
     header = parse_safetensors_header(files["adapter_model.safetensors"], limits=ValidationLimits())
@@ -142,7 +142,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     digest = fetched["adapter_model.safetensors"].sha256
     console.print(
         f"[green]✔[/] every block of {args.cid} matches its CID "
-        f"({sum(len(f.data) for f in fetched.values())} bytes of files)"
+        f"({sum(f.size for f in fetched.values())} bytes of files)"
     )
     if expected is not None:
         if digest != expected:

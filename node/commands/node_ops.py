@@ -94,9 +94,8 @@ bootstrap = []
 def _new_password(args: argparse.Namespace) -> tuple[str, str]:
     """(password, the config line that tells the daemon where to find it)."""
     if args.password_file:
-        return read_password(
-            args.password_file
-        ), f"password_file = {json.dumps(str(Path(args.password_file).resolve()))}"
+        password = read_password(args.password_file)
+        return password, f"password_file = {json.dumps(str(Path(args.password_file).resolve()))}"
     line = '# password: env OPENLORA_KEYSTORE_PASSWORD (or set password_file = "...", mode 0600)'
     env = os.environ.get("OPENLORA_KEYSTORE_PASSWORD")
     if env:

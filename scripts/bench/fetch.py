@@ -136,8 +136,8 @@ async def _run(mib: int, repeats: int) -> dict[str, object]:
                 ("car_to_disk", lambda: GatewaySource(url, mode="car"), True),
                 ("raw_blocks", lambda: GatewaySource(url), False),
                 ("kubo_rpc_blocks", lambda: KuboRpcSource(url), False),
-                ("local_store_no_http", lambda: _Closing(LocalStoreSource(BlockStore(Path(tmp)))), False),
-                ("local_store_to_disk", lambda: _Closing(LocalStoreSource(BlockStore(Path(tmp)))), True),
+                ("local_store_no_http", lambda: _Closing(LocalStoreSource(store)), False),
+                ("local_store_to_disk", lambda: _Closing(LocalStoreSource(store)), True),
             ):
                 times = []
                 for _ in range(repeats):
