@@ -4,13 +4,19 @@ sending, receipt tracking, fee bumping of stuck transactions and re-broadcast af
 Every logical transaction has an idempotency key ("claim:42"). `send` with a key that already
 exists returns the existing record instead of sending again, so a restarted node never pays gas
 twice for the same claim or result. The record (nonce + signed bytes) is persisted before it is
-broadcast, so a crash between the two is recovered by re-broadcasting the same bytes."""
+broadcast, so a crash between the two is recovered by re-broadcasting the same bytes.
+
+The nonce sequence is never wedged: a nonce is taken only together with a persisted record (a failure
+before that gives it back); every broadcast error is classified (chain/tx_errors.py) and handled; a tx
+that cannot be bumped any more (fee cap, last bump) keeps being re-broadcast; a tx that can no longer
+help is replaced by a zero-value self-transfer at its nonce (`cancel`), and so is a gap (`fill_gaps`)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from eth_account.signers.local import LocalAccount
@@ -18,9 +24,12 @@ from web3 import AsyncWeb3
 from web3.exceptions import ContractCustomError, ContractLogicError, TransactionNotFound
 
 from chain.errors import describe_revert
+from chain.tx_errors import BroadcastError, classify_broadcast_error
+from chain.tx_fees import FeePolicy, bumped_fees, gwei, market_fees, replacement_fees
 from chain.tx_store import TxRecord, TxState, TxStore
 
 log = logging.getLogger("openlora.tx")
+__all__ = ["FeePolicy", "SimulationError", "TxFailedError", "TxHealth", "TxManager"]
 
 
 class SimulationError(RuntimeError):
@@ -39,17 +48,12 @@ class TxFailedError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class FeePolicy:
-    max_fee_gwei: float = 200.0  # hard cap on maxFeePerGas
-    max_priority_fee_gwei: float = 5.0
-    bump_after_s: float = 30.0  # no receipt after this long: replace with higher fees, same nonce
-    bump_percent: int = 15  # geth needs at least +10% on both fee fields
-    max_bumps: int = 8
-    gas_multiplier: float = 1.25
-
-
-def _gwei(x: float) -> int:
-    return int(x * 10**9)
+class TxHealth:
+    pending: int
+    oldest_pending_s: float  # 0 when nothing is pending
+    at_cap: int  # pending txs that cannot be bumped further (fee cap or last bump)
+    stuck: tuple[str, ...]  # keys of txs pending longer than stuck_after_s or failing to broadcast
+    funds_low: str | None  # set while the key cannot pay for gas (the last broadcast said so)
 
 
 class TxManager:
@@ -74,6 +78,10 @@ class TxManager:
         # record working on stale copies would bump it twice or miss the hash that was mined
         self._poll_lock = asyncio.Lock()
         self._next_nonce: int | None = None
+        self.funds_low: str | None = None
+        self.bumps_total = 0
+        self.cancels_total = 0
+        self.broadcast_errors: Counter[str] = Counter()
 
     @property
     def address(self) -> str:
@@ -87,10 +95,13 @@ class TxManager:
     async def resync_nonce(self) -> int:
         """Next nonce = max(chain's pending count, highest nonce we persisted + 1)."""
         async with self._nonce_lock:
-            chain_next = await self.w3.eth.get_transaction_count(self.address, "pending")
-            stored = self.store.max_nonce(self.address)
-            self._next_nonce = max(chain_next, (stored + 1) if stored is not None else 0)
-            return self._next_nonce
+            return await self._resync_locked()
+
+    async def _resync_locked(self) -> int:
+        chain_next = await self.w3.eth.get_transaction_count(self.address, "pending")
+        stored = self.store.max_nonce(self.address)
+        self._next_nonce = max(chain_next, (stored + 1) if stored is not None else 0)
+        return self._next_nonce
 
     async def simulate(self, key: str, to: str, data: str, value: int = 0) -> int:
         """eth_call + estimateGas: returns the gas limit to use, or raises SimulationError."""
@@ -110,29 +121,30 @@ class TxManager:
         """(maxFeePerGas, maxPriorityFeePerGas): 2 x base fee + tip covers several full blocks of base-fee
         rises; both capped by the policy."""
         block = await self.w3.eth.get_block(block_id)
-        base = int(block.get("baseFeePerGas", 0))
         try:
             suggested = int(await self.w3.eth.max_priority_fee)
         except Exception:
-            suggested = _gwei(1)
-        priority = min(suggested, _gwei(self.fees.max_priority_fee_gwei))
-        max_fee = min(2 * base + priority, _gwei(self.fees.max_fee_gwei))
-        return max(max_fee, priority), priority
+            suggested = gwei(1)
+        return market_fees(int(block.get("baseFeePerGas", 0)), suggested, self.fees)
 
     async def send(self, key: str, to: str, data: str, value: int = 0) -> TxRecord:
-        """Send once per key. Simulates first (SimulationError: nothing sent). Returns the record."""
+        """Send once per key. Simulates first (SimulationError: nothing sent). Returns the record. A key
+        whose last tx failed or was cancelled (its nonce used by something else) is sent anew."""
         existing = self.store.get(key)
-        if existing is not None and existing.state != TxState.FAILED:
+        if existing is not None and existing.state not in (TxState.FAILED, TxState.CANCELLED):
             return existing
         gas = await self.simulate(key, to, data, value)
         max_fee, priority = await self._fees()
+        record = await self._persist_new(key, to, data, value, gas, max_fee, priority)
+        await self._broadcast(record)
+        return record
+
+    async def _persist_new(
+        self, key: str, to: str, data: str, value: int, gas: int, max_fee: int, priority: int
+    ) -> TxRecord:
+        """Take the next nonce and persist the signed record under it, or give the nonce back."""
         async with self._nonce_lock:
-            if self._next_nonce is None:
-                chain_next = await self.w3.eth.get_transaction_count(self.address, "pending")
-                stored = self.store.max_nonce(self.address)
-                self._next_nonce = max(chain_next, (stored + 1) if stored is not None else 0)
-            nonce = self._next_nonce
-            self._next_nonce += 1
+            nonce = self._next_nonce if self._next_nonce is not None else await self._resync_locked()
             record = TxRecord(
                 key=key,
                 sender=self.address,
@@ -144,10 +156,14 @@ class TxManager:
                 max_fee=max_fee,
                 priority_fee=priority,
             )
-            await self._sign(record)
-            self.store.put(record)  # persisted before broadcast: a crash here is recovered by re-broadcast
-        await self._broadcast(record)
-        return record
+            self._next_nonce = nonce + 1
+            try:
+                await self._sign(record)
+                self.store.put(record)  # persisted before broadcast: a crash is recovered by re-broadcast
+            except BaseException:
+                self._next_nonce = nonce  # nothing persisted, nothing broadcast: the nonce is still free
+                raise
+            return record
 
     async def _sign(self, record: TxRecord) -> None:
         tx = {
@@ -167,24 +183,104 @@ class TxManager:
         if tx_hash not in record.hashes:
             record.hashes.append(tx_hash)
 
-    async def _broadcast(self, record: TxRecord) -> None:
+    async def _broadcast(self, record: TxRecord) -> BroadcastError | None:
+        """Send the record's latest bytes; classify and handle a refusal. Returns the error class (None: the
+        node has the tx)."""
+        kind: BroadcastError | None = None
         try:
             await self.w3.eth.send_raw_transaction(record.raw)
-        except Exception as e:  # "already known" / "nonce too low" are decided by the receipt check
-            msg = str(e).lower()
-            if "already known" not in msg and "nonce too low" not in msg:
-                log.warning("broadcast of %s (nonce %d) failed: %s", record.key, record.nonce, e)
-        record.state = TxState.SENT if record.state in (TxState.SIGNED, TxState.SENT) else record.state
-        record.sent_at = time.time()
+        except Exception as e:
+            kind = classify_broadcast_error(e)
+            if kind == BroadcastError.ALREADY_KNOWN:
+                kind = None
+            else:
+                self.broadcast_errors[kind.value] += 1
+                if record.broadcast_error != kind.value:  # one line per change, not one per retry
+                    level = logging.INFO if kind == BroadcastError.NONCE_TOO_LOW else logging.WARNING
+                    log.log(level, "broadcast of %s (nonce %d): %s: %s", record.key, record.nonce, kind, e)
+        now = time.time()
+        if kind == BroadcastError.INSUFFICIENT_FUNDS:
+            self.funds_low = (
+                f"{self.address} cannot pay for gas (broadcast of {record.key} refused): send ETH to it"
+            )
+        elif kind is None:
+            self.funds_low = None
+        record.broadcast_error = kind.value if kind else None
+        if record.state == TxState.SIGNED:
+            record.state = TxState.SENT
+        record.sent_at = now
+        record.first_sent_at = record.first_sent_at or now
         self.store.put(record)
+        if kind == BroadcastError.FATAL and record.cancel_from is None:
+            await self._replace_with_self_transfer(record, f"the RPC will never accept it ({kind})")
+        elif kind == BroadcastError.NONCE_TOO_HIGH:
+            await self.fill_gaps()
+        return kind
 
     async def recover(self) -> None:
-        """After a restart: resync the nonce and re-broadcast whatever was signed but not confirmed."""
+        """After a restart: resync the nonce, fill gaps below it, re-broadcast what was signed but not
+        confirmed."""
         await self.resync_nonce()
+        await self.fill_gaps()
         for record in self.store.active(self.address):
             if record.state in (TxState.SIGNED, TxState.SENT):
                 log.info("re-broadcasting %s (nonce %d) after restart", record.key, record.nonce)
                 await self._broadcast(record)
+
+    async def fill_gaps(self) -> list[TxRecord]:
+        """A nonce below our next one that no pending tx of ours or in the pool holds would queue every later
+        tx behind it forever: fill each with a zero-value self-transfer."""
+        pending_count = await self.w3.eth.get_transaction_count(self.address, "pending")
+        next_nonce = self._next_nonce if self._next_nonce is not None else await self.resync_nonce()
+        held = {r.nonce for r in self.store.active(self.address)}
+        filled = []
+        for nonce in range(pending_count, next_nonce):
+            if nonce in held:
+                continue
+            log.warning("nonce %d is a gap (no tx holds it): filling it with a self-transfer", nonce)
+            max_fee, priority = await self._fees("pending")
+            record = TxRecord(
+                key=f"fill:{nonce}",
+                sender=self.address,
+                to=self.address,
+                data="0x",
+                value=0,
+                nonce=nonce,
+                gas=21_000,
+                max_fee=max_fee,
+                priority_fee=priority,
+                cancel_from=0,
+            )
+            await self._sign(record)
+            self.store.put(record)
+            filled.append(record)
+        for record in filled:
+            await self._broadcast(record)
+        return filled
+
+    async def cancel(self, key: str, reason: str) -> TxRecord | None:
+        """The tx behind `key` can no longer help (e.g. a claim for a job a rival took): if it is still
+        pending, replace it with a zero-value self-transfer at the same nonce, so it neither reverts (gas
+        for nothing) nor holds the nonce. Returns the record (None: unknown key)."""
+        async with self._poll_lock:
+            record = self.store.get(key)
+            if record is None or record.terminal or record.state == TxState.MINED:
+                return record
+            if record.cancel_from is None:
+                await self._replace_with_self_transfer(record, reason)
+            return record
+
+    async def _replace_with_self_transfer(self, record: TxRecord, reason: str) -> None:
+        max_fee, priority = replacement_fees(record, await self._fees("pending"), self.fees)
+        record.to, record.data, record.value, record.gas = self.address, "0x", 0, 21_000
+        record.max_fee, record.priority_fee = max_fee, priority
+        record.cancel_from = len(record.hashes)
+        record.error = f"cancelled: {reason}"
+        self.cancels_total += 1
+        await self._sign(record)
+        log.warning("%s (nonce %d) replaced by a self-transfer: %s", record.key, record.nonce, reason)
+        self.store.put(record)
+        await self._broadcast(record)
 
     async def reconcile_reorg(self, from_block: int) -> list[TxRecord]:
         """Blocks >= from_block were replaced: every tx of ours mined there whose receipt is gone (or moved
@@ -226,7 +322,7 @@ class TxManager:
         call CONFIRMED, and if the event watcher never processed those blocks it has nothing to compare
         against. This re-check closes that gap until the tx is past finality."""
         head = await self.w3.eth.block_number
-        settled = (TxState.CONFIRMED, TxState.REVERTED)
+        settled = (TxState.CONFIRMED, TxState.REVERTED, TxState.CANCELLED)
         by_block: dict[int, set[str]] = {}
         for record in self.store.mined_since(self.address, max(0, head - finality_blocks + 1)):
             if record.state in settled and record.mined_block is not None and record.mined_block_hash:
@@ -250,6 +346,21 @@ class TxManager:
                     self.store.put(record)
                     changed.append(record)
         return changed
+
+    def health(self, now: float | None = None) -> TxHealth:
+        """What readiness and admission ask: is anything of ours pending too long or unable to move?"""
+        now = time.time() if now is None else now
+        pending = [r for r in self.store.active(self.address) if r.state in (TxState.SIGNED, TxState.SENT)]
+        ages = [now - (r.first_sent_at or r.sent_at or now) for r in pending]
+        at_cap = [r for r in pending if r.error == "stuck at the fee cap" or r.bumps >= self.fees.max_bumps]
+        stuck = tuple(
+            r.key
+            for r, age in zip(pending, ages, strict=True)
+            if age >= self.fees.stuck_after_s
+            or r in at_cap
+            or r.broadcast_error in (BroadcastError.UNDERPRICED, BroadcastError.INSUFFICIENT_FUNDS)
+        )
+        return TxHealth(len(pending), max(ages, default=0.0), len(at_cap), stuck, self.funds_low)
 
     async def _receipt(self, record: TxRecord) -> dict | None:
         for h in reversed(record.hashes):
@@ -276,61 +387,80 @@ class TxManager:
                     record.state, record.error = TxState.FAILED, "nonce consumed by another transaction"
                     await self.resync_nonce()
                     return
-            elif time.time() - record.sent_at >= self.fees.bump_after_s:
-                await self._bump(record)
-                return
             else:
+                await self._nudge(record)
                 return
         record.mined_block = receipt["blockNumber"]
         record.mined_block_hash = receipt["blockHash"].to_0x_hex()
         record.mined_hash = receipt["transactionHash"].to_0x_hex()
         record.gas_used = receipt["gasUsed"]
         record.effective_gas_price = receipt.get("effectiveGasPrice")
+        cancelled = record.cancel_from is not None and record.hashes.index(record.mined_hash) >= (
+            record.cancel_from
+        )
         if receipt["status"] != 1:
             record.state, record.error = TxState.REVERTED, "reverted on chain"
             return
         if head - record.mined_block + 1 >= self.confirmations:
             block = await self.w3.eth.get_block(record.mined_block)
             if block["hash"].to_0x_hex() == record.mined_block_hash:
-                record.state = TxState.CONFIRMED
+                record.state = TxState.CANCELLED if cancelled else TxState.CONFIRMED
                 return
         record.state = TxState.MINED
 
-    async def _bump(self, record: TxRecord) -> None:
-        if record.bumps >= self.fees.max_bumps:
+    async def _nudge(self, record: TxRecord) -> None:
+        """A pending tx without a receipt: bump it when it has waited long enough (or was refused as
+        underpriced), else re-broadcast the same bytes (dropped from a pool, refused for a transient reason,
+        or past its last bump): nothing ever just sits."""
+        waited = time.time() - record.sent_at
+        error = record.broadcast_error
+        underpriced = error in (BroadcastError.UNDERPRICED, BroadcastError.REPLACEMENT_UNDERPRICED)
+        if error is not None and waited < self.fees.retry_s:
             return
-        factor = 100 + self.fees.bump_percent
-        cap = _gwei(self.fees.max_fee_gwei)
+        if error is None and waited < self.fees.bump_after_s:
+            return
+        if (error is None or underpriced) and await self._bump(record):
+            return
+        await self._broadcast(record)
+
+    async def _bump(self, record: TxRecord) -> bool:
+        """Replace with higher fees at the same nonce; False when it cannot go higher (cap, last bump)."""
+        if record.bumps >= self.fees.max_bumps:
+            return False
         # priced against the pending block: the replacement must beat the base fee of the block it lands in
-        current_max, current_priority = await self._fees("pending")
-        new_priority = max(record.priority_fee * factor // 100 + 1, current_priority)
-        # at least +bump_percent on both fields (replacement rule), and at least what the market asks now
-        new_max = min(max(record.max_fee * factor // 100 + 1, current_max, new_priority), cap)
+        new_max, new_priority = bumped_fees(record, await self._fees("pending"), self.fees)
         if new_max <= record.max_fee:
-            if not record.error:
+            if record.error != "stuck at the fee cap":
                 log.warning(
-                    "%s stuck at the fee cap (%d wei): raise [chain].max_fee_gwei", record.key, record.max_fee
+                    "%s stuck at the fee cap (%d wei): re-broadcasting it until fees fall; raise "
+                    "[chain].max_fee_gwei to get it mined sooner",
+                    record.key,
+                    record.max_fee,
                 )
                 record.error = "stuck at the fee cap"
                 self.store.put(record)
-            return
-        record.priority_fee = min(new_priority, new_max)
+            return False
+        record.priority_fee = new_priority
         record.max_fee = new_max
         record.bumps += 1
+        self.bumps_total += 1
+        if record.error == "stuck at the fee cap":
+            record.error = None
         await self._sign(record)
         log.info(
             "%s: no receipt after %.0fs, bumped fees to max %d / tip %d wei (same nonce %d)",
             record.key,
-            self.fees.bump_after_s,
+            time.time() - record.sent_at,
             record.max_fee,
             record.priority_fee,
             record.nonce,
         )
         self.store.put(record)
         await self._broadcast(record)
+        return True
 
     async def wait(self, key: str, *, timeout: float = 120.0, poll_s: float = 0.5) -> TxRecord:
-        """Poll until the keyed tx is confirmed (returned) or reverted/failed (TxFailedError)."""
+        """Poll until the keyed tx is confirmed (returned) or reverted/failed/cancelled (TxFailedError)."""
         deadline = time.monotonic() + timeout
         while True:
             await self.poll()
@@ -339,7 +469,7 @@ class TxManager:
                 raise KeyError(key)
             if record.state == TxState.CONFIRMED:
                 return record
-            if record.state in (TxState.REVERTED, TxState.FAILED):
+            if record.state in (TxState.REVERTED, TxState.FAILED, TxState.CANCELLED):
                 raise TxFailedError(record)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{key}: not confirmed within {timeout}s (state {record.state.value})")

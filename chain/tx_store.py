@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import StrEnum
 from typing import Protocol
 
@@ -16,9 +16,10 @@ class TxState(StrEnum):
     CONFIRMED = "confirmed"  # status 1 and `confirmations` blocks deep
     REVERTED = "reverted"  # mined with status 0
     FAILED = "failed"  # never mined: nonce used by another tx, or given up
+    CANCELLED = "cancelled"  # replaced by a zero-value self-transfer at its nonce, which was mined
 
 
-TERMINAL = {TxState.CONFIRMED, TxState.REVERTED, TxState.FAILED}
+TERMINAL = {TxState.CONFIRMED, TxState.REVERTED, TxState.FAILED, TxState.CANCELLED}
 
 
 @dataclass
@@ -43,6 +44,10 @@ class TxRecord:
     effective_gas_price: int | None = None
     error: str | None = None
     bumps: int = 0
+    # hashes[cancel_from:] are zero-value self-transfers replacing the tx at its nonce (None: not cancelled)
+    cancel_from: int | None = None
+    broadcast_error: str | None = None  # class of the last failed broadcast (chain/tx_errors.py), None if ok
+    first_sent_at: float = 0.0  # first broadcast; with sent_at (the latest) it tells how long it is pending
 
     @property
     def terminal(self) -> bool:
@@ -95,7 +100,7 @@ class SqliteTxStore:
 
     def active(self, sender: str) -> list[TxRecord]:
         rows = self.conn.execute(
-            "SELECT body FROM txs WHERE sender = ? AND state NOT IN (?, ?, ?) ORDER BY nonce",
+            "SELECT body FROM txs WHERE sender = ? AND state NOT IN (?, ?, ?, ?) ORDER BY nonce",
             (sender, *[s.value for s in TERMINAL]),
         ).fetchall()
         return [_decode(r[0]) for r in rows]
@@ -109,9 +114,16 @@ class SqliteTxStore:
     def mined_since(self, sender: str, block: int) -> list[TxRecord]:
         """Records with a receipt in a block >= `block` (candidates for a reorg to have dropped), by nonce."""
         rows = self.conn.execute(
-            "SELECT body FROM txs WHERE sender = ? AND mined_block >= ? AND state IN (?, ?, ?)"
+            "SELECT body FROM txs WHERE sender = ? AND mined_block >= ? AND state IN (?, ?, ?, ?)"
             " ORDER BY nonce",
-            (sender, block, TxState.MINED.value, TxState.CONFIRMED.value, TxState.REVERTED.value),
+            (
+                sender,
+                block,
+                TxState.MINED.value,
+                TxState.CONFIRMED.value,
+                TxState.REVERTED.value,
+                TxState.CANCELLED.value,
+            ),
         ).fetchall()
         return [_decode(b[0]) for b in rows]
 
@@ -126,7 +138,10 @@ class SqliteTxStore:
         return count, spent
 
 
+_FIELDS = {f.name for f in fields(TxRecord)}
+
+
 def _decode(body: str) -> TxRecord:
-    data = json.loads(body)
+    data = json.loads(body)  # our own rows, written by `put`
     data["state"] = TxState(data["state"])
-    return TxRecord(**data)
+    return TxRecord(**{k: v for k, v in data.items() if k in _FIELDS})
