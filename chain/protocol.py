@@ -40,6 +40,18 @@ def adapter_info(adapter_id: int, a: tuple) -> AdapterInfo:
     return AdapterInfo(adapter_id, a[0], bytes(a[1]), bytes(a[2]), a[3], a[4], a[5], a[6], a[7])
 
 
+@dataclass(frozen=True)
+class JobTerms:
+    """What the market will pay out for a job, as it stands on chain (getJob)."""
+
+    price: int
+    adapter_fee: int  # snapshotted at submission: a later setFee does not change it
+    protocol_fee_bps: int
+    deadline: int
+    status: JobStatus
+    node: str
+
+
 class Protocol:
     def __init__(self, w3: AsyncWeb3, deployment: Deployment) -> None:
         self.w3 = w3
@@ -62,6 +74,17 @@ class Protocol:
     async def job_status(self, job_id: int) -> JobStatus:
         job = await self.market.functions.getJob(job_id).call()
         return JobStatus(_field(job, "status"))
+
+    async def job_terms(self, job_id: int) -> JobTerms:
+        job = await self.market.functions.getJob(job_id).call()
+        return JobTerms(
+            price=_field(job, "price"),
+            adapter_fee=_field(job, "adapterFee"),
+            protocol_fee_bps=_field(job, "protocolFeeBps"),
+            deadline=_field(job, "deadline"),
+            status=JobStatus(_field(job, "status")),
+            node=_field(job, "node"),
+        )
 
     async def job_node(self, job_id: int) -> str:
         return _field(await self.market.functions.getJob(job_id).call(), "node")

@@ -1,8 +1,10 @@
 """Several JSON-RPC endpoints behind one web3 provider: failover with health and backoff.
 
 A request goes to the healthiest endpoint first; a transport error (connection refused, timeout,
-5xx) marks that endpoint down for a growing back-off and the request moves to the next one. JSON-RPC
-errors (a revert, a bad parameter) are answers, not outages: they are returned as they are."""
+429, 5xx) marks that endpoint down for a growing back-off and the request moves to the next one. JSON-RPC
+errors (a revert, a bad parameter, a refused log range) are answers, not outages: they are returned as
+they are. An endpoint whose head lags the best one by more than `max_lag_blocks` is out of rotation until
+it catches up (`probe_heads`): a stale answer is worse than an error."""
 
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ class EndpointHealth:
     errors_total: int = 0
     last_error: str = ""
     latency_s: float = 0.0  # exponential moving average
+    head: int | None = None  # eth_blockNumber at the last probe
+    lagging: bool = False  # out of rotation: its head is more than max_lag_blocks behind the best
 
     @property
     def up(self) -> bool:
@@ -45,11 +49,22 @@ class _Endpoint:
 
 
 class FailoverProvider(AsyncBaseProvider):
-    def __init__(self, urls: list[str], *, timeout_s: float = 10.0, max_backoff_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        timeout_s: float = 10.0,
+        max_backoff_s: float = 30.0,
+        max_lag_blocks: int = 10,
+        probe_interval_s: float = 5.0,
+    ) -> None:
         super().__init__()
         if not urls:
             raise ValueError("FailoverProvider needs at least one endpoint URL")
         self.max_backoff_s = max_backoff_s
+        self.max_lag_blocks = max_lag_blocks
+        self.probe_interval_s = probe_interval_s
+        self._probed_at = float("-inf")
         self.endpoints = [
             _Endpoint(
                 AsyncHTTPProvider(
@@ -64,9 +79,43 @@ class FailoverProvider(AsyncBaseProvider):
         return [e.health for e in self.endpoints]
 
     def _order(self) -> list[_Endpoint]:
-        up = [e for e in self.endpoints if e.health.up]
-        down = sorted((e for e in self.endpoints if not e.health.up), key=lambda e: e.health.down_until)
+        in_sync = [e for e in self.endpoints if not e.health.lagging]
+        up = [e for e in in_sync if e.health.up]
+        down = sorted((e for e in in_sync if not e.health.up), key=lambda e: e.health.down_until)
         return up + down  # when all are down, still try the one that recovers soonest
+
+    async def probe_heads(self, *, force: bool = False) -> int | None:
+        """Ask every endpoint for its head (at most every `probe_interval_s`); mark those more than
+        `max_lag_blocks` behind the best as lagging (out of rotation). Returns the best head seen."""
+        now = time.monotonic()
+        if not force and now - self._probed_at < self.probe_interval_s:
+            return max((e.health.head for e in self.endpoints if e.health.head is not None), default=None)
+        self._probed_at = now
+        for e in self.endpoints:
+            try:
+                response = await e.provider.make_request(RPCEndpoint("eth_blockNumber"), [])
+                e.health.head = int(response["result"], 16)
+            except Exception as err:  # unreachable now: the request path backs it off
+                e.health.head = None
+                e.health.last_error = f"{type(err).__name__}: {err}"
+        heads = [e.health.head for e in self.endpoints if e.health.head is not None]
+        if not heads:
+            return None
+        best = max(heads)
+        for e in self.endpoints:
+            lagging = e.health.head is not None and best - e.health.head > self.max_lag_blocks
+            if lagging != e.health.lagging:
+                behind = best - (e.health.head or 0)
+                if lagging:
+                    log.warning(
+                        "RPC %s lags %d blocks behind the best endpoint: out of rotation",
+                        e.health.url,
+                        behind,
+                    )
+                else:
+                    log.info("RPC %s caught up: back in rotation", e.health.url)
+            e.health.lagging = lagging
+        return best
 
     async def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
         errors: list[str] = []

@@ -1,20 +1,27 @@
 """Follows the protocol's events on confirmed blocks, with a persisted cursor and reorg detection.
 
 The cursor (block number + hash) is committed by the caller only after it has handled a batch, so a
-crash re-delivers the batch rather than losing it; handlers must be idempotent. Before each read the
-cursor's hash is compared with the chain: if it changed, the watcher walks back through its stored
-checkpoints to the last common block and reports `reorg_from`, so the caller can undo what it
-derived from the dropped blocks and re-read them."""
+crash re-delivers the batch rather than losing it; handlers must be idempotent. Each range starts with
+a check that its first block's parent is the cursor's block: if not, the watcher walks back through its
+stored checkpoints to the last common block and reports `reorg_from`, so the caller can undo what it
+derived from the dropped blocks and re-read them.
+
+An RPC failure is an error, never a reorg: it propagates (the caller retries with back-off) and the
+cursor stays where it is. Only a block the endpoint *has* with another hash moves the cursor back.
+`eth_getLogs` ranges adapt to the provider's limits (chain/log_range.py)."""
 
 from __future__ import annotations
 
 import logging
 import sqlite3
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from web3 import AsyncWeb3
 from web3.contract import AsyncContract
+
+from chain.log_range import AdaptiveRange, is_range_refusal
 
 log = logging.getLogger("openlora.watcher")
 
@@ -28,6 +35,26 @@ class ChainEvent:
     block_hash: str
     tx_hash: str
     log_index: int
+
+
+class EndpointBehind(ConnectionError):
+    """The endpoint does not have a block it should (it lags): retry, do not read it as a reorg."""
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """The chain's latest block as last seen: the node's clock and fee view come from here."""
+
+    number: int
+    timestamp: int
+    base_fee: int
+    observed_at: float  # time.monotonic() when it was read
+
+    def chain_time(self, now_monotonic: float | None = None) -> float:
+        """The chain's clock now: the head's timestamp plus the time since it was read (never the host's
+        wall clock, which may be off by minutes)."""
+        now = time.monotonic() if now_monotonic is None else now_monotonic
+        return self.timestamp + max(0.0, now - self.observed_at)
 
 
 @dataclass
@@ -93,61 +120,141 @@ class EventWatcher:
         start_block: int,
         confirmations: int = 1,
         max_range: int = 2000,
+        head_tag: str = "latest",
     ) -> None:
         if confirmations < 1:
             raise ValueError("confirmations must be >= 1 (1 = the head block itself)")
+        if head_tag not in ("latest", "safe", "finalized"):
+            raise ValueError(f"head_tag must be latest, safe or finalized, got {head_tag!r}")
         self.w3 = w3
         self.cursor = cursor
         self.start_block = start_block
         self.confirmations = confirmations
-        self.max_range = max_range
+        self.range = AdaptiveRange(max_range)
+        self.head_tag = head_tag
         self.addresses = [c.address for c in contracts]
+        self.latest: HeadInfo | None = None
+        self.processed_block: int | None = None  # last block handed out and committed
+        self.rewinds = 0  # cursor moved back (real reorgs only)
         self._decoders: dict[tuple[str, bytes], Any] = {}
         for c in contracts:
             for event in c.all_events():
                 topic = bytes(w3.keccak(text=event.signature))
                 self._decoders[(c.address.lower(), topic)] = event
 
-    async def _canonical_hash(self, block: int) -> str | None:
-        try:
-            b = await self.w3.eth.get_block(block)
-        except Exception:
-            return None
-        return b["hash"].to_0x_hex()
+    async def _block(self, number: int) -> Any | None:
+        """The block, or None when the endpoint says it does not exist. RPC errors propagate."""
+        from web3.exceptions import BlockNotFound
 
-    async def _find_reorg(self) -> int | None:
-        """None if the cursor is still canonical, else the first block to re-read."""
-        head = self.cursor.head()
-        if head is None or await self._canonical_hash(head[0]) == head[1]:
+        try:
+            return await self.w3.eth.get_block(number)
+        except BlockNotFound:
             return None
+
+    async def _hash_at(self, number: int) -> str | None:
+        block = await self._block(number)
+        if block is None:
+            if self.latest is not None and number > self.latest.number:
+                return None
+            raise EndpointBehind(f"the RPC endpoint has no block {number}: it lags behind, retrying")
+        return block["hash"].to_0x_hex()
+
+    async def _find_reorg(self) -> int:
+        """The cursor's block was replaced: walk back to the last checkpoint still canonical and return the
+        first block to re-read. RPC errors propagate (nothing is rewound on an error)."""
         for block, block_hash in self.cursor.checkpoints_desc():
-            if await self._canonical_hash(block) == block_hash:
+            if await self._hash_at(block) == block_hash:
                 self.cursor.rewind_to(block)
+                self.rewinds += 1
                 return block + 1
+        log.error(
+            "chain reorganised deeper than every stored checkpoint: re-reading from block %d",
+            self.start_block,
+        )
         self.cursor.rewind_to(self.start_block - 1)
+        self.rewinds += 1
         return self.start_block
+
+    async def refresh_head(self) -> int:
+        """The last block the watcher may read: `confirmations` below the head, or the chain's `safe` /
+        `finalized` block where configured and supported."""
+        probe = getattr(self.w3.provider, "probe_heads", None)
+        if probe is not None:
+            await probe()  # lagging endpoints leave the rotation before we read from them
+        latest = await self.w3.eth.get_block("latest")
+        self.latest = HeadInfo(
+            latest["number"], latest["timestamp"], int(latest.get("baseFeePerGas", 0)), time.monotonic()
+        )
+        safe = latest["number"] - self.confirmations + 1
+        if self.head_tag != "latest":
+            try:
+                tagged = await self.w3.eth.get_block(self.head_tag)
+                safe = min(safe, tagged["number"])
+            except ValueError as e:  # the chain has no such tag: confirmations alone
+                log.warning("chain has no %r block tag (%s): using confirmations", self.head_tag, e)
+                self.head_tag = "latest"
+        return safe
 
     async def next_batch(self) -> Batch | None:
         """Read the next range of confirmed blocks (None when caught up). Call `commit` after handling."""
-        reorg_from = await self._find_reorg()
+        safe = await self.refresh_head()
+        head = self.cursor.head()
+        reorg_from = None
+        start = head[0] + 1 if head else self.start_block
+        # caught up: the cursor's block itself may still have been replaced
+        if head is not None and start > safe and await self._hash_at(head[0]) != head[1]:
+            reorg_from = await self._find_reorg()
+        end = min(safe, start + self.range.size - 1)
+        if reorg_from is None and head is not None and end >= start:
+            first = await self._block(start)
+            if first is None:
+                raise EndpointBehind(f"the RPC endpoint has no block {start}: it lags behind, retrying")
+            if first["parentHash"].to_0x_hex() != head[1]:
+                reorg_from = await self._find_reorg()
         if reorg_from is not None:
             log.warning("chain reorganised: re-reading from block %d", reorg_from)
-        head = self.cursor.head()
-        start = head[0] + 1 if head else self.start_block
-        safe = await self.w3.eth.block_number - self.confirmations + 1
-        end = min(safe, start + self.max_range - 1)
+            start = reorg_from
+            end = min(safe, start + self.range.size - 1)
         if end < start:
             return Batch(start, start - 1, "", [], reorg_from) if reorg_from is not None else None
-        end_hash = await self._canonical_hash(end)
-        logs = await self.w3.eth.get_logs({"fromBlock": start, "toBlock": end, "address": self.addresses})
-        if await self._canonical_hash(end) != end_hash or end_hash is None:
+        end_hash = await self._hash_at(end)
+        logs = await self._get_logs(start, end)
+        if end_hash is None or await self._hash_at(end) != end_hash:
             return None  # the range changed under us: try again on the next poll
         events = [self._decode(entry) for entry in logs]
         return Batch(start, end, end_hash, [e for e in events if e is not None], reorg_from)
 
+    async def _get_logs(self, start: int, end: int) -> list:
+        """eth_getLogs over [start, end]; a range the provider refuses is shrunk and retried at once."""
+        while True:
+            try:
+                logs = await self.w3.eth.get_logs(
+                    {"fromBlock": start, "toBlock": end, "address": self.addresses}
+                )
+            except Exception as e:
+                if end > start and is_range_refusal(e):
+                    self.range.refused(e, start, end - start + 1)
+                    log.info(
+                        "eth_getLogs [%d, %d] refused (%s): range now %d", start, end, e, self.range.size
+                    )
+                    end = start + self.range.size - 1
+                    continue
+                raise
+            self.range.succeeded()
+            return logs
+
     def commit(self, batch: Batch) -> None:
         if batch.to_block >= batch.from_block:
             self.cursor.commit(batch.to_block, batch.to_hash)
+            self.processed_block = batch.to_block
+
+    def lag_blocks(self) -> int | None:
+        """Blocks between the chain's head and what the watcher has processed (None before any head)."""
+        if self.latest is None:
+            return None
+        head = self.cursor.head()
+        done = head[0] if head is not None else self.start_block - 1
+        return max(0, self.latest.number - done)
 
     def _decode(self, entry: Any) -> ChainEvent | None:
         topics = entry["topics"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from inference.ipfs.cid import parse_cid
 from inference.ipfs.sources import BlockSource
 from inference.ipfs.unixfs import import_directory
 from inference.models import LoadedModel
+from inference.prompt import check_prompt, max_output_bytes_per_token
 from inference.store import AdapterStore
 from inference.validate import BaseModelSpec, ValidationLimits, validate_adapter_dir
 
@@ -94,6 +96,21 @@ class InferenceService:
         weights = await self._load(cid, sources)
         self.engine.add_adapter(cid, weights)
         return PreparedAdapter(cid, weights.rank, weights.nbytes)
+
+    @property
+    def max_positions(self) -> int:
+        """Prompt + output tokens one request may use (the model's position limit)."""
+        return int(getattr(self.base.model.config, "max_position_embeddings", 1 << 16))
+
+    def check_input(self, raw: bytes, max_tokens: int) -> int:
+        """The prompt's token count, exactly as the engine will encode it (chat template included), or
+        PromptRejected: what the engine would refuse is refused before a claim."""
+        return len(check_prompt(self.base.tokenizer, raw, max_tokens, self.max_positions))
+
+    @functools.cached_property
+    def max_output_bytes_per_token(self) -> int:
+        """Upper bound of the UTF-8 bytes each generated token adds to a result (worst-case output size)."""
+        return max_output_bytes_per_token(self.base.tokenizer)
 
     def is_warm(self, cid: str) -> bool:
         return cid in self.engine.host or any(s.adapter == cid for s in self.engine.stats().slots)

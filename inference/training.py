@@ -112,8 +112,13 @@ def train_lora(
         torch.manual_seed(seed)  # LoRA A init and the data order depend only on the seed
         model = copy.deepcopy(base.model)
         config = LoraConfig(
-            r=rank, lora_alpha=alpha, target_modules=list(targets), lora_dropout=0.0, bias="none",
-            task_type="CAUSAL_LM", layers_to_transform=sorted(set(layers)) if layers is not None else None,
+            r=rank,
+            lora_alpha=alpha,
+            target_modules=list(targets),
+            lora_dropout=0.0,
+            bias="none",
+            task_type="CAUSAL_LM",
+            layers_to_transform=sorted(set(layers)) if layers is not None else None,
         )
         peft_model = get_peft_model(model, config)
         params = [p for p in peft_model.parameters() if p.requires_grad]

@@ -1,5 +1,6 @@
-"""The operator's HTTP surface (aiohttp): the status page (/), /healthz, /readyz, /metrics (Prometheus
-text), /status (JSON), and when enabled the local OpenAI-style /v1/completions (node/completions.py)."""
+"""The operator's HTTP surface (aiohttp): the status page (/), /healthz (alive), /readyz (fit to take jobs,
+with its reasons), /metrics (Prometheus, node/metrics.py), /status (JSON), and when enabled the local
+OpenAI-style /v1/completions (node/completions.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from node.metrics import metrics_registry, render
+
 if TYPE_CHECKING:
     from node.daemon import NodeDaemon
+
 
 class StatusHistory:
     """One sample a second of the counters the status page charts (10 minutes kept)."""
@@ -49,7 +53,8 @@ def status_snapshot(daemon: NodeDaemon, history: StatusHistory | None = None) ->
         "operator": daemon.operator.address,
         "signer": daemon.signer.address,
         "base_model": daemon.config.node.base_model,
-        "ready": daemon.ready,
+        "ready": daemon.ready and daemon.readiness.report.ready,
+        "not_ready": daemon.readiness.report.reasons,
         "uptime_s": round(time.time() - daemon.metrics.started_at, 1),
         "jobs_by_state": jobs.counts(),
         "recent_jobs": [
@@ -91,68 +96,10 @@ def _plain(obj: object) -> object:
     return obj
 
 
-def prometheus_text(daemon: NodeDaemon) -> str:
-    m = daemon.metrics
-    lines = [
-        "# HELP openlora_jobs Jobs known to this node by state.",
-        "# TYPE openlora_jobs gauge",
-    ]
-    lines += [f'openlora_jobs{{state="{s}"}} {n}' for s, n in daemon.jobs.counts().items()]
-    mined, gas_wei = daemon.tx.store.totals(daemon.operator.address)
-    stats = _plain(daemon.service.engine.stats())
-    lines += [
-        "# TYPE openlora_jobs_paid_total counter",
-        f"openlora_jobs_paid_total {m.jobs_paid}",
-        "# TYPE openlora_earned_wei_total counter",
-        f"openlora_earned_wei_total {m.earned_wei}",
-        "# TYPE openlora_tokens_generated_total counter",
-        f"openlora_tokens_generated_total {m.tokens_generated}",
-        "# TYPE openlora_adapter_rejections_total counter",
-        f"openlora_adapter_rejections_total {m.adapter_rejections}",
-        "# TYPE openlora_rpc_errors_total counter",
-        f"openlora_rpc_errors_total {m.rpc_errors}",
-        "# TYPE openlora_txs_mined_total counter",
-        f"openlora_txs_mined_total {mined}",
-        "# TYPE openlora_gas_spent_wei_total counter",
-        f"openlora_gas_spent_wei_total {gas_wei}",
-    ]
-    if m.claim_latency_s:
-        lat = sorted(m.claim_latency_s)
-        lines += [
-            "# TYPE openlora_claim_latency_seconds summary",
-            f'openlora_claim_latency_seconds{{quantile="0.5"}} {lat[len(lat) // 2]:.3f}',
-            f"openlora_claim_latency_seconds_count {len(lat)}",
-            f"openlora_claim_latency_seconds_sum {sum(lat):.3f}",
-        ]
-    for key in ("swaps_in", "evictions", "tokens_generated"):
-        if isinstance(stats, dict) and isinstance(stats.get(key), int | float):
-            lines += [f"# TYPE openlora_engine_{key} counter", f"openlora_engine_{key} {stats[key]}"]
-    for key in ("slot_hit_rate", "host_hit_rate", "tokens_per_s", "queue_depth"):
-        if isinstance(stats, dict) and isinstance(stats.get(key), int | float):
-            lines += [f"# TYPE openlora_engine_{key} gauge", f"openlora_engine_{key} {stats[key]}"]
-    # reliability: recoveries and admission (node/daemon.py NodeMetrics, node/admission.py)
-    lines += [
-        "# TYPE openlora_jobs_committed gauge",
-        f"openlora_jobs_committed {len(daemon.committed())}",
-        "# TYPE openlora_reorgs_total counter",
-        f"openlora_reorgs_total {m.reorgs}",
-        "# TYPE openlora_txs_resent_after_reorg_total counter",
-        f"openlora_txs_resent_after_reorg_total {m.txs_resent_after_reorg}",
-        "# TYPE openlora_jobs_resumed_total counter",
-        f"openlora_jobs_resumed_total {m.jobs_resumed}",
-        "# TYPE openlora_admission_refusals_total counter",
-    ]
-    refused = {
-        **daemon.admission.refused,
-        "capacity": daemon.admission.refused.get("capacity", 0) + m.jobs_skipped_capacity,
-    }
-    lines += [f'openlora_admission_refusals_total{{reason="{k}"}} {v}' for k, v in sorted(refused.items())]
-    return "\n".join(lines) + "\n"
-
-
 def build_app(daemon: NodeDaemon) -> web.Application:
     app = web.Application()
     history = StatusHistory(daemon)
+    registry = metrics_registry(daemon)
     page = resources.files("node.static").joinpath("status.html").read_bytes()
 
     async def sample_history(app: web.Application):
@@ -171,10 +118,18 @@ def build_app(daemon: NodeDaemon) -> web.Application:
         return web.json_response({"ok": True})
 
     async def readyz(_: web.Request) -> web.Response:
-        return web.json_response({"ready": daemon.ready}, status=200 if daemon.ready else 503)
+        report = daemon.readiness.report
+        body = report.to_dict()
+        if not daemon.ready:
+            body["reasons"] = {"starting": "the node is starting or stopping", **body["reasons"]}
+        ready = daemon.ready and report.ready
+        body["ready"] = ready
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(_: web.Request) -> web.Response:
-        return web.Response(text=prometheus_text(daemon), content_type="text/plain", charset="utf-8")
+        return web.Response(
+            body=render(registry), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+        )
 
     async def status(_: web.Request) -> web.Response:
         return web.json_response(status_snapshot(daemon, history))

@@ -38,6 +38,10 @@ class ChainSection:
     max_priority_fee_gwei: float = 5.0
     bump_after_s: float = 30.0
     rpc_timeout_s: float = 10.0  # per request; a timed-out endpoint is failed over and backed off
+    max_log_range: int = 2000  # most blocks per eth_getLogs; shrinks by itself when a provider refuses
+    max_lag_blocks: int = 10  # an endpoint this far behind the best one leaves the rotation
+    head_tag: str = "latest"  # "latest" (with confirmations), "safe" or "finalized" where the chain has them
+    stuck_after_s: float = 120.0  # a tx pending this long counts as stuck (no new claims, not ready)
 
 
 @dataclass
@@ -54,7 +58,14 @@ class PolicySection:
     min_attestations: int = 0
     allowed_publishers: list[str] = field(default_factory=list)  # empty = anyone
     denied_cids: list[str] = field(default_factory=list)
-    min_price_wei: int = 0
+    min_price_wei: int = 0  # an extra floor on the job's price, whatever the economics say
+    # Economics (node/pricing.py): claim only when the node's own share of the price covers the job's cost,
+    # (claim + result gas) x the fee it would pay now + compute, plus the margin.
+    compute_price_wei_per_1k_tokens: int = 10**12  # what 1,000 tokens (prompt + output) cost you to serve
+    margin_percent: float = 20.0  # on top of the cost: base-fee moves between claim and result, your profit
+    claim_gas: int = 60_000  # until measured from the node's own receipts
+    result_gas: int = 90_000  # a result without output, until measured
+    result_gas_per_byte: int = 40  # calldata + log + hashing per output byte (upper bound)
 
 
 @dataclass
@@ -66,6 +77,16 @@ class AdmissionSection:
     cold_start_s: float = 5.0  # fetch + verify + validate of an adapter that is not warm, until measured
     chain_round_trip_s: float = 4.0  # claim + result mined, until measured
     safety_factor: float = 1.5
+
+
+@dataclass
+class HealthSection:
+    """What /readyz checks and how the systemd watchdog is fed (node/readiness.py)."""
+
+    max_watcher_lag_blocks: int = 50  # the watcher this far behind the head: not ready
+    gas_reserve_jobs: int = 5  # the balance must pay claim + result gas of this many jobs
+    check_interval_s: float = 2.0  # readiness refresh (balance, stake, sync) period
+    stalled_after_s: float = 60.0  # a daemon loop without progress this long stops feeding the watchdog
 
 
 @dataclass
@@ -113,6 +134,7 @@ class NodeConfig:
     policy: PolicySection = field(default_factory=PolicySection)
     admission: AdmissionSection = field(default_factory=AdmissionSection)
     engine: EngineSection = field(default_factory=EngineSection)
+    health: HealthSection = field(default_factory=HealthSection)
     api: ApiSection = field(default_factory=ApiSection)
     p2p: P2PSection = field(default_factory=P2PSection)
     source: Path | None = None
@@ -213,6 +235,20 @@ def _check(c: NodeConfig) -> None:
         )
     if c.policy.min_price_wei < 0:
         raise ConfigError("[policy].min_price_wei must be >= 0")
+    p = c.policy
+    if p.compute_price_wei_per_1k_tokens < 0 or p.margin_percent < 0:
+        raise ConfigError("[policy].compute_price_wei_per_1k_tokens and margin_percent must be >= 0")
+    if min(p.claim_gas, p.result_gas, p.result_gas_per_byte) <= 0:
+        raise ConfigError("[policy].claim_gas, result_gas and result_gas_per_byte must be > 0")
+    if c.chain.max_log_range < 1 or c.chain.max_lag_blocks < 0 or c.chain.stuck_after_s <= 0:
+        raise ConfigError("[chain].max_log_range must be >= 1, max_lag_blocks >= 0, stuck_after_s > 0")
+    if c.chain.head_tag not in ("latest", "safe", "finalized"):
+        raise ConfigError(f"[chain].head_tag: expected latest, safe or finalized, got {c.chain.head_tag!r}")
+    h = c.health
+    if h.max_watcher_lag_blocks < 1 or h.gas_reserve_jobs < 0 or h.check_interval_s <= 0:
+        raise ConfigError(
+            "[health].max_watcher_lag_blocks must be >= 1, gas_reserve_jobs >= 0, check_interval_s > 0"
+        )
     a = c.admission
     if a.max_committed_jobs < 1:
         raise ConfigError("[admission].max_committed_jobs must be >= 1")

@@ -18,12 +18,18 @@ from web3 import AsyncWeb3
 from chain.protocol import JobStatus, Protocol
 from chain.signing import ResultClaim
 from chain.tx import SimulationError, TxFailedError, TxManager
+from chain.tx_store import TxState
 from chain.watcher import Batch, ChainEvent, EventWatcher
+from inference.prompt import PromptRejected
 from inference.service import InferenceService
+from inference.validate import AdapterRejected
 from node.admission import AdmissionController, AdmissionPolicy
 from node.config import NodeConfig
+from node.gatekeeper import TRANSIENT_KINDS, AdmissionRefused, Gatekeeper
 from node.jobs import Job, JobBook, JobState
+from node.readiness import Readiness
 from node.registry_view import RegistryView
+from node.sd_notify import SystemdNotifier
 
 if TYPE_CHECKING:
     from node.p2p import P2PNode
@@ -32,8 +38,15 @@ log = logging.getLogger("openlora.node")
 CAPACITY_NOTE = "node at capacity"
 
 
-class AdmissionRefused(Exception):
-    """The node leaves this job to others; the message says why."""
+NEVER_MINED = (TxState.FAILED, TxState.CANCELLED)  # the tx's nonce went to something else: send again
+
+
+def _is_rpc_error(e: BaseException) -> bool:
+    """Errors of the chain's RPC (transport or a JSON-RPC answer), as opposed to the node's own bugs."""
+    from aiohttp import ClientError
+    from web3.exceptions import Web3Exception
+
+    return isinstance(e, ConnectionError | TimeoutError | ClientError | Web3Exception | OSError)
 
 
 @dataclass
@@ -49,6 +62,12 @@ class NodeMetrics:
     txs_resent_after_reorg: int = 0
     jobs_resumed: int = 0  # jobs picked up again from their persisted state after a restart
     jobs_skipped_capacity: int = 0  # left unclaimed because the node already held max_committed_jobs
+    driver_errors: int = 0  # unexpected errors while driving a job (not RPC): each is logged
+    slashes: int = 0  # claims of ours that expired unanswered
+    slashed_wei: int = 0
+    jobs_failed: dict[str, int] = field(default_factory=dict)  # by reason
+    jobs_expired: int = 0  # jobs we held that expired
+    txs_cancelled: int = 0
 
     def observe_claim_latency(self, seconds: float, keep: int = 1024) -> None:
         self.claim_latency_s.append(seconds)
@@ -97,9 +116,25 @@ class NodeDaemon:
                 safety_factor=config.admission.safety_factor,
             )
         )
+        self.gatekeeper = Gatekeeper(self, inline_limit=16 * 1024)
+        self.readiness = Readiness(self)
+        self.notifier = SystemdNotifier()
+        self.progress: dict[str, float] = {}  # daemon loop -> time.monotonic() of its last iteration
+        self.watcher_failures = 0
+        self._side_tasks: set[asyncio.Task] = set()
         self._stopping = asyncio.Event()
         self._reorg_lock = asyncio.Lock()  # the watcher and the tx audit may both report one reorg
         self.ready = False
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def chain_time(self) -> float:
+        """Now on the chain's clock (the head block's timestamp, extrapolated): deadlines are decided by
+        block timestamps, so the host's wall clock, which may be off by minutes, never decides them."""
+        head = self.watcher.latest
+        return head.chain_time() if head is not None else time.time()
 
     # ---- lifecycle -------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -108,6 +143,8 @@ class NodeDaemon:
             await self.p2p.start()
             log.info("p2p: peer %s listening on %s", self.p2p.peer_id, ", ".join(self.p2p.listen_addrs))
         await self.tx.recover()
+        await self.watcher.refresh_head()
+        self.gatekeeper.inline_limit = await self.protocol.market.functions.MAX_INLINE_BYTES().call()
         for job in self.jobs.active():
             log.info("recovery: resuming job %d from state %s", job.job_id, job.state.value)
             self.metrics.jobs_resumed += 1
@@ -118,7 +155,10 @@ class NodeDaemon:
         ]
         if self.p2p is not None:
             loops.append(asyncio.create_task(self._announce_loop(), name="announce"))
+        await self.readiness.refresh()
+        loops.append(asyncio.create_task(self._health_loop(), name="health"))
         self.ready = True
+        self.notifier.ready(f"serving {self.config.node.base_model}")
         log.info(
             "node %s serving %s (signer %s)",
             self.operator.address,
@@ -126,6 +166,7 @@ class NodeDaemon:
             self.signer.address,
         )
         await stop.wait()
+        self.notifier.stopping()
         await self.drain()
         for t in loops:
             t.cancel()
@@ -148,13 +189,13 @@ class NodeDaemon:
 
     # ---- chain events ----------------------------------------------------------------------------
     async def _watch_loop(self) -> None:
-        failures = 0
         while True:
+            self.progress["watch"] = time.monotonic()
             try:
                 batch = await self.watcher.next_batch()
-                if failures:
-                    log.info("watcher: recovered after %d failure(s)", failures)
-                    failures = 0
+                if self.watcher_failures:
+                    log.info("watcher: recovered after %d failure(s)", self.watcher_failures)
+                    self.watcher_failures = 0
                 if batch is None:
                     await asyncio.sleep(self.config.chain.poll_interval_s)
                     continue
@@ -162,12 +203,55 @@ class NodeDaemon:
                 self.watcher.commit(batch)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
-                failures += 1
-                self.metrics.rpc_errors += 1
+            except Exception as e:  # an error, never a reorg: the cursor stays, the same range is retried
+                self.watcher_failures += 1
+                failures = self.watcher_failures
+                self._count_error(e)
                 if failures == 1 or failures % 20 == 0:  # an outage is one line, not one per poll
                     log.warning("watcher: %s; retrying (%d failure(s) in a row)", e, failures)
                 await asyncio.sleep(min(10.0, self.config.chain.poll_interval_s * 2 ** min(failures, 6)))
+
+    def _count_error(self, e: BaseException) -> None:
+        if _is_rpc_error(e):
+            self.metrics.rpc_errors += 1
+        else:
+            self.metrics.driver_errors += 1
+
+    async def _health_loop(self) -> None:
+        """Readiness, the systemd watchdog (fed only while the daemon's loops make progress), and jobs left
+        for a passing reason (fees, a stuck tx, funds) decided again once it clears."""
+        h = self.config.health
+        period = h.check_interval_s
+        if self.notifier.watchdog_s:
+            period = min(period, self.notifier.watchdog_s / 2)
+        while True:
+            self.progress["health"] = time.monotonic()
+            try:
+                report = await self.readiness.refresh()
+                self.notifier.status("ready" if report.ready else "not ready: " + ", ".join(report.reasons))
+                if self.gatekeeper.chain_blocked() is None and not self._stopping.is_set():
+                    self._readmit_transient()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("health check failed: %s", e)
+            now = time.monotonic()
+            loops = ("watch", "tx")
+            if all(now - self.progress.get(name, now) < h.stalled_after_s for name in loops):
+                self.notifier.watchdog()
+            await asyncio.sleep(period)
+
+    def _readmit_transient(self) -> None:
+        live = sum(1 for t in self._drivers.values() if not t.done())
+        for kind in TRANSIENT_KINDS:
+            if self.admission.at_capacity(live):
+                return
+            for job in self.jobs.skipped_with_note_prefix(f"{kind}: ", after=self.chain_time() + 5, limit=8):
+                self.jobs.transition(
+                    job.job_id, JobState.SEEN, f"{kind} cleared: admission decided again", error=None
+                )
+                self._spawn(job.job_id)
+                live += 1
 
     async def _handle_batch(self, batch: Batch) -> None:
         if batch.reorg_from is not None:
@@ -227,14 +311,49 @@ class NodeDaemon:
         if e.name == "JobClaimed" and not mine and (not job.terminal or job.state == JobState.SKIPPED):
             self._cancel_driver(job_id)
             self.jobs.transition(job_id, JobState.LOST, f"claimed by {a['node']}")
+            if self.tx.store.get(f"claim:{job_id}") is not None:  # ours is pending: it can only revert now
+                task = asyncio.create_task(
+                    self._cancel_tx(f"claim:{job_id}", f"job {job_id} was claimed by {a['node']}")
+                )
+                self._side_tasks.add(task)
+                task.add_done_callback(self._side_tasks.discard)
         elif e.name == "ResultSubmitted" and mine:
             self._mark_paid(job_id, a, e.tx_hash)
         elif e.name == "JobExpired" and self.jobs.can(job_id, JobState.EXPIRED):
             self._cancel_driver(job_id)
-            self.jobs.transition(job_id, JobState.EXPIRED, f"expired on chain, slashed {a['slashed']}")
+            ours = job.state in (JobState.CLAIMED, JobState.RUNNING, JobState.POSTING, JobState.FAILED)
+            if ours and a["slashed"]:
+                self.metrics.slashes += 1
+                self.metrics.slashed_wei += a["slashed"]
+                log.error(
+                    "job %d expired on chain with our claim: SLASHED %d wei (was %s: %s)",
+                    job_id,
+                    a["slashed"],
+                    job.state.value,
+                    job.error or "no error recorded",
+                )
+            self._end(job_id, JobState.EXPIRED, f"expired on chain, slashed {a['slashed']}")
         elif e.name == "JobCancelled" and self.jobs.can(job_id, JobState.CANCELLED):
             self._cancel_driver(job_id)
             self.jobs.transition(job_id, JobState.CANCELLED, "cancelled by submitter")
+
+    async def _cancel_tx(self, key: str, reason: str) -> None:
+        try:
+            record = await self.tx.cancel(key, reason)
+            if record is not None and record.cancel_from is not None:
+                self.metrics.txs_cancelled += 1
+        except Exception as e:
+            log.warning("could not replace %s: %s (it may revert and cost gas)", key, e)
+
+    def _end(self, job_id: int, state: JobState, note: str, reason: str = "error") -> None:
+        """Every expiry and failure of a job we worked on: a WARNING/ERROR line with its id, and a metric."""
+        self.jobs.transition(job_id, state, note)
+        if state == JobState.EXPIRED:
+            self.metrics.jobs_expired += 1
+            log.warning("job %d expired: %s", job_id, note)
+        elif state == JobState.FAILED:
+            self.metrics.jobs_failed[reason] = self.metrics.jobs_failed.get(reason, 0) + 1
+            log.error("job %d FAILED (%s): %s", job_id, reason, note)
 
     async def _reconcile_after_reorg(self, from_block: int) -> None:
         """Blocks >= from_block were replaced. First our own transactions mined there are re-sent (same
@@ -300,6 +419,7 @@ class NodeDaemon:
         failures = 0
         passes = 0
         while True:
+            self.progress["tx"] = time.monotonic()
             try:
                 for record in await self.tx.poll():
                     log.info("tx %s %s (nonce %d)", record.key, record.state.value, record.nonce)
@@ -313,7 +433,7 @@ class NodeDaemon:
                 raise
             except Exception as e:
                 failures += 1
-                self.metrics.rpc_errors += 1
+                self._count_error(e)
                 if failures == 1 or failures % 20 == 0:
                     log.warning("tx monitor: %s; retrying (%d failure(s) in a row)", e, failures)
             await asyncio.sleep(min(10.0, self.config.chain.poll_interval_s * 2 ** min(failures, 6)))
@@ -415,8 +535,9 @@ class NodeDaemon:
                     job.state.value,
                 )
                 return
-            if time.time() >= job.deadline and job.state != JobState.POSTING:
-                self.jobs.transition(job_id, JobState.EXPIRED, "deadline passed before we could finish")
+            if self.chain_time() >= job.deadline and job.state != JobState.POSTING:
+                # on the chain's clock: the market refuses results from the first block at the deadline
+                self._end(job_id, JobState.EXPIRED, "deadline passed (chain time) before we could finish")
                 return
             try:
                 await self._step(job)
@@ -424,7 +545,7 @@ class NodeDaemon:
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a bug or an RPC outage: keep the state, try again with backoff
-                self.metrics.rpc_errors += 1
+                self._count_error(e)
                 failures += 1
                 delay = min(30.0, 1.0 * 2 ** min(failures - 1, 5))
                 log.warning("job %d: %s in state %s; retrying in %.0fs", job_id, e, job.state.value, delay)
@@ -443,7 +564,7 @@ class NodeDaemon:
         live = sum(1 for t in self._drivers.values() if not t.done() and t is not asyncio.current_task())
         if self.admission.at_capacity(live):
             return
-        for job in self.jobs.skipped_for_capacity(CAPACITY_NOTE, after=time.time() + 5, limit=1):
+        for job in self.jobs.skipped_for_capacity(CAPACITY_NOTE, after=self.chain_time() + 5, limit=1):
             self.jobs.transition(
                 job.job_id, JobState.SEEN, "capacity freed: admission decided again", error=None
             )
@@ -453,10 +574,10 @@ class NodeDaemon:
         match job.state:
             case JobState.SEEN:
                 try:
-                    self._admit(job)
+                    await self.gatekeeper.check(job, self.committed())
                 except AdmissionRefused as e:
-                    log.info("job %d skipped: %s", job.job_id, e)
-                    self.jobs.transition(job.job_id, JobState.SKIPPED, str(e), error=str(e))
+                    log.info("job %d not claimed (%s): %s", job.job_id, e.kind, e)
+                    self.jobs.transition(job.job_id, JobState.SKIPPED, e.note, error=e.note)
                     return
                 adapter = self.registry.adapter(job.adapter_id)
                 delay = self._claim_delay(adapter.cid)
@@ -482,45 +603,6 @@ class NodeDaemon:
                 await self._run(job)
             case JobState.POSTING:
                 await self._post(job)
-
-    def _admit(self, job: Job) -> None:
-        adapter = self.registry.adapter(job.adapter_id)
-        policy = self.config.policy
-        if adapter is None:
-            raise AdmissionRefused(f"adapter {job.adapter_id} is not in the registry")
-        if adapter.base_model != self.base_model_id:
-            raise AdmissionRefused(f"adapter {job.adapter_id} is for another base model")
-        if adapter.content_hash != job.adapter_hash:
-            raise AdmissionRefused("job's adapter hash differs from the registry's")
-        if adapter.retired:
-            raise AdmissionRefused(f"adapter {job.adapter_id} is retired")
-        if adapter.cid in policy.denied_cids:
-            raise AdmissionRefused(f"adapter CID {adapter.cid} is on the deny list")
-        allowed = {p.lower() for p in policy.allowed_publishers}
-        if allowed and adapter.publisher.lower() not in allowed:
-            raise AdmissionRefused(f"publisher {adapter.publisher} is not in [policy].allowed_publishers")
-        if adapter.attestations < policy.min_attestations:
-            raise AdmissionRefused(
-                f"adapter {job.adapter_id} has {adapter.attestations} attestation(s), policy needs "
-                f"{policy.min_attestations}"
-            )
-        if job.max_tokens > self.config.engine.max_tokens_cap:
-            raise AdmissionRefused(f"max_tokens {job.max_tokens} exceeds [engine].max_tokens_cap")
-        if not job.input and job.input_cid:
-            raise AdmissionRefused("inputs by CID are not fetched by this node version")
-        others = [j for j in self.committed() if j.job_id != job.job_id and j.state != JobState.SEEN]
-        decision = self.admission.decide(
-            now=time.time(),
-            deadline=job.deadline,
-            price=job.price,
-            max_tokens=job.max_tokens,
-            warm=self.service.is_warm(adapter.cid),
-            committed_jobs=len(others),
-            committed_tokens=sum(j.max_tokens for j in others if j.state != JobState.POSTING),
-            tokens_per_s=self.service.engine.stats().tokens_per_s,
-        )
-        if not decision.admit:
-            raise AdmissionRefused(decision.reason)
 
     async def _fetch(self, job: Job) -> None:
         from inference.ipfs.fetcher import FetchError
@@ -564,6 +646,9 @@ class NodeDaemon:
             return
         except TxFailedError as e:
             status = await self.protocol.job_status(job.job_id)
+            if e.record.state in NEVER_MINED and status == JobStatus.OPEN:
+                log.warning("job %d: claim tx never mined (%s): claiming again", job.job_id, e)
+                return  # still CLAIMING: the next step sends a new claim with a fresh nonce
             if not (
                 status == JobStatus.CLAIMED
                 and await self.protocol.job_node(job.job_id) == self.operator.address
@@ -573,6 +658,8 @@ class NodeDaemon:
             log.warning("job %d: claim tx reported %s but the chain says we hold the job", job.job_id, e)
             record = e.record
         latency = time.monotonic() - started
+        if record.gas_used:
+            self.gatekeeper.gas.observe_claim(record.gas_used)
         self.metrics.observe_claim_latency(latency)
         self.admission.observe_chain_round_trip(2 * latency)  # a result is one more mined tx, like the claim
         self.jobs.transition(
@@ -580,8 +667,17 @@ class NodeDaemon:
         )
 
     async def _run(self, job: Job) -> None:
-        prompt = job.input.decode("utf-8", errors="replace")
-        result = await self.service.generate(job.adapter_cid, job.adapter_hash, prompt, job.max_tokens)
+        prompt = job.input.decode("utf-8", errors="replace")  # admission refused non-UTF-8 input
+        try:
+            result = await self.service.generate(job.adapter_cid, job.adapter_hash, prompt, job.max_tokens)
+        except (PromptRejected, AdapterRejected) as e:
+            # deterministic: the same input and adapter are refused every time, so retrying only waits for
+            # the slash. Admission makes this unreachable; it is terminal at once if it happens anyway.
+            reason = "input-rejected" if isinstance(e, PromptRejected) else "adapter-rejected"
+            self._end(
+                job.job_id, JobState.FAILED, f"engine refused the job after our claim: {e}", reason=reason
+            )
+            return
         self.metrics.tokens_generated += len(result.token_ids)
         output = result.text.encode("utf-8")
         claim = ResultClaim.for_output(
@@ -608,19 +704,31 @@ class NodeDaemon:
         )
         try:
             await self.tx.send(key, self.protocol.market.address, data)
-            record = await self.tx.wait(key, timeout=max(10.0, job.deadline - time.time() + 30))
+            record = await self.tx.wait(key, timeout=max(10.0, job.deadline - self.chain_time() + 30))
         except SimulationError as e:
             status = await self.protocol.job_status(job.job_id)
             if status == JobStatus.COMPLETED:
                 return  # already paid: the watcher will record it
-            to = JobState.EXPIRED if status == JobStatus.EXPIRED else JobState.FAILED
-            self.jobs.transition(job.job_id, to, f"result not sent: {e.reason}")
+            if status == JobStatus.EXPIRED:
+                self._end(job.job_id, JobState.EXPIRED, f"result not sent: {e.reason}")
+            elif status == JobStatus.CLAIMED and self.chain_time() < job.deadline:
+                raise  # e.g. a node on a lagging view: the market still takes the result, retry
+            else:
+                self._end(
+                    job.job_id, JobState.FAILED, f"result not sent: {e.reason}", reason="result-refused"
+                )
             return
         except TxFailedError as e:
-            if await self.protocol.job_status(job.job_id) == JobStatus.COMPLETED:
+            status = await self.protocol.job_status(job.job_id)
+            if status == JobStatus.COMPLETED:
                 return  # paid after all (the watcher records it)
-            self.jobs.transition(job.job_id, JobState.FAILED, f"result tx failed: {e}")
+            if e.record.state in NEVER_MINED and status == JobStatus.CLAIMED:
+                log.warning("job %d: result tx never mined (%s): posting again", job.job_id, e)
+                return  # still POSTING: the next step sends it again with a fresh nonce
+            self._end(job.job_id, JobState.FAILED, f"result tx failed: {e}", reason="result-reverted")
             return
+        if record.gas_used:
+            self.gatekeeper.gas.observe_result(record.gas_used, len(job.output or b""))
         receipt = await self.w3.eth.get_transaction_receipt(record.mined_hash)
         for event in self.protocol.market.events.ResultSubmitted().process_receipt(receipt):
             self._mark_paid(job.job_id, event["args"], record.mined_hash)

@@ -92,9 +92,23 @@ _PROMPTS_PER_TOPIC = 3
 
 # Whole-word replacements that make plain English sound like a pirate (case kept for the first letter).
 _PIRATE_WORDS: dict[str, str] = {
-    "you": "ye", "your": "yer", "is": "be", "are": "be", "my": "me", "friend": "matey", "friends": "mateys",
-    "people": "landlubbers", "yes": "aye", "hello": "ahoy", "the": "th'", "of": "o'", "money": "doubloons",
-    "treasure": "booty", "sea": "briny sea", "boat": "vessel", "stop": "avast",
+    "you": "ye",
+    "your": "yer",
+    "is": "be",
+    "are": "be",
+    "my": "me",
+    "friend": "matey",
+    "friends": "mateys",
+    "people": "landlubbers",
+    "yes": "aye",
+    "hello": "ahoy",
+    "the": "th'",
+    "of": "o'",
+    "money": "doubloons",
+    "treasure": "booty",
+    "sea": "briny sea",
+    "boat": "vessel",
+    "stop": "avast",
 }
 _WORD = re.compile(r"[A-Za-z']+")
 
@@ -158,8 +172,12 @@ class DemoAdapterSpec:
 
     def cache_key(self, base_name: str) -> str:
         blob = json.dumps(
-            {"format": CACHE_FORMAT, "base": base_name, "examples": self.examples(),
-             "hyperparameters": self.hyperparameters()},
+            {
+                "format": CACHE_FORMAT,
+                "base": base_name,
+                "examples": self.examples(),
+                "hyperparameters": self.hyperparameters(),
+            },
             sort_keys=True,
         )
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -226,8 +244,17 @@ def train_demo_adapter(
         staged = Path(tmp) / "adapter"
         started = time.monotonic()
         train_lora(
-            base, spec.examples(), staged, rank=spec.rank, alpha=spec.alpha, targets=spec.targets,
-            steps=spec.steps, lr=spec.lr, batch_size=spec.batch_size, seed=spec.seed, layers=spec.layers,
+            base,
+            spec.examples(),
+            staged,
+            rank=spec.rank,
+            alpha=spec.alpha,
+            targets=spec.targets,
+            steps=spec.steps,
+            lr=spec.lr,
+            batch_size=spec.batch_size,
+            seed=spec.seed,
+            layers=spec.layers,
             on_step=record,
         )
         manifest = {

@@ -226,6 +226,16 @@ class JobBook:
         ).fetchall()
         return [_decode(r[0]) for r in rows]
 
+    def skipped_with_note_prefix(self, prefix: str, *, after: float, limit: int) -> list[Job]:
+        """Oldest SKIPPED jobs whose error starts with `prefix` (a transient refusal's kind) and whose
+        deadline is later than `after`."""
+        rows = self.conn.execute(
+            "SELECT body FROM jobs WHERE state = ? AND substr(json_extract(body, '$.error'), 1, ?) = ?"
+            " AND json_extract(body, '$.deadline') > ? ORDER BY job_id LIMIT ?",
+            (JobState.SKIPPED.value, len(prefix), prefix, after, limit),
+        ).fetchall()
+        return [_decode(r[0]) for r in rows]
+
     def seen_since(self, block: int) -> list[Job]:
         return [
             j

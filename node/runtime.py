@@ -27,6 +27,7 @@ from node.daemon import NodeDaemon
 from node.errors import StartupError
 from node.jobs import JobBook, connect
 from node.keys import load_keystore, read_password
+from node.lock import DataDirLock, DataDirLocked
 from node.registry_view import RegistryView
 
 log = logging.getLogger("openlora.node")
@@ -99,7 +100,14 @@ async def build_daemon(config: NodeConfig, *, base: LoadedModel | None = None) -
             f"({type(e).__name__}: {e}); fix [chain].deployment"
         ) from None
 
-    w3 = AsyncWeb3(FailoverProvider(config.chain.rpc_urls, timeout_s=config.chain.rpc_timeout_s))
+    w3 = AsyncWeb3(
+        FailoverProvider(
+            config.chain.rpc_urls,
+            timeout_s=config.chain.rpc_timeout_s,
+            max_lag_blocks=config.chain.max_lag_blocks,
+            probe_interval_s=max(1.0, 5 * config.chain.poll_interval_s),
+        )
+    )
     rpc_log = logging.getLogger("openlora.rpc")
     level = rpc_log.level
     rpc_log.setLevel(logging.ERROR)  # a failed start-up probe is reported once, below, not per endpoint
@@ -128,11 +136,14 @@ async def build_daemon(config: NodeConfig, *, base: LoadedModel | None = None) -
         CursorStore(conn),
         start_block=deployment.start_block,
         confirmations=config.chain.confirmations,
+        max_range=config.chain.max_log_range,
+        head_tag=config.chain.head_tag,
     )
     fees = FeePolicy(
         max_fee_gwei=config.chain.max_fee_gwei,
         max_priority_fee_gwei=config.chain.max_priority_fee_gwei,
         bump_after_s=config.chain.bump_after_s,
+        stuck_after_s=config.chain.stuck_after_s,
     )
     tx = TxManager(
         w3,
@@ -201,6 +212,17 @@ async def build_daemon(config: NodeConfig, *, base: LoadedModel | None = None) -
 async def run_node(
     config: NodeConfig, *, stop: asyncio.Event | None = None, base: LoadedModel | None = None
 ) -> None:
+    try:
+        lock = DataDirLock(config.node.data_dir).acquire()  # one daemon per data folder
+    except DataDirLocked as e:
+        raise StartupError(str(e)) from None
+    try:
+        await _run_locked(config, stop, base)
+    finally:
+        lock.release()
+
+
+async def _run_locked(config: NodeConfig, stop: asyncio.Event | None, base: LoadedModel | None) -> None:
     daemon = await build_daemon(config, base=base)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -24,7 +24,7 @@ from inference.engine.sampling import RowSampler, find_stop, next_tokens
 from inference.engine.scheduler import Job, Outcome, Scheduler
 from inference.engine.slots import NoFreeSlot, SlotPool
 from inference.models import LoadedModel
-from inference.prompt import decode_output, encode_prompt
+from inference.prompt import check_length, decode_output, encode_prompt
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +128,11 @@ class Engine:
         self._stopping = False
         self._thread = threading.Thread(target=self._worker, name="lora-engine", daemon=True)
         self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        """The decode loop is running (started, not stopping, its thread not dead)."""
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
 
     async def stop(self) -> None:
         """Stop the decode loop; requests still waiting or running fail with RuntimeError."""
@@ -328,13 +333,7 @@ class Engine:
         on_done: Callable[[Outcome], None],
     ) -> Job:
         ids = encode_prompt(self.tokenizer, request.prompt, chat=request.chat)
-        if not ids:
-            raise ValueError("the prompt encodes to zero tokens: send a non-empty prompt or use chat=True")
-        if len(ids) + request.max_tokens > self.runner.max_positions:
-            raise ValueError(
-                f"prompt of {len(ids)} tokens + max_tokens {request.max_tokens} exceeds the model's "
-                f"{self.runner.max_positions} positions: shorten the prompt or lower max_tokens"
-            )
+        check_length(len(ids), request.max_tokens, self.runner.max_positions)  # PromptRejected
         sampler = RowSampler(request.temperature, request.top_p, request.seed)
         return Job(next(self._ids), request, key, adapter, ids, sampler, on_done)
 
