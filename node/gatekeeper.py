@@ -106,10 +106,6 @@ class Gatekeeper:
             raise AdmissionRefused(f"max_tokens {job.max_tokens} exceeds [engine].max_tokens_cap", "input")
         if not job.input and job.input_cid:
             raise AdmissionRefused("inputs by CID are not fetched by this node version", "input")
-        try:
-            prompt_tokens = d.service.check_input(job.input, job.max_tokens)
-        except PromptRejected as e:
-            raise AdmissionRefused(f"input refused ({e.reason}): {e}", "input") from None
         worst_bytes = job.max_tokens * d.service.max_output_bytes_per_token
         if worst_bytes > self.inline_limit:
             raise AdmissionRefused(
@@ -117,6 +113,10 @@ class Gatekeeper:
                 f"inline limit of {self.inline_limit} bytes",
                 "output",
             )
+        try:
+            prompt_tokens = d.service.check_input(job.input, job.max_tokens)
+        except PromptRejected as e:
+            raise AdmissionRefused(f"input refused ({e.reason}): {e}", "input") from None
         if job.price < self.pricing.min_price_wei:
             raise AdmissionRefused(
                 f"price {job.price} wei is below [policy].min_price_wei {self.pricing.min_price_wei}", "price"

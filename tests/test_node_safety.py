@@ -1,0 +1,204 @@
+"""The adversarial job corpus against the real daemon on Anvil: for every job the node either does not
+claim it (and says why) or is paid; no job of the corpus ends with the node slashed.
+
+Before these defenses, the long non-UTF-8 prompt was claimed and retried until the deadline (slashed),
+and a job at `minPrice` was served for a 2-wei share at ~140k gas."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from web3 import Web3
+
+from inference.models import LoadedModel, tiny_llama
+from node.jobs import JobBook, JobState, connect
+from tests.factories import make_peft_adapter
+from tests.stack import PRICE, protocol_stack, running_node, send
+
+GWEI = 10**9
+
+
+def _rpc(s, method: str, *params):
+    return s.w3.provider.make_request(method, list(params))
+
+
+async def _wait_state(book: JobBook, job_id: int, states: set[JobState], timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = book.get(job_id)
+        if job is not None and job.state in states:
+            return job
+        await asyncio.sleep(0.1)
+    job = book.get(job_id)
+    raise AssertionError(f"job {job_id} is {job.state if job else None}, expected one of {states}")
+
+
+async def _wait_pending(s, predicate, timeout: float = 30.0) -> dict:
+    """The first pending (mempool) transaction that satisfies `predicate`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        block = await asyncio.to_thread(s.w3.eth.get_block, "pending", True)
+        for tx in block["transactions"]:
+            if predicate(tx):
+                return tx
+        await asyncio.sleep(0.05)
+    raise AssertionError("transaction never reached the pool")
+
+
+def _submit_raw(s, adapter_id: int, data: bytes, max_tokens: int, price: int, ttl: int = 600) -> int:
+    market = s.contract("JobMarket")
+    deadline = s.w3.eth.get_block("latest")["timestamp"] + ttl
+    receipt = send(
+        s.w3, s.submitter, market.functions.submitJob(adapter_id, data, max_tokens, deadline), price
+    )
+    (event,) = market.events.JobSubmitted().process_receipt(receipt)
+    return event["args"]["jobId"]
+
+
+def _claims_by(s, node: str) -> set[int]:
+    events = s.contract("JobMarket").events.JobClaimed.get_logs(from_block=s.deployment.start_block)
+    return {e["args"]["jobId"] for e in events if e["args"]["node"] == node}
+
+
+async def test_adversarial_corpus_never_gets_the_node_slashed(
+    tmp_path: Path, tiny: LoadedModel, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="openlora")
+    adapter_dir = make_peft_adapter(tiny, tmp_path / "adapter", rank=4, seed=3)
+    async with protocol_stack(tmp_path) as s:
+        adapter_id, _ = s.publish(adapter_dir, tiny)
+        s.register_node(tiny)
+        market = s.contract("JobMarket")
+        registry = s.contract("AdapterRegistry")
+        config = s.node_config(
+            engine={"max_slots": 4, "max_batch": 4, "max_tokens_cap": 100_000},
+            chain={"confirmations": 1, "poll_interval_s": 0.2, "max_fee_gwei": 5.0, "bump_after_s": 1.0},
+            health={"check_interval_s": 0.3},
+        )
+        book = JobBook(connect(config.db_path))
+        async with running_node(config, tiny_llama(0)):
+            corpus: dict[str, int] = {}
+            # 16,000 bytes that are not UTF-8 (the report's prompt): refused before a claim
+            corpus["non-utf8"] = _submit_raw(s, adapter_id, bytes([0xFF, 0xFE, 0x80]) * 5333, 16, PRICE)
+            # UTF-8 text far beyond the model's 512 positions
+            corpus["too-long"] = _submit_raw(s, adapter_id, ("lorem ipsum " * 1300).encode(), 16, PRICE)
+            # a prompt that fits, with max_tokens that does not
+            corpus["max-tokens"] = _submit_raw(s, adapter_id, b"short prompt", 505, PRICE)
+            # an output that cannot fit the market's 16 KiB inline limit in the worst case
+            corpus["output"] = _submit_raw(s, adapter_id, b"short prompt", 6000, PRICE)
+            # price at the market's minimum: the node's share is a few wei against ~140k gas
+            corpus["min-price"] = _submit_raw(
+                s, adapter_id, b"cheap", 8, market.functions.minPrice(adapter_id).call()
+            )
+            # a servable, paying job: the control
+            corpus["honest"] = _submit_raw(s, adapter_id, b"hello there", 8, PRICE)
+
+            # the publisher raises its fee in front of a submission signed at the old fee
+            await asyncio.to_thread(_rpc, s, "evm_setAutomine", False)
+            deadline = s.w3.eth.get_block("latest")["timestamp"] + 600
+            job_id = market.functions.jobCount().call() + 1
+            submit = market.functions.submitJob(adapter_id, b"front-run me", 8, deadline).build_transaction(
+                {
+                    "from": s.submitter.address,
+                    "value": PRICE,
+                    "gas": 500_000,
+                    "nonce": s.w3.eth.get_transaction_count(s.submitter.address),
+                    "maxPriorityFeePerGas": 1,
+                    "maxFeePerGas": 50 * GWEI,
+                }
+            )
+            fee_now = registry.functions.getAdapter(adapter_id).call()[5]
+            greedy = PRICE - PRICE // 100 - 3  # leaves the node 3 wei
+            raise_fee = registry.functions.setFee(adapter_id, greedy).build_transaction(
+                {
+                    "from": s.publisher.address,
+                    "gas": 200_000,
+                    "maxPriorityFeePerGas": 10 * GWEI,
+                    "maxFeePerGas": 50 * GWEI,
+                    "nonce": s.w3.eth.get_transaction_count(s.publisher.address),
+                }
+            )
+            s.w3.eth.send_raw_transaction(s.publisher.sign_transaction(raise_fee).raw_transaction)
+            s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(submit).raw_transaction)
+            await asyncio.to_thread(_rpc, s, "evm_mine")
+            await asyncio.to_thread(_rpc, s, "evm_setAutomine", True)
+            assert market.functions.getJob(job_id).call()[6] == greedy  # the job landed at the raised fee
+            corpus["fee-front-run"] = job_id
+            send(s.w3, s.publisher, registry.functions.setFee(adapter_id, fee_now))
+
+            refused = {k: v for k, v in corpus.items() if k != "honest"}
+            for name, jid in refused.items():
+                job = await _wait_state(book, jid, {JobState.SKIPPED})
+                assert job.error, name
+            honest = await _wait_state(book, corpus["honest"], {JobState.PAID})
+            assert honest.node_amount > 0
+            reasons = {name: book.get(jid).error.split(":")[0] for name, jid in refused.items()}
+            assert reasons == {
+                "non-utf8": "input",
+                "too-long": "input",
+                "max-tokens": "input",
+                "output": "output",
+                "min-price": "unprofitable",
+                "fee-front-run": "unprofitable",
+            }
+            logged = caplog.text
+            for jid in refused.values():
+                assert f"job {jid} not claimed" in logged
+
+            # a base-fee spike above the node's cap while its result is pending
+            await asyncio.to_thread(_rpc, s, "evm_setAutomine", False)
+            spiky = market.functions.submitJob(adapter_id, b"spike", 8, deadline).build_transaction(
+                {
+                    "from": s.submitter.address,
+                    "value": PRICE,
+                    "gas": 500_000,
+                    "nonce": s.w3.eth.get_transaction_count(s.submitter.address),
+                }
+            )
+            s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(spiky).raw_transaction)
+            await asyncio.to_thread(_rpc, s, "evm_mine")
+            spike_id = market.functions.jobCount().call()
+            selector_claim = market.encode_abi("claimJob", args=[spike_id])[:10]
+            await _wait_pending(s, lambda tx: tx["input"].to_0x_hex().startswith(selector_claim))
+            await asyncio.to_thread(_rpc, s, "evm_mine")  # the claim is mined
+            result_sel = market.encode_abi("submitResult", args=[spike_id, b"", b""])[:10]
+            await _wait_pending(s, lambda tx: tx["input"].to_0x_hex().startswith(result_sel))
+            await asyncio.to_thread(_rpc, s, "anvil_setNextBlockBaseFeePerGas", hex(60 * GWEI))
+            await asyncio.to_thread(_rpc, s, "evm_mine")
+            # while fees are above the cap, a new job is not claimed (a transient refusal) ...
+            late = market.functions.submitJob(adapter_id, b"during the spike", 8, deadline).build_transaction(
+                {
+                    "from": s.submitter.address,
+                    "value": PRICE,
+                    "gas": 500_000,
+                    "maxFeePerGas": 200 * GWEI,
+                    "maxPriorityFeePerGas": GWEI,
+                    "nonce": s.w3.eth.get_transaction_count(s.submitter.address),
+                }
+            )
+            s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(late).raw_transaction)
+            await asyncio.to_thread(_rpc, s, "evm_mine")
+            late_id = market.functions.jobCount().call()
+            job = await _wait_state(book, late_id, {JobState.SKIPPED})
+            assert job.error.startswith("fees: ")
+            for _ in range(8):
+                await asyncio.to_thread(_rpc, s, "evm_mine")
+                await asyncio.sleep(0.2)
+            assert s.result_event(spike_id) is None  # unminable above the cap
+            assert s.w3.eth.get_block("latest")["baseFeePerGas"] > 5 * GWEI
+            await asyncio.to_thread(_rpc, s, "evm_setAutomine", True)
+            await asyncio.to_thread(_rpc, s, "evm_setIntervalMining", 1)
+            paid = await _wait_state(book, spike_id, {JobState.PAID}, timeout=90)  # fees fall: result mined
+            assert paid.node_amount > 0
+            # ... and once fees are back under the cap it is decided again, claimed and paid
+            await _wait_state(book, late_id, {JobState.PAID}, timeout=60)
+            await asyncio.to_thread(_rpc, s, "evm_setIntervalMining", 0)
+
+        ours = _claims_by(s, s.operator.address)
+        assert ours == {corpus["honest"], spike_id, late_id}  # nothing refused was ever claimed
+        for jid in ours:
+            assert market.functions.getJob(jid).call()[10] == 3  # Completed: paid, never slashed
+        assert Web3.to_wei(0, "ether") < market.functions.balanceOf(s.operator.address).call()
