@@ -227,6 +227,16 @@ class ProtocolClient:
             data = getattr(e, "data", None)
             raise ContractCallError(describe_revert(data) if isinstance(data, str) else str(e)) from None
 
+    def suggested_price(self, adapter_id: int, max_tokens: int) -> int:
+        """An escrow that nodes running the default policy will take: the market's minimum plus twice a
+        node's cost at today's gas price (claim + result gas for a long output, and compute), grossed up
+        for the protocol fee. Nodes refuse jobs that pay them less than their cost (docs/operators.md)."""
+        gas = 150_000 + 40 * 16 * max_tokens  # claim + result, 16 output bytes a token at worst
+        compute = 10**12 * (max_tokens + 1024) // 1000
+        node_cost = 2 * (gas * int(self.w3.eth.gas_price) + compute)
+        keep = 10_000 - self.market.functions.protocolFeeBps().call()
+        return self.min_price(adapter_id) + -(-node_cost * 10_000 // keep)
+
     def submit_job(
         self,
         adapter_id: int,
@@ -252,9 +262,9 @@ class ProtocolClient:
         deadline: int | None = None,
         ttl_s: int = 600,
     ) -> SubmittedJob:
-        """Submit a job with its escrow (default: the market's minimum price for the adapter)."""
+        """Submit a job with its escrow (default: `suggested_price`, what nodes take at today's gas)."""
         data = prompt.encode() if isinstance(prompt, str) else prompt
-        price = self.min_price(adapter_id) if price_wei is None else price_wei
+        price = self.suggested_price(adapter_id, max_tokens) if price_wei is None else price_wei
         deadline = deadline or int(self.w3.eth.get_block("latest")["timestamp"]) + ttl_s
         receipt = self.transact(
             self.market.functions.submitJob(adapter_id, data, max_tokens, deadline), value=price

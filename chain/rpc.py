@@ -95,8 +95,7 @@ class FailoverProvider(AsyncBaseProvider):
             try:
                 response = await e.provider.make_request(RPCEndpoint("eth_blockNumber"), [])
                 e.health.head = int(response["result"], 16)
-            except Exception as err:  # unreachable now: the request path backs it off
-                e.health.head = None
+            except Exception as err:  # unreachable now: the request path backs it off; its last head stays
                 e.health.last_error = f"{type(err).__name__}: {err}"
         heads = [e.health.head for e in self.endpoints if e.health.head is not None]
         if not heads:

@@ -142,6 +142,9 @@ class AsyncOpenLoRA:
     async def min_price(self, adapter_id: int) -> int:
         return await self._call(self.sync.min_price, adapter_id)
 
+    async def suggested_price(self, adapter_id: int, max_tokens: int) -> int:
+        return await self._call(self.sync.suggested_price, adapter_id, max_tokens)
+
     async def adapter(self, adapter_id: int) -> AdapterInfo:
         return await self._call(self.sync.adapter, adapter_id)
 

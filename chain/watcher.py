@@ -201,9 +201,12 @@ class EventWatcher:
         head = self.cursor.head()
         reorg_from = None
         start = head[0] + 1 if head else self.start_block
-        # caught up: the cursor's block itself may still have been replaced
-        if head is not None and start > safe and await self._hash_at(head[0]) != head[1]:
-            reorg_from = await self._find_reorg()
+        if head is not None and start > safe:
+            if self.latest is not None and head[0] > self.latest.number:
+                return None  # this endpoint is behind our cursor: wait (a shorter chain grows back past it)
+            # caught up: the cursor's block itself may still have been replaced
+            if await self._hash_at(head[0]) != head[1]:
+                reorg_from = await self._find_reorg()
         end = min(safe, start + self.range.size - 1)
         if reorg_from is None and head is not None and end >= start:
             first = await self._block(start)

@@ -53,4 +53,4 @@ async def test_policy_and_limits_leave_jobs_for_others(tmp_path: Path, tiny: Loa
             assert s.result_event(job_id) is None
         assert market.functions.getJob(served_job).call()[-1] == JobStatus.COMPLETED
         logged = " ".join(r.getMessage() for r in caplog.records)
-        assert f"job {skipped_job} skipped" in logged
+        assert f"job {skipped_job} not claimed (policy)" in logged

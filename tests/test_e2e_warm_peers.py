@@ -13,7 +13,7 @@ from inference.models import LoadedModel, tiny_llama
 from inference.store import AdapterStore
 from node.jobs import JobBook, JobState, connect
 from tests.factories import make_peft_adapter
-from tests.stack import protocol_stack, running_node
+from tests.stack import PRICE, protocol_stack, running_node
 
 
 async def _state(config, job_id: int, want: JobState, timeout: float = 30.0) -> JobState | None:
@@ -54,7 +54,31 @@ async def test_cold_node_fetches_from_the_warm_peer_and_lets_it_claim(
             await s.wait_result(first)  # only the warm node is up: it serves and now holds the adapter
             async with running_node(cold_cfg, tiny_llama(0)):
                 await asyncio.sleep(2.0)  # a few announcements reach the cold node
-                second = s.submit(adapter_id, "who gets this one?")
+                # the submission is mined alone, so both nodes see the open job before anyone's claim can
+                # land (else the cold node may read submission and claim in one batch: no decision to see)
+                await asyncio.to_thread(s.w3.provider.make_request, "evm_setAutomine", [False])
+                market = s.contract("JobMarket")
+                second = market.functions.jobCount().call() + 1
+                deadline = s.w3.eth.get_block("latest")["timestamp"] + 600
+                tx = market.functions.submitJob(
+                    adapter_id, b"who gets this one?", 12, deadline
+                ).build_transaction(
+                    {
+                        "from": s.submitter.address,
+                        "value": PRICE,
+                        "gas": 400_000,
+                        "nonce": s.w3.eth.get_transaction_count(s.submitter.address),
+                    }
+                )
+                s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(tx).raw_transaction)
+                await asyncio.to_thread(s.w3.provider.make_request, "evm_mine", [])
+                cold_seen = JobBook(connect(cold_cfg.db_path))
+                for _ in range(100):
+                    if any("head start" in (note or "") for *_, note in cold_seen.history(second)):
+                        break
+                    await asyncio.sleep(0.1)
+                await asyncio.to_thread(s.w3.provider.make_request, "evm_setAutomine", [True])
+                await asyncio.to_thread(s.w3.provider.make_request, "evm_mine", [])
                 result = await s.wait_result(second)
                 assert result["args"]["node"] == s.operator.address  # the warm node won
                 assert await _state(cold_cfg, second, JobState.LOST) == JobState.LOST

@@ -101,7 +101,10 @@ def test_trains_once_then_reuses_then_retrains_when_stale(tiny: LoadedModel, tmp
     ensure_demo_adapters(tiny, specs=changed, root=tmp_path, on_step=on_step)
     assert trained == ["robot"]
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".lock")) == [
-        "pirate", "pirate.json", "robot", "robot.json"
+        "pirate",
+        "pirate.json",
+        "robot",
+        "robot.json",
     ], "no temp folders left behind"
 
 

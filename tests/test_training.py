@@ -42,8 +42,17 @@ def _train(tiny: LoadedModel, out: Path, *, seed: int = 0, losses: list[float] |
             losses.append(log.loss)
 
     return train_lora(
-        tiny, EXAMPLES, out, rank=8, alpha=16, targets=ALL_LINEAR, steps=40, lr=1e-2, batch_size=4,
-        seed=seed, on_step=record,
+        tiny,
+        EXAMPLES,
+        out,
+        rank=8,
+        alpha=16,
+        targets=ALL_LINEAR,
+        steps=40,
+        lr=1e-2,
+        batch_size=4,
+        seed=seed,
+        on_step=record,
     )
 
 
@@ -59,8 +68,8 @@ def test_labels_cover_only_the_answer_and_eos(tiny: LoadedModel) -> None:
     prompt_ids = encode_prompt(tiny.tokenizer, "hi")
     assert ex.input_ids[: len(prompt_ids)] == prompt_ids
     assert ex.labels[: len(prompt_ids)] == [IGNORE_INDEX] * len(prompt_ids)
-    answer = ex.labels[len(prompt_ids):]
-    assert answer == ex.input_ids[len(prompt_ids):]
+    answer = ex.labels[len(prompt_ids) :]
+    assert answer == ex.input_ids[len(prompt_ids) :]
     assert answer[-1] == tiny.tokenizer.eos_token_id
     assert tiny.tokenizer.decode(answer[:-1]) == "Arr!"
 

@@ -140,7 +140,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     submit.add_argument("--max-tokens", type=int, default=64)
     price = submit.add_mutually_exclusive_group()
     price.add_argument(
-        "--price", type=Decimal, metavar="ETH", help="escrow in ETH (default: the market's minimum)"
+        "--price",
+        type=Decimal,
+        metavar="ETH",
+        help="escrow in ETH (default: covers a node's gas and compute at today's fees)",
     )
     price.add_argument("--price-wei", type=int, help="escrow in wei")
     deadline = submit.add_mutually_exclusive_group()
