@@ -40,11 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--jobs-per-adapter", type=int, default=1)
     dev.set_defaults(func=_cmd_dev)
 
-    from node.commands import adapter, jobs, node_ops
+    from node.commands import adapter, doctor, jobs, node_ops
 
     node_ops.register(sub)
     adapter.register(sub)
     jobs.register(sub)
+    doctor.register(sub)
     return parser
 
 

@@ -51,6 +51,7 @@ class IpfsSection:
     cache_dir: Path | None = None  # default: <data_dir>/adapters
     cache_budget_mb: int = 2048
     max_adapter_mb: int = 512
+    peers: list[str] = field(default_factory=list)  # direct bitswap peers: multiaddrs with /p2p/<peer id>
 
 
 @dataclass
@@ -201,6 +202,19 @@ def parse_config(data: dict, *, base: Path | None = None, source: Path | None = 
     return config
 
 
+def peer_of(addr: str) -> str:
+    """The peer id of an `[ipfs].peers` entry; ConfigError unless it is a multiaddr ending in /p2p/<id>."""
+    import multiaddr
+
+    try:
+        return multiaddr.Multiaddr(addr).value_for_protocol("p2p")
+    except Exception:
+        raise ConfigError(
+            f"[ipfs].peers: {addr!r} must be a multiaddr ending in /p2p/<peer id>, e.g. "
+            "/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW... (a Kubo node prints its addresses with `ipfs id`)"
+        ) from None
+
+
 def _check(c: NodeConfig) -> None:
     if c.node.log_format not in ("text", "json"):
         raise ConfigError(f"[node].log_format: expected 'text' or 'json', got {c.node.log_format!r}")
@@ -215,6 +229,8 @@ def _check(c: NodeConfig) -> None:
     for url in c.chain.rpc_urls + c.ipfs.gateways:
         if not url.startswith(("http://", "https://", "ws://", "wss://")):
             raise ConfigError(f"endpoint {url!r} must start with http(s):// or ws(s)://")
+    for addr in c.ipfs.peers:
+        peer_of(addr)
     if c.chain.confirmations < 1:
         raise ConfigError("[chain].confirmations must be >= 1 (1 = accept the head block)")
     if c.chain.finality_blocks < c.chain.confirmations:

@@ -192,6 +192,12 @@ async def build_daemon(config: NodeConfig, *, base: LoadedModel | None = None) -
             keccak(text=config.node.base_model),
             registry.is_registered_signer,
         )
+    if config.ipfs.peers:  # direct bitswap peers (e.g. your own Kubo): after kubo_rpc, before the gateways
+        from node.p2p.direct import DirectPeersSource
+
+        own = {"identity_path": config.identity_path, "signer": signer} if p2p is None else {}
+        peers = DirectPeersSource(config.ipfs.peers, node=p2p, **own)
+        store.sources.insert(1 if config.ipfs.kubo_rpc else 0, peers)
     service = InferenceService(base, store, engine_config(config), blocks=blocks, engine_factory=factory)
     return NodeDaemon(
         config,

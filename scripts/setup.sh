@@ -42,24 +42,22 @@ for b in anvil forge cast; do
 done
 ln -sf "$ROOT/scripts/solc-wrapper" "$TOOLS/bin/solc"
 
-# --- Python venv ---
+# --- Python venv, from the locked dependency set (scripts/lock.sh refreshes it) ---
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  LOCK=requirements/cuda.txt   # torch's CUDA build from PyPI, with the nvidia-* wheels
+else
+  LOCK=requirements/cpu.txt    # torch==2.13.0+cpu
+fi
 PY_STAMP="$VENV/.stamp"
-PY_SPEC="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+PY_SPEC="$(cat pyproject.toml scripts/setup.sh "$LOCK" | sha256sum | cut -c1-16)"
 if [ ! -f "$PY_STAMP" ] || [ "$(cat "$PY_STAMP")" != "$PY_SPEC" ]; then
   [ -x "$VENV/bin/python" ] || { log "creating .venv"; python3 -m venv "$VENV"; }
   PIP="$VENV/bin/pip"
   quiet_pip "$PIP" install -q --upgrade pip >/dev/null
-  if ! "$VENV/bin/python" -c 'import torch' 2>/dev/null; then
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-      log "CUDA present: pip install torch (CUDA build)"
-      quiet_pip "$PIP" install -q torch
-    else
-      log "no CUDA: pip install torch==2.13.0 (CPU build)"
-      quiet_pip "$PIP" install -q torch==2.13.0
-    fi
-  fi
-  log "pip install -e .[dev] (transformers, peft, web3, ...)"
-  quiet_pip "$PIP" install -q -e ".[dev]"
+  log "pip install --require-hashes -r $LOCK (torch, transformers, peft, web3, ... at locked versions)"
+  quiet_pip "$PIP" install -q --require-hashes -r "$LOCK"
+  log "pip install --no-deps -e . (the project itself)"
+  quiet_pip "$PIP" install -q --no-deps -e .
   printf '%s' "$PY_SPEC" > "$PY_STAMP"
 fi
 log "ready: .venv and .tools/bin"

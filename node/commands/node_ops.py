@@ -52,6 +52,7 @@ rpc_timeout_s = 10.0
 [ipfs]
 gateways = [{gateways}]           # trustless gateways (application/vnd.ipld.raw and .car)
 # kubo_rpc = "http://127.0.0.1:5001"   # your own Kubo node, asked before the gateways
+# peers = ["/ip4/127.0.0.1/tcp/4001/p2p/12D3KooW..."]   # direct bitswap peers (e.g. your Kubo: `ipfs id`)
 cache_budget_mb = 2048            # verified adapters on disk, LRU beyond this
 max_adapter_mb = 512              # larger adapters are refused while streaming
 

@@ -22,12 +22,20 @@ class BitswapSource:
     A peer that serves a wrong block is dropped by the node and the next one is asked; when none has the
     block, BlockUnavailableError tells the fetcher to move on to its next source."""
 
-    def __init__(self, node: P2PNode, peers: Sequence[PeerAnnouncement | str]) -> None:
+    def __init__(
+        self,
+        node: P2PNode,
+        peers: Sequence[PeerAnnouncement | str | tuple[str, tuple[str, ...]]],
+        *,
+        name: str = "bitswap",
+    ) -> None:
+        """`peers`: announcements, bare peer ids (already connected), or (peer id, dialable multiaddrs)."""
         self._node = node
-        self.name = "bitswap"
+        self.name = name
         self.stats = SourceStats()
         self._peers: list[tuple[str, tuple[str, ...]]] = [
-            (p.peer_id, p.addrs) if isinstance(p, PeerAnnouncement) else (p, ()) for p in peers
+            (p.peer_id, p.addrs) if isinstance(p, PeerAnnouncement) else (p, ()) if isinstance(p, str) else p
+            for p in peers
         ]
         self._peers = [(pid, addrs) for pid, addrs in self._peers if pid != node.peer_id]
 
