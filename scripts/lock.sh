@@ -11,14 +11,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 UV="${UV:-.venv/bin/uv}"
 TORCH_CPU="${TORCH_CPU:-2.13.0+cpu}"
-# Where the CPU build of torch comes from: a local wheel folder if this machine has one, else PyTorch's index.
+# Where the CPU build of torch comes from: a local wheel folder if this machine has one, else the index
+# given in TORCH_CPU_INDEX (PyTorch's CPU wheel index). The package index is uv's default, or UV_INDEX_URL.
 if compgen -G "/opt/wheels/torch-${TORCH_CPU}-*.whl" >/dev/null; then
   cpu_source=(--find-links /opt/wheels)
+elif [ -n "${TORCH_CPU_INDEX:-}" ]; then
+  cpu_source=(--extra-index-url "$TORCH_CPU_INDEX")
 else
-  cpu_source=(--extra-index-url https://download.pytorch.org/whl/cpu)
+  echo "no torch ${TORCH_CPU} wheel in /opt/wheels: set TORCH_CPU_INDEX to PyTorch's CPU wheel index" >&2
+  exit 2
 fi
 common=(pyproject.toml --extra dev --generate-hashes --python-version 3.11
-        --python-platform x86_64-manylinux_2_28 --index-url https://pypi.org/simple
+        --python-platform x86_64-manylinux_2_28
         --custom-compile-command "scripts/lock.sh" --quiet "$@")
 mkdir -p requirements
 printf '# written by scripts/lock.sh: the CPU build of torch\ntorch==%s\n' "$TORCH_CPU" > requirements/cpu-constraints.txt
