@@ -8,6 +8,7 @@ it catches up (`probe_heads`): a stale answer is worse than an error."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class FailoverProvider(AsyncBaseProvider):
         max_backoff_s: float = 30.0,
         max_lag_blocks: int = 10,
         probe_interval_s: float = 5.0,
+        retries: int = 2,
     ) -> None:
         super().__init__()
         if not urls:
@@ -64,6 +66,7 @@ class FailoverProvider(AsyncBaseProvider):
         self.max_backoff_s = max_backoff_s
         self.max_lag_blocks = max_lag_blocks
         self.probe_interval_s = probe_interval_s
+        self.retries = retries
         self._probed_at = float("-inf")
         self.endpoints = [
             _Endpoint(
@@ -117,28 +120,34 @@ class FailoverProvider(AsyncBaseProvider):
         return best
 
     async def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        """Healthiest endpoint first, failing over on transport errors; when every endpoint failed, the
+        round is retried `retries` times after a short pause (a 429 or a dropped connection is usually
+        gone a moment later), then AllEndpointsDownError."""
         errors: list[str] = []
-        for endpoint in self._order():
-            h = endpoint.health
-            h.requests += 1
-            started = time.monotonic()
-            try:
-                response = await endpoint.provider.make_request(method, params)
-            except Exception as e:  # transport failure: try the next endpoint
-                h.failures += 1
-                h.errors_total += 1
-                h.last_error = f"{type(e).__name__}: {e}"
-                h.down_until = time.monotonic() + min(self.max_backoff_s, 0.5 * 2 ** min(h.failures, 8))
-                if h.failures == 1:
-                    log.warning("RPC %s failed (%s): failing over", h.url, h.last_error)
-                errors.append(f"{h.url}: {h.last_error}")
-                continue
-            if h.failures:
-                log.info("RPC %s is back after %d failure(s)", h.url, h.failures)
-            h.failures, h.down_until = 0, 0.0
-            h.latency_s = 0.8 * h.latency_s + 0.2 * (time.monotonic() - started)
-            return response
-        raise AllEndpointsDownError("all RPC endpoints failed: " + "; ".join(errors))
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(0.1 * 2 ** (attempt - 1))
+            for endpoint in self._order():
+                h = endpoint.health
+                h.requests += 1
+                started = time.monotonic()
+                try:
+                    response = await endpoint.provider.make_request(method, params)
+                except Exception as e:  # transport failure: try the next endpoint
+                    h.failures += 1
+                    h.errors_total += 1
+                    h.last_error = f"{type(e).__name__}: {e}"
+                    h.down_until = time.monotonic() + min(self.max_backoff_s, 0.5 * 2 ** min(h.failures, 8))
+                    if h.failures == 1:
+                        log.warning("RPC %s failed (%s): failing over", h.url, h.last_error)
+                    errors.append(f"{h.url}: {h.last_error}")
+                    continue
+                if h.failures:
+                    log.info("RPC %s is back after %d failure(s)", h.url, h.failures)
+                h.failures, h.down_until = 0, 0.0
+                h.latency_s = 0.8 * h.latency_s + 0.2 * (time.monotonic() - started)
+                return response
+        raise AllEndpointsDownError("all RPC endpoints failed: " + "; ".join(errors[-len(self.endpoints) :]))
 
     async def is_connected(self, show_traceback: bool = False) -> bool:
         for e in self.endpoints:

@@ -157,6 +157,8 @@ class NodeDaemon:
             loops.append(asyncio.create_task(self._announce_loop(), name="announce"))
         await self.readiness.refresh()
         loops.append(asyncio.create_task(self._health_loop(), name="health"))
+        for t in loops:
+            t.add_done_callback(self._loop_ended)
         self.ready = True
         self.notifier.ready(f"serving {self.config.node.base_model}")
         log.info(
@@ -210,6 +212,13 @@ class NodeDaemon:
                 if failures == 1 or failures % 20 == 0:  # an outage is one line, not one per poll
                     log.warning("watcher: %s; retrying (%d failure(s) in a row)", e, failures)
                 await asyncio.sleep(min(10.0, self.config.chain.poll_interval_s * 2 ** min(failures, 6)))
+
+    def _loop_ended(self, task: asyncio.Task) -> None:
+        """A daemon loop must never end before shutdown: if one does, say so (the watchdog stops, too)."""
+        if not task.cancelled() and task.exception() is not None:
+            log.critical(
+                "daemon loop %s died: %r", task.get_name(), task.exception(), exc_info=task.exception()
+            )
 
     def _count_error(self, e: BaseException) -> None:
         if _is_rpc_error(e):

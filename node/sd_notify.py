@@ -36,9 +36,13 @@ class SystemdNotifier:
             return False
         try:
             if self._sock is None:
+                # non-blocking: the daemon's event loop must never wait on systemd (a full queue drops one)
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.setblocking(False)
             self._sock.sendto("\n".join(fields).encode(), self.address)
             return True
+        except BlockingIOError:
+            return False  # the receiver's queue is full: the next period sends again
         except OSError as e:  # systemd gone or socket unwritable: never fatal for the node
             log.warning("sd_notify to %s failed: %s", self.address, e)
             return False

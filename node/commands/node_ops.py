@@ -20,7 +20,9 @@ from web3 import Web3
 from chain.sdk import OpenLoRA
 from node.commands.common import CommandError, add_chain_options, client_from
 from node.config import ConfigError, NodeConfig, load_config
+from node.errors import StartupError
 from node.keys import KeystoreError, load_keystore, read_password, write_keystore
+from node.lock import held_by_daemon
 
 console = Console(highlight=False)
 
@@ -149,7 +151,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def _client_for(config: NodeConfig) -> OpenLoRA:
-    """The operator's client, from the node's own config (first RPC URL, deployment, keystore)."""
+    """The operator's client, from the node's own config (first RPC URL, deployment, keystore). Refused
+    while the node's daemon runs on that data folder: two signers on one key would race for nonces."""
+    pid = held_by_daemon(config.node.data_dir)
+    if pid is not None:
+        raise StartupError(
+            f"the node daemon (pid {pid}) is running on {config.node.data_dir} and signs with this key: "
+            "stop it first (systemctl stop openlora-node), then run this command"
+        )
     operator = load_keystore(config.chain.keystore, read_password(config.chain.password_file))
     return OpenLoRA.connect(
         config.chain.rpc_urls[0], config.chain.deployment, operator, timeout_s=config.chain.rpc_timeout_s
