@@ -221,14 +221,18 @@ class EventWatcher:
         if end < start:
             return Batch(start, start - 1, "", [], reorg_from) if reorg_from is not None else None
         end_hash = await self._hash_at(end)
-        logs = await self._get_logs(start, end)
+        logs, read_to = await self._get_logs(start, end)  # a refused range comes back shorter
+        if read_to != end:
+            end, end_hash = read_to, await self._hash_at(read_to)  # the parent check of the next batch
+            # still catches a reorg of this block that happened while its logs were read
         if end_hash is None or await self._hash_at(end) != end_hash:
             return None  # the range changed under us: try again on the next poll
         events = [self._decode(entry) for entry in logs]
         return Batch(start, end, end_hash, [e for e in events if e is not None], reorg_from)
 
-    async def _get_logs(self, start: int, end: int) -> list:
-        """eth_getLogs over [start, end]; a range the provider refuses is shrunk and retried at once."""
+    async def _get_logs(self, start: int, end: int) -> tuple[list, int]:
+        """eth_getLogs over [start, end]; a range the provider refuses is shrunk and retried at once.
+        Returns the logs and the range's real end (the batch covers exactly what was read)."""
         while True:
             try:
                 logs = await self.w3.eth.get_logs(
@@ -244,7 +248,7 @@ class EventWatcher:
                     continue
                 raise
             self.range.succeeded()
-            return logs
+            return logs, end
 
     def commit(self, batch: Batch) -> None:
         if batch.to_block >= batch.from_block:

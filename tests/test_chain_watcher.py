@@ -137,3 +137,34 @@ async def test_deep_reorg_walks_back_through_checkpoints_and_re_reads_replacemen
         cids += [e.args.get("cid") for e in await _drain(watcher)]
         assert "bafy-new" in cids and not {"bafy-a", "bafy-b", "bafy-c"} & set(cids)
         await aw3.provider.disconnect()
+
+
+async def test_a_refused_log_range_is_read_in_parts_and_loses_nothing(
+    tmp_path: Path, dev_keys: list[str]
+) -> None:
+    """A provider capping results makes the watcher read a shorter range: the batch ends where the read
+    ended (a batch claiming the whole range would skip the rest of its events)."""
+    from tests.rpc_proxy import ProviderLimits, RpcProxy
+
+    with Anvil() as anvil:
+        w3 = Web3(HTTPProvider(anvil.url))
+        deployment = deploy(w3, Account.from_key(dev_keys[0]))
+        publisher = ProtocolClient(w3, deployment, Account.from_key(dev_keys[2]))
+        for i in range(30):
+            publisher.register_adapter(f"bafy{i}", bytes([i + 1]) * 32, b"\x02" * 32, 4, 100, 1)
+        proxy = RpcProxy(anvil.url, ProviderLimits(max_log_results=7, max_log_blocks=20))
+        aw3 = AsyncWeb3(AsyncHTTPProvider(await proxy.start()))
+        watcher = EventWatcher(
+            aw3,
+            Protocol(aw3, deployment).contracts,
+            CursorStore(connect(tmp_path / "db")),
+            start_block=deployment.start_block,
+            max_range=1000,
+        )
+        events = await _drain(watcher)
+        cids = [e.args["cid"] for e in events if e.name == "AdapterRegistered"]
+        assert cids == [f"bafy{i}" for i in range(30)]  # every event, once, in order
+        assert watcher.range.shrinks > 0 and proxy.refused > 0
+        assert max(b - a + 1 for a, b in proxy.get_logs_ranges) <= 20
+        await aw3.provider.disconnect()
+        await proxy.stop()
