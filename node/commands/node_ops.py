@@ -49,7 +49,11 @@ poll_interval_s = 1.0
 max_fee_gwei = 200.0              # hard cap on maxFeePerGas, fee bumps included
 max_priority_fee_gwei = 5.0
 bump_after_s = 30.0               # no receipt after this long: same nonce, higher fees
+stuck_after_s = 120.0             # a tx pending this long is "stuck": no new claims, /readyz not ready
 rpc_timeout_s = 10.0
+max_log_range = 2000              # most blocks per eth_getLogs; shrinks by itself when a provider refuses
+max_lag_blocks = 10               # an endpoint this far behind the best one leaves the rotation
+head_tag = "latest"               # or "safe" / "finalized" where the chain has them
 
 [ipfs]
 gateways = [{gateways}]           # trustless gateways (application/vnd.ipld.raw and .car)
@@ -62,12 +66,19 @@ max_adapter_mb = 512              # larger adapters are refused while streaming
 min_attestations = 0              # validator attestations an adapter needs on chain
 allowed_publishers = []           # empty = anyone; else only these publisher addresses
 denied_cids = []
-min_price_wei = 0                 # jobs paying less are left for others
+min_price_wei = 0                 # an extra floor: jobs paying less are left for others
+# Claim only when your share of the price covers (claim + result gas) x today's fee + compute, + margin:
+compute_price_wei_per_1k_tokens = 1000000000000   # what 1,000 tokens (prompt + output) cost you
+margin_percent = 20.0
 
 [admission]
 max_committed_jobs = 16           # jobs held at once; more are left for other nodes
 assumed_tokens_per_s = 20.0       # decode speed until the engine has measured its own
 safety_factor = 1.5               # claim only what finishes before the deadline with this margin
+
+[health]
+max_watcher_lag_blocks = 50       # /readyz is not ready while the watcher is further behind
+gas_reserve_jobs = 5              # ... or the balance cannot pay gas for this many jobs
 
 [engine]
 max_slots = 8                     # adapters resident on the accelerator at once
