@@ -20,6 +20,7 @@ import aiohttp
 
 from inference.ipfs.blockstore import BlockStore
 from inference.ipfs.unixfs import ImportedDag, import_directory
+from inference.validate.strict_json import StrictJsonError, loads_object
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -48,19 +49,17 @@ def _check_safetensors(data: bytes) -> None:
     if header_len > len(data) - 8:
         raise PublishError(f"{WEIGHTS_FILE} claims a {header_len}-byte header in a {len(data)}-byte file")
     try:
-        header = json.loads(data[8 : 8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PublishError(f"{WEIGHTS_FILE} header is not JSON: not a safetensors file ({exc})") from exc
-    if not isinstance(header, dict):
-        raise PublishError(f"{WEIGHTS_FILE} header is not a JSON object")
+        loads_object(data[8 : 8 + header_len])  # bounded: a deep-nested header cannot crash the process
+    except StrictJsonError as exc:
+        raise PublishError(f"{WEIGHTS_FILE} header: {exc}: not a safetensors file") from None
 
 
 def _rank(config_bytes: bytes) -> int:
     try:
-        config = json.loads(config_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PublishError(f"{CONFIG_FILE} is not valid JSON: {exc}") from exc
-    rank = config.get("r") if isinstance(config, dict) else None
+        config = loads_object(config_bytes)
+    except StrictJsonError as exc:
+        raise PublishError(f"{CONFIG_FILE}: {exc}") from None
+    rank = config.get("r")
     if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
         raise PublishError(f'{CONFIG_FILE} must hold a positive integer "r" (the LoRA rank), got {rank!r}')
     return rank
@@ -133,7 +132,12 @@ async def pin_to_kubo(pkg: PackagedAdapter, api_url: str, *, timeout_s: float = 
         body = await resp.text()
         if resp.status != 200:
             raise PublishError(f"Kubo at {api_url} refused the add: HTTP {resp.status} {body[:300]}")
-    entries = [json.loads(line) for line in body.splitlines() if line.strip()]
+    try:
+        entries = [loads_object(line.encode()) for line in body.splitlines() if line.strip()]
+    except StrictJsonError as exc:
+        raise PublishError(
+            f"Kubo at {api_url} answered something that is not its add output: {exc}"
+        ) from None
     root = next((e.get("Hash") for e in entries if e.get("Name") == "adapter"), None)
     if root != pkg.cid:
         raise PublishError(

@@ -6,13 +6,14 @@ as jobs, so a bad CID is refused here exactly as a job on it would be."""
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+
+from inference.validate.strict_json import loads_object
 
 if TYPE_CHECKING:
     from node.daemon import NodeDaemon
@@ -109,7 +110,7 @@ def add_completion_routes(app: web.Application, daemon: NodeDaemon) -> None:
         from inference.validate import AdapterRejected
 
         try:
-            body = json.loads(await request.read())
+            body = loads_object(await request.read())
         except (ValueError, UnicodeDecodeError):
             return _error(400, "the body is not valid JSON", "invalid_request_error")
         try:

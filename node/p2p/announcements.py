@@ -16,6 +16,8 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from eth_account.signers.local import LocalAccount
 
+from inference.validate.strict_json import loads_object
+
 ANNOUNCEMENT_VERSION = 1
 MAX_ANNOUNCEMENT_BYTES = 64 * 1024
 MAX_WARM_ADAPTERS = 512
@@ -100,7 +102,7 @@ def decode_announcement(data: bytes) -> PeerAnnouncement:
     if len(data) > MAX_ANNOUNCEMENT_BYTES:
         raise AnnouncementRejected(f"announcement of {len(data)} bytes is over {MAX_ANNOUNCEMENT_BYTES}")
     try:
-        raw = json.loads(data)
+        raw = loads_object(data)  # from a peer: bounded depth, no duplicate keys
         if raw.pop("v") != ANNOUNCEMENT_VERSION:
             raise AnnouncementRejected("unknown announcement version")
         cap = raw.pop("capacity")
