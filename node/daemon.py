@@ -356,7 +356,7 @@ class NodeDaemon:
 
     def _end(self, job_id: int, state: JobState, note: str, reason: str = "error") -> None:
         """Every expiry and failure of a job we worked on: a WARNING/ERROR line with its id, and a metric."""
-        self.jobs.transition(job_id, state, note)
+        self.jobs.transition(job_id, state, note, error=note)
         if state == JobState.EXPIRED:
             self.metrics.jobs_expired += 1
             log.warning("job %d expired: %s", job_id, note)

@@ -168,3 +168,53 @@ async def test_a_refused_log_range_is_read_in_parts_and_loses_nothing(
         assert max(b - a + 1 for a, b in proxy.get_logs_ranges) <= 20
         await aw3.provider.disconnect()
         await proxy.stop()
+
+
+async def test_finalized_tag_holds_back_what_the_chain_has_not_finalized(
+    tmp_path: Path, dev_keys: list[str]
+) -> None:
+    with Anvil(extra_args=["--slots-in-an-epoch", "4"]) as anvil:  # finalized = a few epochs behind head
+        w3 = Web3(HTTPProvider(anvil.url))
+        deployment = deploy(w3, Account.from_key(dev_keys[0]))
+        publisher = ProtocolClient(w3, deployment, Account.from_key(dev_keys[2]))
+        aw3 = AsyncWeb3(AsyncHTTPProvider(anvil.url))
+        watcher = EventWatcher(
+            aw3,
+            Protocol(aw3, deployment).contracts,
+            CursorStore(connect(tmp_path / "db")),
+            start_block=deployment.start_block,
+            head_tag="finalized",
+        )
+        publisher.register_adapter("bafyfinal", b"\x07" * 32, b"\x02" * 32, 4, 100, 1)
+        registered_at = w3.eth.block_number
+        assert w3.eth.get_block("finalized")["number"] < registered_at
+        assert "AdapterRegistered" not in [e.name for e in await _drain(watcher)]
+        w3.provider.make_request("anvil_mine", [40])
+        assert w3.eth.get_block("finalized")["number"] >= registered_at
+        assert [e.args["cid"] for e in await _drain(watcher) if e.name == "AdapterRegistered"] == [
+            "bafyfinal"
+        ]
+        await aw3.provider.disconnect()
+
+
+def test_log_range_follows_what_providers_say_and_grows_back() -> None:
+    from chain.log_range import AdaptiveRange, is_range_refusal
+
+    r = AdaptiveRange(2000, grow_after=2)
+    r.refused(ValueError("exceed maximum block range: 500"), 100, 2000)  # geth
+    assert r.size == 500
+    r.refused(
+        ValueError("query returned more than 10000 results. Try with this block range [0x64, 0x95]."),
+        100,
+        500,
+    )
+    assert r.size == 50  # Infura's suggestion, exactly
+    r.refused(ValueError("413 Request Entity Too Large"), 100, 50)
+    assert r.size == 25  # no hint: halved
+    for _ in range(6):
+        r.succeeded()
+    assert r.size == 200  # doubles after every 2 successes, never above the maximum
+    assert is_range_refusal(
+        ValueError("Log response size exceeded. ... this block range should work: [0x1, 0x2]")
+    )
+    assert not is_range_refusal(ValueError("execution reverted"))

@@ -202,3 +202,53 @@ async def test_adversarial_corpus_never_gets_the_node_slashed(
         for jid in ours:
             assert market.functions.getJob(jid).call()[10] == 3  # Completed: paid, never slashed
         assert Web3.to_wei(0, "ether") < market.functions.balanceOf(s.operator.address).call()
+
+
+async def test_engine_refusal_after_a_claim_is_terminal_at_once(
+    tmp_path: Path, tiny: LoadedModel, caplog
+) -> None:
+    """Admission makes it unreachable; should a claimed job still be refused by the engine (here: resumed
+    from a database written by a node that admitted it), it fails at once with an ERROR line and a metric,
+    instead of being retried "in state running" until the deadline."""
+    from aiohttp import ClientSession
+
+    from node.jobs import Job
+
+    caplog.set_level(logging.INFO, logger="openlora")
+    adapter_dir = make_peft_adapter(tiny, tmp_path / "adapter", rank=4, seed=4)
+    async with protocol_stack(tmp_path) as s:
+        adapter_id, pkg = s.publish(adapter_dir, tiny)
+        s.register_node(tiny)
+        config = s.node_config()
+        book = JobBook(connect(config.db_path))
+        long_prompt = ("far too long " * 400).encode()
+        book.add(
+            Job(
+                job_id=777,
+                state=JobState.CLAIMED,
+                submitter=s.submitter.address,
+                adapter_id=adapter_id,
+                adapter_hash=pkg.content_hash,
+                input=long_prompt,
+                input_cid="",
+                input_hash=b"\0" * 32,
+                max_tokens=8,
+                deadline=int(time.time()) + 3600,
+                price=PRICE,
+                seen_block=1,
+                adapter_cid=pkg.cid,
+            )
+        )
+        started = time.monotonic()
+        async with running_node(config, tiny_llama(0)) as url:
+            job = await _wait_state(book, 777, {JobState.FAILED}, timeout=30)
+            took = time.monotonic() - started
+            async with ClientSession() as http, http.get(f"{url}/metrics") as r:
+                metrics = await r.text()
+        assert took < 20  # at once, not after minutes of retries
+        assert "exceeds the model's 512 positions" in job.error
+        states = [to for _, _, to, _ in book.history(777)]
+        assert states.count("running") == 1  # one attempt
+        assert 'openlora_jobs_failed_total{reason="input-rejected"} 1.0' in metrics
+        assert "job 777 FAILED (input-rejected)" in caplog.text
+        assert any(r.levelno == logging.ERROR and "job 777" in r.getMessage() for r in caplog.records)
