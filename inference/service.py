@@ -7,9 +7,11 @@ finite values) first."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +19,13 @@ from pathlib import Path
 from inference.engine import Engine, EngineConfig, GenerationRequest, GenerationResult
 from inference.ipfs.blockstore import BlockStore
 from inference.ipfs.cid import parse_cid
+from inference.ipfs.errors import FetchError
 from inference.ipfs.sources import BlockSource
 from inference.ipfs.unixfs import import_directory
 from inference.models import LoadedModel
 from inference.prompt import check_prompt, max_output_bytes_per_token
 from inference.store import AdapterStore
-from inference.validate import BaseModelSpec, ValidationLimits, validate_adapter_dir
+from inference.validate import AdapterRejected, BaseModelSpec, ValidationLimits, validate_adapter_dir
 
 log = logging.getLogger("openlora.inference")
 EngineFactory = Callable[..., Engine]  # (base, config, loader=...) -> an Engine or a backend shaped like it
@@ -44,6 +47,9 @@ class InferenceService:
         limits: ValidationLimits | None = None,
         blocks: BlockStore | None = None,
         engine_factory: EngineFactory | None = None,
+        *,
+        failure_ttl_s: float = 600.0,
+        fetch_timeout_s: float = 300.0,
     ) -> None:
         self.base = base
         self.store = store
@@ -56,6 +62,13 @@ class InferenceService:
         # the built-in swap engine, or a backend with the same interface (engine/vllm_backend.py)
         self.engine = (engine_factory or Engine)(base, engine_config, loader=self._load)
         self._hashes: dict[str, bytes] = {}
+        self._validated: dict[str, bytes] = {}  # CID -> content hash whose weights the engine holds
+        self._failed: dict[tuple[str, bytes], tuple[float, Exception]] = {}  # (CID, hash) -> until, why
+        self.failure_ttl_s = failure_ttl_s
+        self.fetch_timeout_s = fetch_timeout_s
+        self.validations: collections.Counter[str] = collections.Counter()  # per CID, this process
+        self.refused_from_memory = 0  # prepare() calls answered by a remembered failure
+        self._preparing: dict[tuple[str, bytes], asyncio.Future[PreparedAdapter]] = {}
 
     async def start(self) -> None:
         await self.engine.start()
@@ -68,6 +81,8 @@ class InferenceService:
         content_hash = self._hashes[cid]
         async with self.store.lease(cid, content_hash, sources=sources) as path:
             weights = await asyncio.to_thread(validate_adapter_dir, path, self.spec, self.limits)
+            self.validations[cid] += 1
+            self._validated[cid] = content_hash
             if self.blocks is not None:
                 await asyncio.to_thread(self._offer_blocks, cid, path)
             return weights
@@ -91,11 +106,64 @@ class InferenceService:
     ) -> PreparedAdapter:
         """Make the adapter servable. `sources` overrides where blocks come from (e.g. warm peers first).
         Raises FetchError (bytes wrong or unreachable) or AdapterRejected (bytes right but unsafe or unfit
-        for this base model)."""
+        for this base model).
+
+        Validated once per (CID, content hash): an adapter the engine already holds (host tier) touches
+        neither the disk tier nor the validator and keeps its slot. A failure is remembered for
+        `failure_ttl_s`, so a poison adapter costs one fetch, not one per job; every fetch has an overall
+        deadline (`fetch_timeout_s`)."""
+        held = self.engine.host.get(cid) if hasattr(self.engine, "host") else None
+        if held is not None and self._validated.get(cid) == content_hash:
+            self._hashes[cid] = content_hash
+            return PreparedAdapter(cid, held.rank, held.nbytes)
+        key = (cid, content_hash)
+        remembered = self._failed.get(key)
+        if remembered is not None:
+            until, error = remembered
+            if time.monotonic() < until:
+                self.refused_from_memory += 1
+                raise error
+            del self._failed[key]
         self._hashes[cid] = content_hash
-        weights = await self._load(cid, sources)
-        self.engine.add_adapter(cid, weights)
+        flight = self._preparing.get(key)
+        if flight is None:  # single-flight: jobs of one adapter arriving together validate it once
+            flight = asyncio.ensure_future(self._prepare_once(key, sources))
+            self._preparing[key] = flight
+            flight.add_done_callback(lambda _: self._preparing.pop(key, None))
+        return await asyncio.shield(flight)
+
+    async def _prepare_once(
+        self, key: tuple[str, bytes], sources: Sequence[BlockSource] | None
+    ) -> PreparedAdapter:
+        cid, _ = key
+        try:
+            weights = await asyncio.wait_for(self._load(cid, sources), self.fetch_timeout_s)
+        except (FetchError, AdapterRejected) as e:
+            self._failed[key] = (time.monotonic() + self.failure_ttl_s, e)
+            raise
+        except TimeoutError:
+            error = FetchError(
+                f"adapter {cid}: not fetched and validated within {self.fetch_timeout_s:.0f}s "
+                "([ipfs].fetch_timeout_s)",
+                reason="timeout",
+            )
+            self._failed[key] = (time.monotonic() + self.failure_ttl_s, error)
+            raise error from None
+        # a CID fixes its bytes: weights re-read for a CID a slot still holds (after a host-tier eviction)
+        # are the same weights, and keep their slot
+        self.engine.add_adapter(cid, weights, same_weights=self._slot_holds(cid))
         return PreparedAdapter(cid, weights.rank, weights.nbytes)
+
+    def prefetch(self, cid: str, content_hash: bytes) -> None:
+        """Bring an adapter into the host tier ahead of its job (no-op when it is there already)."""
+        host = getattr(self.engine, "host", None)
+        if host is None or cid in host:
+            return
+        self._hashes[cid] = content_hash
+        self.engine.prefetch(cid)
+
+    def _slot_holds(self, cid: str) -> bool:
+        return any(s.adapter == cid for s in self.engine.stats().slots)
 
     @property
     def max_positions(self) -> int:

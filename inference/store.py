@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -52,6 +53,15 @@ class CacheEntry:
     size: int  # bytes of the two files
     last_used: float
     leases: int = 0
+    verified: bool = True  # False for entries found on disk at start: re-hashed at their first lease
+
+
+def _sha256_file(path: Path) -> bytes:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.digest()
 
 
 def _commit_entry(tmp: Path, final: Path) -> None:
@@ -92,6 +102,7 @@ class AdapterStore:
         self.sources = list(sources)
         self.options = options or FetchOptions()
         self.downloads = 0  # fetches started (a cache miss shared by concurrent callers counts once)
+        self.rehashes = 0  # entries from before a restart whose bytes were hashed again
         self._adapters = self.cache_dir / "adapters"
         self._tmp = self.cache_dir / "tmp"
         self._entries: dict[str, CacheEntry] = {}
@@ -118,7 +129,9 @@ class AdapterStore:
                     path.unlink(missing_ok=True)
                 continue
             size = sum(p.stat().st_size for p in files.values())
-            self._entries[key] = CacheEntry(key, content_hash, path, size, path.stat().st_mtime)
+            self._entries[key] = CacheEntry(
+                key, content_hash, path, size, path.stat().st_mtime, verified=False
+            )
 
     # ------------------------------------------------------------------------------------------ queries
 
@@ -195,6 +208,8 @@ class AdapterStore:
             raise FetchError(str(exc), reason="bad-cid") from exc
         key = block_key(parsed)
         entry = self._entries.get(key)
+        if entry is not None and not entry.verified:
+            entry = await self._reverify(entry)
         if entry is not None:
             entry.leases += 1
         else:
@@ -207,6 +222,26 @@ class AdapterStore:
         with contextlib.suppress(OSError):
             os.utime(entry.path)  # keeps LRU order across restarts
         return entry
+
+    async def _reverify(self, entry: CacheEntry) -> CacheEntry | None:
+        """An entry from before a restart: its weights are hashed again (disk rot, a hand-edited cache)
+        before anything reads them; a mismatch drops it, and it is fetched again."""
+        entry.leases += 1  # not evictable while hashing
+        try:
+            got = await asyncio.to_thread(_sha256_file, entry.path / WEIGHTS_FILE)
+        finally:
+            entry.leases -= 1
+        if got == entry.content_hash:
+            entry.verified = True
+            self.rehashes += 1
+            return entry
+        log.warning(
+            "adapter cache: %s changed on disk (sha256 %s): dropped, fetching again", entry.path, got.hex()
+        )
+        if self._entries.get(entry.key) is entry and entry.leases == 0:
+            del self._entries[entry.key]
+            shutil.rmtree(entry.path, ignore_errors=True)
+        return None
 
     async def _wait_for_fill(
         self, cid: str, key: str, content_hash: bytes, sources: Sequence[BlockSource] | None

@@ -51,6 +51,10 @@ class IpfsSection:
     cache_dir: Path | None = None  # default: <data_dir>/adapters
     cache_budget_mb: int = 2048
     max_adapter_mb: int = 512
+    max_concurrent_fetches: int = 4  # pre-claim fetches at once, apart from running jobs
+    fetch_timeout_s: float = 300.0  # one adapter's fetch + verify + validate, overall
+    failed_cid_ttl_s: float = 600.0  # an adapter that failed (unreachable, wrong bytes, refused) is not
+    # fetched again for this long: a poison adapter costs one fetch, not one per job
     peers: list[str] = field(default_factory=list)  # direct bitswap peers: multiaddrs with /p2p/<peer id>
 
 
@@ -248,6 +252,10 @@ def _check(c: NodeConfig) -> None:
     if c.node.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise ConfigError(
             f"[node].log_level: expected DEBUG, INFO, WARNING or ERROR, got {c.node.log_level!r}"
+        )
+    if c.ipfs.max_concurrent_fetches < 1 or c.ipfs.fetch_timeout_s <= 0 or c.ipfs.failed_cid_ttl_s < 0:
+        raise ConfigError(
+            "[ipfs].max_concurrent_fetches must be >= 1, fetch_timeout_s > 0, failed_cid_ttl_s >= 0"
         )
     if c.policy.min_price_wei < 0:
         raise ConfigError("[policy].min_price_wei must be >= 0")

@@ -105,7 +105,9 @@ class NodeDaemon:
         self.metrics = NodeMetrics()
         self.base_model_id = keccak(text=config.node.base_model)
         self._drivers: dict[int, asyncio.Task] = {}
-        self._inflight = asyncio.Semaphore(config.node.max_inflight_jobs)
+        self._inflight = asyncio.Semaphore(config.node.max_inflight_jobs)  # steps of claimed work at once
+        # pre-claim fetches have their own limit: a slow or hostile source never holds back running jobs
+        self._fetch_slots = asyncio.Semaphore(config.ipfs.max_concurrent_fetches)
         self.admission = AdmissionController(
             AdmissionPolicy(
                 min_price_wei=config.policy.min_price_wei,
@@ -523,8 +525,7 @@ class NodeDaemon:
 
     async def _drive(self, job_id: int) -> None:
         try:
-            async with self._inflight:
-                await self._drive_steps(job_id)
+            await self._drive_steps(job_id)
         finally:
             if self._drivers.get(job_id) is asyncio.current_task() and not self._stopping.is_set():
                 del self._drivers[job_id]  # bounded: only live drivers are kept
@@ -549,7 +550,8 @@ class NodeDaemon:
                 self._end(job_id, JobState.EXPIRED, "deadline passed (chain time) before we could finish")
                 return
             try:
-                await self._step(job)
+                async with self._fetch_slots if job.state == JobState.FETCHING else self._inflight:
+                    await self._step(job)
                 failures = 0
             except asyncio.CancelledError:
                 raise
@@ -607,6 +609,7 @@ class NodeDaemon:
                     return
                 await self._claim(job)
             case JobState.CLAIMED:
+                self.service.prefetch(job.adapter_cid, job.adapter_hash)  # a queued job's adapter, ahead
                 self.jobs.transition(job.job_id, JobState.RUNNING)
             case JobState.RUNNING:
                 await self._run(job)

@@ -167,7 +167,29 @@ class NodeCollector(Collector):
         yield _counter("openlora_gas_spent_wei", "Wei the node paid for gas.", gas_wei)
 
     def _engine(self) -> Iterator[Metric]:
-        stats = self.d.service.engine.stats()
+        service = self.d.service
+        yield _counter(
+            "openlora_adapter_validations",
+            "Adapter validations (once per adapter and process).",
+            sum(service.validations.values()),
+        )
+        yield _gauge(
+            "openlora_adapters_validated", "Adapters validated in this process.", len(service.validations)
+        )
+        yield _counter(
+            "openlora_adapter_fetches", "Adapter downloads started (cache misses).", service.store.downloads
+        )
+        yield _counter(
+            "openlora_adapter_rehashes",
+            "Disk-tier entries re-hashed after a restart.",
+            service.store.rehashes,
+        )
+        yield _counter(
+            "openlora_adapter_refused_from_memory",
+            "Jobs refused by a remembered adapter failure.",
+            service.refused_from_memory,
+        )
+        stats = service.engine.stats()
         for key, doc in (("swaps_in", "Host-to-slot adapter copies."), ("evictions", "Slot reassignments.")):
             yield _counter(f"openlora_engine_{key}", doc, float(getattr(stats, key, 0)))
         for key, doc in (

@@ -198,7 +198,15 @@ async def build_daemon(config: NodeConfig, *, base: LoadedModel | None = None) -
         own = {"identity_path": config.identity_path, "signer": signer} if p2p is None else {}
         peers = DirectPeersSource(config.ipfs.peers, node=p2p, **own)
         store.sources.insert(1 if config.ipfs.kubo_rpc else 0, peers)
-    service = InferenceService(base, store, engine_config(config), blocks=blocks, engine_factory=factory)
+    service = InferenceService(
+        base,
+        store,
+        engine_config(config),
+        blocks=blocks,
+        engine_factory=factory,
+        failure_ttl_s=config.ipfs.failed_cid_ttl_s,
+        fetch_timeout_s=config.ipfs.fetch_timeout_s,
+    )
     return NodeDaemon(
         config,
         w3,

@@ -80,12 +80,16 @@ class Engine:
 
     # ---------------------------------------------------------------- adapters
 
-    def add_adapter(self, key: str, weights: AdapterWeights) -> None:
+    def add_adapter(self, key: str, weights: AdapterWeights, *, same_weights: bool = False) -> None:
         """Check `weights` against this engine and put them in the host tier under `key`. Re-adding a
-        key replaces it for requests submitted afterwards. Raises ValueError if they do not fit."""
+        key replaces it for requests submitted afterwards (its slot is forgotten), unless the caller
+        knows they are the same weights (`same_weights`: e.g. re-read after a host-tier eviction), which
+        keep their slot. Raises ValueError if they do not fit."""
         if key.startswith("merge:"):
             raise ValueError(f"adapter key {key!r}: the 'merge:' prefix is reserved for weighted merges")
         self.host.put(self._prepare(key, weights))
+        if same_weights:
+            return
         with self._cv:
             self._forget.append(key)
         for merged, parts in list(self._merge_parts.items()):

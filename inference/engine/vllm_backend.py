@@ -128,7 +128,7 @@ class VllmEngine:
         self.host_lookups = 0
 
     # ---- the Engine interface ------------------------------------------------------------------
-    def add_adapter(self, key: str, weights: AdapterWeights) -> None:
+    def add_adapter(self, key: str, weights: AdapterWeights, *, same_weights: bool = False) -> None:
         if weights.rank > self.config.max_rank:
             raise ValueError(f"adapter {key} has rank {weights.rank} > max_rank {self.config.max_rank}")
         self.host.put(key, weights, str(self.model_dir))
