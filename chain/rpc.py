@@ -87,6 +87,15 @@ class FailoverProvider(AsyncBaseProvider):
         down = sorted((e for e in in_sync if not e.health.up), key=lambda e: e.health.down_until)
         return up + down  # when all are down, still try the one that recovers soonest
 
+    def lowest_head_in_rotation(self) -> int | None:
+        """The lowest probed head among endpoints in rotation: a reader that never asks past it gets
+        complete answers from whichever of them serves the request (a node behind answers `eth_getLogs`
+        for blocks it lacks with nothing at all, silently). None with a single endpoint in rotation."""
+        in_rotation = [e for e in self.endpoints if not e.health.lagging]
+        if len(in_rotation) < 2:
+            return None  # one endpoint: reads go to it or fail, never to another one further behind
+        return min((e.health.head for e in in_rotation if e.health.head is not None), default=None)
+
     async def probe_heads(self, *, force: bool = False) -> int | None:
         """Ask every endpoint for its head (at most every `probe_interval_s`); mark those more than
         `max_lag_blocks` behind the best as lagging (out of rotation). Returns the best head seen."""
@@ -95,11 +104,14 @@ class FailoverProvider(AsyncBaseProvider):
             return max((e.health.head for e in self.endpoints if e.health.head is not None), default=None)
         self._probed_at = now
         for e in self.endpoints:
-            try:
-                response = await e.provider.make_request(RPCEndpoint("eth_blockNumber"), [])
-                e.health.head = int(response["result"], 16)
-            except Exception as err:  # unreachable now: the request path backs it off; its last head stays
-                e.health.last_error = f"{type(err).__name__}: {err}"
+            for attempt in range(3):
+                try:
+                    response = await e.provider.make_request(RPCEndpoint("eth_blockNumber"), [])
+                    e.health.head = int(response["result"], 16)
+                    break
+                except Exception as err:  # unreachable now: the request path backs it off; last head stays
+                    e.health.last_error = f"{type(err).__name__}: {err}"
+                    await asyncio.sleep(0.05 * (attempt + 1))
         heads = [e.health.head for e in self.endpoints if e.health.head is not None]
         if not heads:
             return None

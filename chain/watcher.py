@@ -178,14 +178,19 @@ class EventWatcher:
     async def refresh_head(self) -> int:
         """The last block the watcher may read: `confirmations` below the head, or the chain's `safe` /
         `finalized` block where configured and supported."""
-        probe = getattr(self.w3.provider, "probe_heads", None)
+        provider = self.w3.provider
+        probe = getattr(provider, "probe_heads", None)
         if probe is not None:
             await probe()  # lagging endpoints leave the rotation before we read from them
         latest = await self.w3.eth.get_block("latest")
         self.latest = HeadInfo(
             latest["number"], latest["timestamp"], int(latest.get("baseFeePerGas", 0)), time.monotonic()
         )
-        safe = latest["number"] - self.confirmations + 1
+        top = latest["number"]
+        lowest = getattr(provider, "lowest_head_in_rotation", lambda: None)()
+        if lowest is not None:
+            top = min(top, lowest)  # every endpoint that may serve the read has these blocks
+        safe = top - self.confirmations + 1
         if self.head_tag != "latest":
             try:
                 tagged = await self.w3.eth.get_block(self.head_tag)
