@@ -34,7 +34,8 @@ class EndpointHealth:
     errors_total: int = 0
     last_error: str = ""
     latency_s: float = 0.0  # exponential moving average
-    head: int | None = None  # eth_blockNumber at the last probe
+    head: int | None = None  # eth_blockNumber at the last successful probe
+    head_fresh: bool = False  # the last probe answered (a down endpoint's old head is not a reference)
     lagging: bool = False  # out of rotation: its head is more than max_lag_blocks behind the best
 
     @property
@@ -94,7 +95,7 @@ class FailoverProvider(AsyncBaseProvider):
         in_rotation = [e for e in self.endpoints if not e.health.lagging]
         if len(in_rotation) < 2:
             return None  # one endpoint: reads go to it or fail, never to another one further behind
-        return min((e.health.head for e in in_rotation if e.health.head is not None), default=None)
+        return min((e.health.head for e in in_rotation if e.health.head_fresh), default=None)
 
     async def probe_heads(self, *, force: bool = False) -> int | None:
         """Ask every endpoint for its head (at most every `probe_interval_s`); mark those more than
@@ -104,20 +105,21 @@ class FailoverProvider(AsyncBaseProvider):
             return max((e.health.head for e in self.endpoints if e.health.head is not None), default=None)
         self._probed_at = now
         for e in self.endpoints:
+            e.health.head_fresh = False
             for attempt in range(3):
                 try:
                     response = await e.provider.make_request(RPCEndpoint("eth_blockNumber"), [])
-                    e.health.head = int(response["result"], 16)
+                    e.health.head, e.health.head_fresh = int(response["result"], 16), True
                     break
-                except Exception as err:  # unreachable now: the request path backs it off; last head stays
+                except Exception as err:  # unreachable now: the request path backs it off
                     e.health.last_error = f"{type(err).__name__}: {err}"
                     await asyncio.sleep(0.05 * (attempt + 1))
-        heads = [e.health.head for e in self.endpoints if e.health.head is not None]
-        if not heads:
+        fresh = [e for e in self.endpoints if e.health.head_fresh]
+        if not fresh:
             return None
-        best = max(heads)
-        for e in self.endpoints:
-            lagging = e.health.head is not None and best - e.health.head > self.max_lag_blocks
+        best = max(e.health.head for e in fresh)
+        for e in fresh:  # an endpoint that did not answer keeps its standing until it does
+            lagging = best - e.health.head > self.max_lag_blocks
             if lagging != e.health.lagging:
                 behind = best - (e.health.head or 0)
                 if lagging:
