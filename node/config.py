@@ -104,7 +104,7 @@ class EngineSection:
     max_tokens_cap: int = 512
     device: str = "auto"  # "auto", "cpu", "cuda"
     cpu_threads: int = 0  # torch intra-op threads (process-wide); 0 = torch's default
-    backend: str = "builtin"  # "builtin" (the swap engine) or "vllm" (optional extra, CUDA)
+    backend: str = "builtin"  # "builtin" (the swap engine), "vllm" (optional extra, CUDA), "naive" (baseline)
     tensor_parallel_size: int = 1  # vllm backend only
 
 
@@ -290,8 +290,10 @@ def _check(c: NodeConfig) -> None:
         raise ConfigError(f"[engine].device: expected auto, cpu or cuda, got {c.engine.device!r}")
     if not 0 < c.api.port < 65536:
         raise ConfigError(f"[api].port: {c.api.port} is not a TCP port")
-    if c.engine.backend not in ("builtin", "vllm"):
-        raise ConfigError(f"[engine].backend: expected 'builtin' or 'vllm', got {c.engine.backend!r}")
+    if c.engine.backend not in ("builtin", "vllm", "naive"):
+        raise ConfigError(
+            f"[engine].backend: expected 'builtin', 'vllm' or 'naive' (a baseline), got {c.engine.backend!r}"
+        )
     if c.api.completions and c.api.host not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError(
             f"[api].completions serves inference without payment: it binds to 127.0.0.1 only, but [api].host"

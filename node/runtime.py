@@ -54,6 +54,10 @@ def engine_config(config: NodeConfig) -> EngineConfig:
 def engine_factory(config: NodeConfig):
     """None for the built-in swap engine; for `[engine].backend = "vllm"`, a factory for the vLLM backend,
     checked here so that a machine without vLLM fails at start with one line."""
+    if config.engine.backend == "naive":
+        from inference.engine.naive_backend import NaivePeftEngine
+
+        return NaivePeftEngine
     if config.engine.backend != "vllm":
         return None
     from inference.embedded import prepare_smollm2
