@@ -12,10 +12,13 @@ log() { printf '\033[1;34m[setup]\033[0m %s\n' "$*" >&2; }
 # pip on these machines warns about configured local indexes that hold no such package: noise, not errors.
 quiet_pip() { "$@" 2> >(grep -v -e "is ignored: it is neither" -e "BuildBackendWarning" >&2); }
 
-# --- Debian packages: GMP headers (libp2p's fastecdsa builds against them), Chromium (status-page test) ---
+# --- Debian packages: GMP headers (libp2p's fastecdsa builds against them), Chromium (status-page test),
+#     Prometheus (tests/test_grafana_dashboard.py runs the binary itself; on a host with systemd the
+#     package also enables prometheus.service on :9090, which the test does not use) ---
 need_apt=()
 [ -e /usr/include/gmp.h ] || [ -e /usr/include/x86_64-linux-gnu/gmp.h ] || need_apt+=(libgmp-dev)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v prometheus >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     log "apt-get install ${need_apt[*]}"
