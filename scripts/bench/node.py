@@ -188,7 +188,22 @@ async def run_node(
 async def main_async(args: argparse.Namespace) -> dict:
     trace = zipf_trace(args.jobs, args.adapters, args.seed)
     rng = random.Random(args.seed + 1)
-    words = "the a lora adapter node chain swap batch token model serve pay job slot".split()
+    words = [
+        "the",
+        "a",
+        "lora",
+        "adapter",
+        "node",
+        "chain",
+        "swap",
+        "batch",
+        "token",
+        "model",
+        "serve",
+        "pay",
+        "job",
+        "slot",
+    ]
     prompts = [" ".join(rng.choices(words, k=8)) for _ in trace]
     used = sorted(set(trace))
     with tempfile.TemporaryDirectory() as tmp:
