@@ -257,6 +257,8 @@ class NodeDaemon:
         for kind in TRANSIENT_KINDS:
             if self.admission.at_capacity(live):
                 return
+            if kind == "stake" and "stake" in self.readiness.report.reasons:
+                continue
             for job in self.jobs.skipped_with_note_prefix(f"{kind}: ", after=self.chain_time() + 5, limit=8):
                 self.jobs.transition(
                     job.job_id, JobState.SEEN, f"{kind} cleared: admission decided again", error=None
@@ -651,6 +653,11 @@ class NodeDaemon:
             record = await self.tx.wait(key, timeout=max(10.0, job.deadline - time.time()))
         except SimulationError as e:
             status = await self.protocol.job_status(job.job_id)
+            if status == JobStatus.OPEN and "NodeNotEligible" in e.reason:
+                # our free stake is locked in other claims right now: left for later, not lost
+                note = f"stake: claim not sent ({e.reason}): free stake is locked in other claims"
+                self.jobs.transition(job.job_id, JobState.SKIPPED, note, error=note)
+                return
             to = {JobStatus.EXPIRED: JobState.EXPIRED, JobStatus.CANCELLED: JobState.CANCELLED}.get(
                 status, JobState.LOST
             )

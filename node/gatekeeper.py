@@ -16,13 +16,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from inference.prompt import PromptRejected
+from node.jobs import JobState
 from node.pricing import GasModel, PricingPolicy, Quote, effective_gas_price, quote
 
 if TYPE_CHECKING:
     from node.daemon import NodeDaemon
     from node.jobs import Job
 
-TRANSIENT_KINDS = frozenset({"fees", "tx-stuck", "funds"})
+TRANSIENT_KINDS = frozenset({"fees", "tx-stuck", "funds", "stake"})
 
 
 class AdmissionRefused(Exception):
@@ -64,6 +65,7 @@ class Gatekeeper:
         self.inline_limit = inline_limit
         self.tip_wei = int(daemon.config.chain.max_priority_fee_gwei * 10**9)  # until the RPC suggests one
         self.refused: dict[str, int] = {}
+        self._claim_stake: int | None = None
 
     @property
     def cap_wei(self) -> int:
@@ -124,6 +126,7 @@ class Gatekeeper:
         blocked = self.chain_blocked()
         if blocked is not None:
             raise blocked
+        await self._check_stake()
         terms = await d.protocol.job_terms(job.job_id)
         q = quote(
             self.pricing,
@@ -153,6 +156,23 @@ class Gatekeeper:
             kind = "capacity" if "holds" in decision.reason else "deadline"
             raise AdmissionRefused(decision.reason, kind)
         return Admitted(prompt_tokens, q)
+
+    async def _check_stake(self) -> None:
+        """A claim locks `claimStake`: with the claims we have in flight, is there enough free stake left?"""
+        d = self.d
+        if self._claim_stake is None:
+            self._claim_stake = await d.protocol.market.functions.claimStake().call()
+        if not self._claim_stake:
+            return
+        free = await d.protocol.nodes.functions.freeStake(d.operator.address).call()
+        claiming = d.jobs.in_states((JobState.CLAIMING,))
+        unmined = sum(1 for j in claiming if d.tx.store.get(f"claim:{j.job_id}") is not None)
+        if free - unmined * self._claim_stake < self._claim_stake:
+            raise AdmissionRefused(
+                f"free stake {free} wei (less {unmined} claim(s) in flight) does not cover a claim stake of "
+                f"{self._claim_stake} wei: waiting for claimed jobs to settle, or add stake",
+                "stake",
+            )
 
     def _check_registry(self, job: Job):
         d = self.d

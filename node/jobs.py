@@ -43,7 +43,7 @@ _ENDINGS = {JobState.LOST, JobState.EXPIRED, JobState.CANCELLED, JobState.FAILED
 TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.SEEN: frozenset({JobState.FETCHING, JobState.SKIPPED} | _ENDINGS),
     JobState.FETCHING: frozenset({JobState.CLAIMING, JobState.SKIPPED} | _ENDINGS),
-    JobState.CLAIMING: frozenset({JobState.CLAIMED} | _ENDINGS),
+    JobState.CLAIMING: frozenset({JobState.CLAIMED, JobState.SKIPPED} | _ENDINGS),  # SKIPPED: no stake free
     JobState.CLAIMED: frozenset(
         {JobState.RUNNING, JobState.CLAIMING} | _ENDINGS
     ),  # CLAIMING: claim undone by reorg

@@ -149,9 +149,10 @@ async def run_node(
             deadline = time.monotonic() + 1800
             while len(done) < len(submitted) and time.monotonic() < deadline:
                 head = s.w3.eth.block_number
-                for e in market.events.ResultSubmitted.get_logs(from_block=last, to_block=head):
-                    done.setdefault(e["args"]["jobId"], time.monotonic())
-                last = head + 1
+                if head >= last:
+                    for e in market.events.ResultSubmitted.get_logs(from_block=last, to_block=head):
+                        done.setdefault(e["args"]["jobId"], time.monotonic())
+                    last = head + 1
                 await asyncio.sleep(0.05)
             elapsed = max(done.values()) - started if done else float("nan")
             async with ClientSession() as http, http.get(f"{url}/metrics") as r:
