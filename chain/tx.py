@@ -78,6 +78,7 @@ class TxManager:
         # record working on stale copies would bump it twice or miss the hash that was mined
         self._poll_lock = asyncio.Lock()
         self._next_nonce: int | None = None
+        self._last_poll = float("-inf")  # time.monotonic() of the last receipt pass's start
         self.funds_low: str | None = None
         self.bumps_total = 0
         self.cancels_total = 0
@@ -338,6 +339,7 @@ class TxManager:
         """One pass over in-flight transactions; returns those that changed state."""
         changed: list[TxRecord] = []
         async with self._poll_lock:
+            self._last_poll = time.monotonic()
             head = await self.w3.eth.block_number
             for record in self.store.active(self.address):
                 before = record.state
@@ -459,11 +461,13 @@ class TxManager:
         await self._broadcast(record)
         return True
 
-    async def wait(self, key: str, *, timeout: float = 120.0, poll_s: float = 0.5) -> TxRecord:
-        """Poll until the keyed tx is confirmed (returned) or reverted/failed/cancelled (TxFailedError)."""
+    async def wait(self, key: str, *, timeout: float = 120.0, poll_s: float = 0.1) -> TxRecord:
+        """Poll until the keyed tx is confirmed (returned) or reverted/failed/cancelled (TxFailedError).
+        Concurrent waiters share one receipt pass per `poll_s` (a pass checks every pending tx)."""
         deadline = time.monotonic() + timeout
         while True:
-            await self.poll()
+            if time.monotonic() - self._last_poll >= poll_s:
+                await self.poll()
             record = self.store.get(key)
             if record is None:
                 raise KeyError(key)
