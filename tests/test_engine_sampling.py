@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from inference.engine import Engine, EngineConfig, GenerationRequest
-from inference.engine.sampling import RowSampler, next_tokens
+from inference.engine.sampling import RowSampler, StopChecker, find_stop, next_tokens
 from inference.models import tiny_llama
 
 
@@ -90,3 +90,78 @@ ENGINE_GOLDEN = [
     [138, 132, 188, 44, 228, 107, 7, 178, 104, 35, 246, 185],
     [91, 236, 102, 216, 61, 50, 30, 189, 20, 163, 236, 231],
 ]
+
+
+# ------------------------------------------------------------------------------------ stop strings
+
+
+def _byte_ids(tokenizer, text: str) -> list[int]:  # type: ignore[no-untyped-def]
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def _first_stop_token(tokenizer, ids: list[int], stops: tuple[str, ...]) -> int | None:  # type: ignore[no-untyped-def]
+    """Index of the first token after which the checker reports a stop (None: never)."""
+    checker = StopChecker(tokenizer, stops)
+    for n in range(1, len(ids) + 1):
+        if checker.push(ids[:n]):
+            return n - 1
+    return None
+
+
+def _full_redecode_stop(tokenizer, ids: list[int], stops: tuple[str, ...]) -> int | None:  # type: ignore[no-untyped-def]
+    """The old check: re-decode the whole output after every token."""
+    for n in range(1, len(ids) + 1):
+        if find_stop(tokenizer.decode(ids[:n], skip_special_tokens=True), stops) is not None:
+            return n - 1
+    return None
+
+
+def test_incremental_stop_split_across_tokens_at_start_and_two_stops() -> None:
+    tok = tiny_llama(0).tokenizer  # byte-level: every character of these strings is its own token
+    ids = _byte_ids(tok, "hello wor" + "ld and more")
+    # "world" spans five tokens, the last of which arrives at index 10
+    assert _first_stop_token(tok, ids, ("world",)) == 10
+    assert _first_stop_token(tok, ids, ("hel",)) == 2  # at the very start of the output
+    assert _first_stop_token(tok, ids, ("h",)) == 0  # one-character stop on the first token
+    assert _first_stop_token(tok, ids, ("and", "o w")) == 6  # two stops: the earlier one wins
+    assert _first_stop_token(tok, ids, ("more", "zzz")) == len(ids) - 1
+    assert _first_stop_token(tok, ids, ("xyz", "hello!")) is None
+
+
+def test_incremental_stop_matches_full_redecode_on_multibyte_and_invalid_bytes() -> None:
+    """Random byte tokens (incomplete and invalid UTF-8 included) and multi-byte characters: the
+    incremental check stops at the same token as re-decoding everything, and its text is the full one."""
+    tok = tiny_llama(0).tokenizer
+    g = torch.Generator().manual_seed(0)
+    text = "añb€c日本語 ok 🙂 done"
+    for trial in range(40):
+        ids = _byte_ids(tok, text)
+        if trial:  # splice random bytes (tokens 3..258 are the 256 bytes) into the valid text
+            noise = torch.randint(0, len(ids), (4,), generator=g).tolist()
+            for at in sorted(noise, reverse=True):
+                ids.insert(at, int(torch.randint(3, 259, (1,), generator=g)))
+        full = tok.decode(ids, skip_special_tokens=True)
+        checker = StopChecker(tok, ("\x00\x00",))
+        emitted = "".join(checker.new_text(ids[:n]) for n in range(1, len(ids) + 1))
+        assert full.startswith(emitted) and full[len(emitted) :].count("\ufffd") <= 1
+        for stops in (("本語",), ("🙂",), ("c日", "ok"), ("b€c",)):
+            assert _first_stop_token(tok, ids, stops) == _full_redecode_stop(tok, ids, stops)
+
+
+def test_engine_stop_strings_cut_like_before() -> None:
+    """Through the engine: two stop strings, the earlier match cuts; a stop at the very start gives ""."""
+    torch.set_num_threads(1)
+    engine = Engine(tiny_llama(0), EngineConfig(max_slots=2, max_rank=8, max_batch=4))
+    greedy = engine.generate_batch_sync([GenerationRequest("hello there", None, max_tokens=30)])[0]
+    text = greedy.text
+    assert len(text) > 12
+    late, early = text[9:12], text[4:6]
+    both, start = engine.generate_batch_sync(
+        [
+            GenerationRequest("hello there", None, max_tokens=30, stop=(late, early)),
+            GenerationRequest("hello there", None, max_tokens=30, stop=(text[:2],)),
+        ]
+    )
+    assert both.finish_reason == "stop" and both.text == text[: min(text.find(late), text.find(early))]
+    assert start.finish_reason == "stop" and start.text == ""
+    assert greedy.token_ids[: len(both.token_ids)] == both.token_ids

@@ -127,10 +127,7 @@ class ModelRunner:
         if start < 0 or start + rows > self.max_rows:
             raise ValueError(f"rows [{start}, {start + rows}) outside the batch of {self.max_rows}")
         self.cache.ensure(t)
-        ids = torch.zeros((rows, t), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        ids = ids.to(self.device)
+        ids = torch.tensor([p + [0] * (t - len(p)) for p in prompts], dtype=torch.long, device=self.device)
         positions = torch.arange(t, device=self.device).expand(rows, t)
         if self.lora is not None:
             self.lora.set_window(start, start + rows)
