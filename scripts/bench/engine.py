@@ -8,7 +8,10 @@ measured in the same run, on the same model and workload.
 Sections:
   throughput   Zipf(1.1) requests over the catalog's first --adapters adapters; engine (continuous
                batching, --slots slots, loader -> host tier -> slot) vs naive PEFT serving (load_adapter +
-               set_adapter + generate + delete_adapter per request, one request at a time).
+               set_adapter + generate + delete_adapter per request, one request at a time); vs PEFT with
+               every adapter preloaded and mixed-adapter batches (`vs_peft_preloaded_mixed`); and as a
+               fraction of a static bare-model batch plus the LoRA FLOPs (`vs_ceiling`). Both are
+               described in engine_baselines.py.
   mixed_batch  a batch of --batch rows with --batch different adapters vs the bare (unwrapped) base model
                at the same batch size, same prefill + decode loop (ModelRunner).
   swap         host tier -> slot copy vs PEFT load_adapter of the same adapter; swap time as the host tier
@@ -40,6 +43,9 @@ from peft import PeftModel
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import engine_baselines  # this folder, on sys.path above
 
 from inference.adapter import AdapterWeights, LoraPair
 from inference.engine import Engine, EngineConfig, GenerationRequest
@@ -197,6 +203,11 @@ def bench_throughput(model_fn: ModelFn, catalog: Catalog, args: argparse.Namespa
         peft.delete_adapter("job")
     peft_s = time.perf_counter() - t0
     engine_tps, peft_tps = engine_tokens / engine_s, peft_tokens / peft_s
+    del peft, base
+    gc.collect()
+    strong = engine_baselines.compare(
+        model_fn, catalog, root, requests, keys, results, args.batch, engine_tps
+    )
     return {
         "requests": len(requests),
         "adapters_in_workload": len(set(keys)),
@@ -214,6 +225,7 @@ def bench_throughput(model_fn: ModelFn, catalog: Catalog, args: argparse.Namespa
         "slot_hit_rate": round(stats.slot_hit_rate, 3),
         "host_hit_rate": round(stats.host_hit_rate, 3),
         "slot_evictions": stats.evictions,
+        **strong,
     }
 
 
