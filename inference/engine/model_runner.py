@@ -179,6 +179,7 @@ class ModelRunner:
             h = self._finish_layer(layer, h, o)
         return self.model.lm_head(self._norm(h))[:, 0]
 
+    @torch.inference_mode()  # a cache grown inside a pass holds inference tensors: copy in that mode too
     def move_row(self, src: int, dst: int, length: int) -> None:
         """Row `src` (with `length` cached tokens) continues as row `dst`."""
         self.cache.move_row(src, dst, length)

@@ -14,6 +14,8 @@ Sections:
                described in engine_baselines.py.
   mixed_batch  a batch of --batch rows with --batch different adapters vs the bare (unwrapped) base model
                at the same batch size, same prefill + decode loop (ModelRunner).
+  sampling     per-token work outside the forward pass: all rows sampled (top-p, seeded) with stop
+               strings vs all greedy, same engine and workload (engine_hot_path.py).
   swap         host tier -> slot copy vs PEFT load_adapter of the same adapter; swap time as the host tier
                holds 10, 100, 1000 adapters.
   memory       RSS after 100 and after 10,000 swap-ins across 1,000 adapters (host tier filled first).
@@ -46,6 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import engine_baselines  # this folder, on sys.path above
+import engine_hot_path
 
 from inference.adapter import AdapterWeights, LoraPair
 from inference.engine import Engine, EngineConfig, GenerationRequest
@@ -425,7 +428,7 @@ def main() -> None:
     # torch's intra-op threads there slowed it down (open-loop p50 0.84 s at 1 thread, 5.4 s at 2).
     ap.add_argument("--threads", type=int, default=1, help="torch threads, both sides (0: torch's default)")
     ap.add_argument("--batch", type=int, default=64, help="engine max_batch and the mixed-batch size")
-    ap.add_argument("--sections", default="throughput,mixed_batch,swap,memory,latency")
+    ap.add_argument("--sections", default="throughput,mixed_batch,sampling,swap,memory,latency")
     args = ap.parse_args()
     args.threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -444,6 +447,7 @@ def main() -> None:
     args.memory_catalog = 1000
     args.memory_swaps = 1000 if quick else 10_000
     args.latency_requests = 24 if quick else 96
+    args.sampling_requests, args.sampling_tokens = (32, 96) if quick else (64, 192)
 
     def model_fn() -> LoadedModel:
         if args.model == "tiny-llama":
@@ -479,6 +483,10 @@ def main() -> None:
         if "mixed_batch" in sections:
             print(f"[{time.perf_counter() - t_all:7.1f} s] mixed_batch", file=sys.stderr, flush=True)
             out["mixed_batch"] = bench_mixed_batch(model_fn, catalog, args)
+        if "sampling" in sections:
+            print(f"[{time.perf_counter() - t_all:7.1f} s] sampling", file=sys.stderr, flush=True)
+            fresh = lambda: make_engine(model_fn, catalog, args)  # noqa: E731
+            out["sampling"] = engine_hot_path.bench_sampling(fresh, args)
         if "swap" in sections:
             print(f"[{time.perf_counter() - t_all:7.1f} s] swap", file=sys.stderr, flush=True)
             out["swap"] = bench_swap(model_fn, catalog, args, root)
