@@ -54,8 +54,13 @@ def sample_rows(logits: torch.Tensor, samplers: list[RowSampler]) -> list[int]:
         sorted_p, order = probs.sort(dim=-1, descending=True)
         sorted_p[sorted_p.cumsum(-1) - sorted_p >= top_p] = 0.0
         probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
-    # One draw per row: each request owns its generator (torch.multinomial takes a single one).
-    return [int(torch.multinomial(probs[i], 1, generator=s.generator)) for i, s in enumerate(samplers)]
+    # One draw per row, each from that request's generator: torch.multinomial(p, 1) is argmax(p / q) with
+    # q ~ Exp(1) drawn from the generator, so only the noise is drawn per row and the rest is batched.
+    # Same draws as torch.multinomial (tests/test_engine_sampling.py pins them).
+    noise = torch.empty_like(probs)
+    for i, s in enumerate(samplers):
+        noise[i].exponential_(1, generator=s.generator)
+    return probs.div_(noise).argmax(dim=-1).tolist()
 
 
 class StopChecker:

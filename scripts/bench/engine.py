@@ -487,6 +487,10 @@ def main() -> None:
             print(f"[{time.perf_counter() - t_all:7.1f} s] sampling", file=sys.stderr, flush=True)
             fresh = lambda: make_engine(model_fn, catalog, args)  # noqa: E731
             out["sampling"] = engine_hot_path.bench_sampling(fresh, args)
+            probe = model_fn()
+            out["sampling"]["micro_per_step"] = engine_hot_path.bench_hot_path_micro(
+                probe.tokenizer, probe.model.config.vocab_size, args.batch, args.sampling_tokens
+            )
         if "swap" in sections:
             print(f"[{time.perf_counter() - t_all:7.1f} s] swap", file=sys.stderr, flush=True)
             out["swap"] = bench_swap(model_fn, catalog, args, root)
