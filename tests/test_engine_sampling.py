@@ -165,3 +165,17 @@ def test_engine_stop_strings_cut_like_before() -> None:
     assert both.finish_reason == "stop" and both.text == text[: min(text.find(late), text.find(early))]
     assert start.finish_reason == "stop" and start.text == ""
     assert greedy.token_ids[: len(both.token_ids)] == both.token_ids
+
+
+def test_top_p_cut_beyond_the_candidates_equals_per_row_reference() -> None:
+    """Large vocabulary: a peaked row (cut among the first candidates), a flat row whose top-p mass
+    needs thousands of tokens (the full-sort fallback), and a row without a cut, batched together."""
+    vocab = 8000
+    rows = [(0.7, 0.9, 1), (5.0, 0.99, 2), (1.0, 1.0, 3), (0.3, 0.5, 4)]
+    samplers = [RowSampler(t, p, s) for t, p, s in rows]
+    gens = [torch.Generator().manual_seed(s) for _, _, s in rows]
+    for step in range(5):
+        g = torch.Generator().manual_seed(50 + step)
+        logits = torch.randn(len(rows), vocab, generator=g) * 3
+        want = [_reference_sample(logits[i], t, p, gens[i]) for i, (t, p, _) in enumerate(rows)]
+        assert next_tokens(logits, samplers) == want
