@@ -4,6 +4,7 @@ same tokens), and the incremental stop-string check cuts where a full re-decode 
 from __future__ import annotations
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from inference.engine import Engine, EngineConfig, GenerationRequest
 from inference.engine.sampling import RowSampler, StopChecker, find_stop, next_tokens
@@ -95,11 +96,13 @@ ENGINE_GOLDEN = [
 # ------------------------------------------------------------------------------------ stop strings
 
 
-def _byte_ids(tokenizer, text: str) -> list[int]:  # type: ignore[no-untyped-def]
+def _byte_ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False)
 
 
-def _first_stop_token(tokenizer, ids: list[int], stops: tuple[str, ...]) -> int | None:  # type: ignore[no-untyped-def]
+def _first_stop_token(
+    tokenizer: PreTrainedTokenizerBase, ids: list[int], stops: tuple[str, ...]
+) -> int | None:
     """Index of the first token after which the checker reports a stop (None: never)."""
     checker = StopChecker(tokenizer, stops)
     for n in range(1, len(ids) + 1):
@@ -108,7 +111,9 @@ def _first_stop_token(tokenizer, ids: list[int], stops: tuple[str, ...]) -> int 
     return None
 
 
-def _full_redecode_stop(tokenizer, ids: list[int], stops: tuple[str, ...]) -> int | None:  # type: ignore[no-untyped-def]
+def _full_redecode_stop(
+    tokenizer: PreTrainedTokenizerBase, ids: list[int], stops: tuple[str, ...]
+) -> int | None:
     """The old check: re-decode the whole output after every token."""
     for n in range(1, len(ids) + 1):
         if find_stop(tokenizer.decode(ids[:n], skip_special_tokens=True), stops) is not None:
