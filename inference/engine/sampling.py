@@ -91,7 +91,7 @@ class StopChecker:
     def __init__(self, tokenizer: PreTrainedTokenizerBase, stops: tuple[str, ...]) -> None:
         self.tokenizer = tokenizer
         self.stops = stops
-        self.keep = max(len(s) for s in stops) - 1
+        self.keep = max(0, max(len(s) for s in stops) - 1)
         self.tail = ""  # the last `keep` characters of the text emitted so far
         self._prefix = 0  # output[_prefix:_read] decodes to text already emitted
         self._read = 0
