@@ -20,7 +20,7 @@ from inference.engine.lora_layer import NO_ADAPTER, LoraBatch, MultiLoraLinear, 
 from inference.engine.messages import EngineBusy, EngineStats, GenerationRequest, GenerationResult, StepRecord
 from inference.engine.model_runner import ModelRunner
 from inference.engine.prepared import PreparedAdapter, ensemble_key, merge_adapters, prepare_adapter
-from inference.engine.sampling import RowSampler, find_stop, next_tokens
+from inference.engine.sampling import RowSampler, StopChecker, find_stop, next_tokens
 from inference.engine.scheduler import Job, Outcome, Scheduler
 from inference.engine.slots import NoFreeSlot, SlotPool
 from inference.models import LoadedModel
@@ -484,12 +484,14 @@ class Engine:
         job.output.append(token)
         self.tokens_generated += 1
         if job.request.stop:
-            text = decode_output(self.tokenizer, job.output)
-            cut = find_stop(text, job.request.stop, job.checked_chars)
-            job.checked_chars = len(text)
-            if cut is not None:
-                job.text, job.cut_at_stop = text[:cut], True
-                return "stop"
+            if job.stops is None:
+                job.stops = StopChecker(self.tokenizer, job.request.stop)
+            if job.stops.push(job.output):  # new text matched: confirm and cut on the full text, once
+                text = decode_output(self.tokenizer, job.output)
+                cut = find_stop(text, job.request.stop)
+                if cut is not None:
+                    job.text, job.cut_at_stop = text[:cut], True
+                    return "stop"
         return "length" if len(job.output) >= job.request.max_tokens else None
 
     def _finish(self, job: Job, reason: str) -> None:

@@ -35,6 +35,8 @@ class LoraBatch:
         # reallocated at most once per new width); each pass computes with the window's `rank` only.
         self.width = 0
         self.uniform_slot: int | None = None  # every row of the window uses this slot (no gather)
+        self._plans: dict[tuple, tuple[torch.Tensor, torch.Tensor] | None] = {}  # see refresh_plan
+        self._plans_version = -1
         self.resize(max_rows)
 
     def resize(self, max_rows: int) -> None:
@@ -64,6 +66,26 @@ class LoraBatch:
     def slots_changed(self) -> None:
         """A slot's contents were rewritten: rows gathered from it must be copied again."""
         self.version += 1
+
+    def refresh_plan(self, held: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Index tensors (rows, their slots) that bring a layer whose gathered rows hold `held` up to
+        `row_slots`, or None when nothing changed. Built once per batch composition: every wrapped
+        layer of a forward pass is in the same state, so the first builds them and the rest reuse."""
+        if self._plans_version != self.version:
+            self._plans.clear()
+            self._plans_version = self.version
+        key = (tuple(held), device)
+        if key not in self._plans:
+            changed = [i for i, s in enumerate(self.row_slots) if held[i] != s]
+            self._plans[key] = (
+                (
+                    torch.tensor(changed, dtype=torch.long, device=device),
+                    torch.tensor([self.row_slots[i] for i in changed], dtype=torch.long, device=device),
+                )
+                if changed
+                else None
+            )
+        return self._plans[key]
 
 
 class MultiLoraLinear(nn.Module):
@@ -154,15 +176,13 @@ class MultiLoraLinear(nn.Module):
             self._synced = -1
         assert self._row_bt is not None
         if self._synced != b.version:
-            changed = [i for i, s in enumerate(b.row_slots) if self._row_slot[i] != s]
-            if changed:
-                idx = torch.tensor(changed, dtype=torch.long, device=self.lora_at.device)
-                slots = torch.tensor([b.row_slots[i] for i in changed], dtype=torch.long, device=idx.device)
+            plan = b.refresh_plan(self._row_slot, self.lora_at.device)
+            if plan is not None:
+                idx, slots = plan
                 w = self._row_at.shape[2]
                 self._row_at.index_copy_(0, idx, self.lora_at[:, :, :w].index_select(0, slots))
                 self._row_bt.index_copy_(0, idx, self.lora_bt[:, :w].index_select(0, slots))
-                for i in changed:
-                    self._row_slot[i] = b.row_slots[i]
+                self._row_slot = list(b.row_slots)
             self._synced = b.version
         return self._row_at, self._row_bt
 

@@ -127,10 +127,7 @@ class ModelRunner:
         if start < 0 or start + rows > self.max_rows:
             raise ValueError(f"rows [{start}, {start + rows}) outside the batch of {self.max_rows}")
         self.cache.ensure(t)
-        ids = torch.zeros((rows, t), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-        ids = ids.to(self.device)
+        ids = torch.tensor([p + [0] * (t - len(p)) for p in prompts], dtype=torch.long, device=self.device)
         positions = torch.arange(t, device=self.device).expand(rows, t)
         if self.lora is not None:
             self.lora.set_window(start, start + rows)
@@ -182,6 +179,7 @@ class ModelRunner:
             h = self._finish_layer(layer, h, o)
         return self.model.lm_head(self._norm(h))[:, 0]
 
+    @torch.inference_mode()  # a cache grown inside a pass holds inference tensors: copy in that mode too
     def move_row(self, src: int, dst: int, length: int) -> None:
         """Row `src` (with `length` cached tokens) continues as row `dst`."""
         self.cache.move_row(src, dst, length)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from inference.engine.lora_layer import NO_ADAPTER
 from inference.engine.messages import EngineBusy, GenerationRequest, GenerationResult
 from inference.engine.prepared import PreparedAdapter
-from inference.engine.sampling import RowSampler
+from inference.engine.sampling import RowSampler, StopChecker
 
 Outcome = GenerationResult | BaseException
 
@@ -41,7 +41,7 @@ class Job:
     output: list[int] = field(default_factory=list)
     text: str = ""  # set when a stop string cut the output
     cut_at_stop: bool = False
-    checked_chars: int = 0
+    stops: StopChecker | None = None  # incremental stop-string state, made at the first token
 
     @property
     def kv_len(self) -> int:

@@ -8,9 +8,14 @@ measured in the same run, on the same model and workload.
 Sections:
   throughput   Zipf(1.1) requests over the catalog's first --adapters adapters; engine (continuous
                batching, --slots slots, loader -> host tier -> slot) vs naive PEFT serving (load_adapter +
-               set_adapter + generate + delete_adapter per request, one request at a time).
+               set_adapter + generate + delete_adapter per request, one request at a time); vs PEFT with
+               every adapter preloaded and mixed-adapter batches (`vs_peft_preloaded_mixed`); and as a
+               fraction of a static bare-model batch plus the LoRA FLOPs (`vs_ceiling`). Both are
+               described in engine_baselines.py.
   mixed_batch  a batch of --batch rows with --batch different adapters vs the bare (unwrapped) base model
                at the same batch size, same prefill + decode loop (ModelRunner).
+  sampling     per-token work outside the forward pass: all rows sampled (top-p, seeded) with stop
+               strings vs all greedy, same engine and workload (engine_hot_path.py).
   swap         host tier -> slot copy vs PEFT load_adapter of the same adapter; swap time as the host tier
                holds 10, 100, 1000 adapters.
   memory       RSS after 100 and after 10,000 swap-ins across 1,000 adapters (host tier filled first).
@@ -40,6 +45,10 @@ from peft import PeftModel
 from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import engine_baselines  # this folder, on sys.path above
+import engine_hot_path
 
 from inference.adapter import AdapterWeights, LoraPair
 from inference.engine import Engine, EngineConfig, GenerationRequest
@@ -197,6 +206,11 @@ def bench_throughput(model_fn: ModelFn, catalog: Catalog, args: argparse.Namespa
         peft.delete_adapter("job")
     peft_s = time.perf_counter() - t0
     engine_tps, peft_tps = engine_tokens / engine_s, peft_tokens / peft_s
+    del peft, base
+    gc.collect()
+    strong = engine_baselines.compare(
+        model_fn, catalog, root, requests, keys, results, args.batch, engine_tps
+    )
     return {
         "requests": len(requests),
         "adapters_in_workload": len(set(keys)),
@@ -214,6 +228,7 @@ def bench_throughput(model_fn: ModelFn, catalog: Catalog, args: argparse.Namespa
         "slot_hit_rate": round(stats.slot_hit_rate, 3),
         "host_hit_rate": round(stats.host_hit_rate, 3),
         "slot_evictions": stats.evictions,
+        **strong,
     }
 
 
@@ -413,7 +428,7 @@ def main() -> None:
     # torch's intra-op threads there slowed it down (open-loop p50 0.84 s at 1 thread, 5.4 s at 2).
     ap.add_argument("--threads", type=int, default=1, help="torch threads, both sides (0: torch's default)")
     ap.add_argument("--batch", type=int, default=64, help="engine max_batch and the mixed-batch size")
-    ap.add_argument("--sections", default="throughput,mixed_batch,swap,memory,latency")
+    ap.add_argument("--sections", default="throughput,mixed_batch,sampling,swap,memory,latency")
     args = ap.parse_args()
     args.threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -432,6 +447,7 @@ def main() -> None:
     args.memory_catalog = 1000
     args.memory_swaps = 1000 if quick else 10_000
     args.latency_requests = 24 if quick else 96
+    args.sampling_requests, args.sampling_tokens = (32, 96) if quick else (64, 192)
 
     def model_fn() -> LoadedModel:
         if args.model == "tiny-llama":
@@ -467,6 +483,14 @@ def main() -> None:
         if "mixed_batch" in sections:
             print(f"[{time.perf_counter() - t_all:7.1f} s] mixed_batch", file=sys.stderr, flush=True)
             out["mixed_batch"] = bench_mixed_batch(model_fn, catalog, args)
+        if "sampling" in sections:
+            print(f"[{time.perf_counter() - t_all:7.1f} s] sampling", file=sys.stderr, flush=True)
+            fresh = lambda: make_engine(model_fn, catalog, args)  # noqa: E731
+            out["sampling"] = engine_hot_path.bench_sampling(fresh, args)
+            probe = model_fn()
+            out["sampling"]["micro_per_step"] = engine_hot_path.bench_hot_path_micro(
+                probe.tokenizer, probe.model.config.vocab_size, args.batch, args.sampling_tokens
+            )
         if "swap" in sections:
             print(f"[{time.perf_counter() - t_all:7.1f} s] swap", file=sys.stderr, flush=True)
             out["swap"] = bench_swap(model_fn, catalog, args, root)
