@@ -130,9 +130,14 @@ class TxManager:
 
     async def send(self, key: str, to: str, data: str, value: int = 0) -> TxRecord:
         """Send once per key. Simulates first (SimulationError: nothing sent). Returns the record. A key
-        whose last tx failed or was cancelled (its nonce used by something else) is sent anew."""
+        whose last tx failed, was cancelled or reverted (its nonce used) is sent anew: the caller decided
+        that it is worth another try."""
         existing = self.store.get(key)
-        if existing is not None and existing.state not in (TxState.FAILED, TxState.CANCELLED):
+        if existing is not None and existing.state not in (
+            TxState.FAILED,
+            TxState.CANCELLED,
+            TxState.REVERTED,
+        ):
             return existing
         gas = await self.simulate(key, to, data, value)
         max_fee, priority = await self._fees()

@@ -668,6 +668,11 @@ class NodeDaemon:
             if e.record.state in NEVER_MINED and status == JobStatus.OPEN:
                 log.warning("job %d: claim tx never mined (%s): claiming again", job.job_id, e)
                 return  # still CLAIMING: the next step sends a new claim with a fresh nonce
+            if status == JobStatus.OPEN:  # reverted, yet the job is open: our stake was locked meanwhile
+                note = f"stake: claim reverted with the job still open ({e}): decided again when stake frees"
+                log.warning("job %d: %s", job.job_id, note)
+                self.jobs.transition(job.job_id, JobState.SKIPPED, note, error=note)
+                return
             if not (
                 status == JobStatus.CLAIMED
                 and await self.protocol.job_node(job.job_id) == self.operator.address

@@ -165,11 +165,11 @@ class Gatekeeper:
         if not self._claim_stake:
             return
         free = await d.protocol.nodes.functions.freeStake(d.operator.address).call()
-        claiming = d.jobs.in_states((JobState.CLAIMING,))
-        unmined = sum(1 for j in claiming if d.tx.store.get(f"claim:{j.job_id}") is not None)
+        # every job between admission and a mined claim will lock stake: reserve it now
+        unmined = len(d.jobs.in_states((JobState.FETCHING, JobState.CLAIMING)))
         if free - unmined * self._claim_stake < self._claim_stake:
             raise AdmissionRefused(
-                f"free stake {free} wei (less {unmined} claim(s) in flight) does not cover a claim stake of "
+                f"free stake {free} wei (less {unmined} claim(s) on the way) does not cover a claim stake of "
                 f"{self._claim_stake} wei: waiting for claimed jobs to settle, or add stake",
                 "stake",
             )

@@ -147,7 +147,18 @@ async def run_node(
             done: dict[int, float] = {}
             last = s.deployment.start_block
             deadline = time.monotonic() + 1800
+            idle_since = None
             while len(done) < len(submitted) and time.monotonic() < deadline:
+                async with ClientSession() as http, http.get(f"{url}/status") as r:
+                    by_state = (await r.json())["jobs_by_state"]
+                active = sum(
+                    v
+                    for k, v in by_state.items()
+                    if k not in ("paid", "skipped", "lost", "expired", "cancelled", "failed")
+                )
+                idle_since = (idle_since or time.monotonic()) if active == 0 else None
+                if idle_since and time.monotonic() - idle_since > 10:
+                    break  # the node holds nothing more: what is not done was refused or lost
                 head = s.w3.eth.block_number
                 if head >= last:
                     for e in market.events.ResultSubmitted.get_logs(from_block=last, to_block=head):
@@ -172,6 +183,7 @@ async def run_node(
     return {
         "jobs_per_s": round(len(done) / elapsed, 3),
         "completed": len(done),
+        "not_completed": len(submitted) - len(done),
         **_quantiles([done[j] - submitted[j] for j in done]),
         "cold_starts": int(_metric(metrics, "openlora_adapter_fetches_total")),
         "slot_hit_rate": round(_metric(metrics, "openlora_engine_slot_hit_rate"), 3),
