@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from eth_account import Account
 from web3 import AsyncHTTPProvider, AsyncWeb3
+from web3.exceptions import TransactionNotFound
 
 from chain.devnet import Anvil
 from chain.tx import FeePolicy, TxManager
@@ -210,3 +211,79 @@ def test_broadcast_errors_are_classified(message: str, kind: BroadcastError) -> 
 def test_transport_failures_are_transport() -> None:
     assert classify_broadcast_error(TimeoutError("read timed out")) == BroadcastError.TRANSPORT
     assert classify_broadcast_error(ConnectionRefusedError(111, "refused")) == BroadcastError.TRANSPORT
+
+
+async def test_claim_made_pointless_by_a_rival_is_replaced_not_mined(tmp_path, tiny) -> None:
+    """The daemon's claim sits in the pool (underpriced for a moment) when a rival's claim lands: the node
+    replaces its claim with a self-transfer at the same nonce instead of letting it revert for gas."""
+    import asyncio
+
+    from chain.devnet import dev_private_key
+    from inference.models import tiny_llama
+    from node.jobs import JobBook, JobState
+    from tests.factories import make_peft_adapter
+    from tests.stack import PRICE, STAKE, protocol_stack, running_node, send
+
+    adapter_dir = make_peft_adapter(tiny, tmp_path / "adapter", rank=4, seed=6)
+    async with protocol_stack(tmp_path) as s:
+        adapter_id, _ = s.publish(adapter_dir, tiny)
+        s.register_node(tiny)
+        rival = Account.from_key(dev_private_key(4))
+        registry = s.contract("NodeRegistry")
+        model = registry.functions.getNode(s.operator.address).call()[1]
+        send(s.w3, rival, registry.functions.register(rival.address, model, "12D3KooWRival"), value=STAKE)
+        market = s.contract("JobMarket")
+        config = s.node_config(chain={"max_fee_gwei": 2.0, "max_priority_fee_gwei": 1.0})
+        book = JobBook(connect(config.db_path))
+        rpc = s.w3.provider.make_request
+        async with running_node(config, tiny_llama(0)):
+            await asyncio.to_thread(rpc, "evm_setAutomine", [False])
+            job_id = market.functions.jobCount().call() + 1
+            deadline = s.w3.eth.get_block("latest")["timestamp"] + 600
+            tx = market.functions.submitJob(adapter_id, b"contested", 8, deadline).build_transaction(
+                {
+                    "from": s.submitter.address,
+                    "value": PRICE,
+                    "gas": 400_000,
+                    "nonce": s.w3.eth.get_transaction_count(s.submitter.address),
+                }
+            )
+            s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(tx).raw_transaction)
+            await asyncio.to_thread(rpc, "evm_mine", [])
+            ours = None
+            for _ in range(200):  # our claim reaches the pool
+                ours = book.get(job_id)
+                if ours is not None and ours.claim_tx:
+                    break
+                await asyncio.sleep(0.05)
+            assert ours is not None and ours.claim_tx
+            # the base fee jumps above our cap for a moment; the rival pays more and lands first
+            await asyncio.to_thread(rpc, "anvil_setNextBlockBaseFeePerGas", [hex(3 * GWEI)])
+            claim = market.functions.claimJob(job_id).build_transaction(
+                {
+                    "from": rival.address,
+                    "gas": 300_000,
+                    "maxFeePerGas": 50 * GWEI,
+                    "maxPriorityFeePerGas": GWEI,
+                    "nonce": s.w3.eth.get_transaction_count(rival.address),
+                }
+            )
+            s.w3.eth.send_raw_transaction(rival.sign_transaction(claim).raw_transaction)
+            await asyncio.to_thread(rpc, "evm_mine", [])
+            assert market.functions.getJob(job_id).call()[1] == rival.address
+            await asyncio.to_thread(rpc, "evm_setAutomine", [True])
+            record = None
+            for _ in range(300):  # fees fall; the replacement mines in place of our claim
+                await asyncio.to_thread(rpc, "evm_mine", [])
+                rec = SqliteTxStore(connect(config.db_path)).get(f"claim:{job_id}")
+                if rec is not None and rec.state == TxState.CANCELLED:
+                    record = rec
+                    break
+                await asyncio.sleep(0.1)
+            assert record is not None and getattr(record, "state", None) == TxState.CANCELLED
+            assert book.get(job_id).state == JobState.LOST
+        mined = s.w3.eth.get_transaction(record.mined_hash)
+        assert mined["to"] == s.operator.address and mined["value"] == 0  # a self-transfer, not the claim
+        for h in record.hashes[: record.cancel_from]:  # our claim bytes were never mined (no revert, no gas)
+            with pytest.raises(TransactionNotFound):
+                s.w3.eth.get_transaction_receipt(h)
