@@ -66,6 +66,11 @@ class Batch:
     reorg_from: int | None = None  # blocks >= this were replaced since the last batch
 
 
+def _timed_out(error: BaseException) -> bool:
+    text = f"{type(error).__name__} {error}".lower()
+    return isinstance(error, TimeoutError) or "timeout" in text or "timed out" in text or "504" in text
+
+
 class CursorStore:
     """Checkpoints (block number -> hash) of what has been handled, in SQLite."""
 
@@ -251,6 +256,8 @@ class EventWatcher:
                     )
                     end = start + self.range.size - 1
                     continue
+                if end > start and _timed_out(e):  # a range too heavy to answer in time: smaller next try
+                    self.range.refused(e, start, end - start + 1)
                 raise
             self.range.succeeded()
             return logs, end

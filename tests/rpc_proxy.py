@@ -25,6 +25,7 @@ class ProviderLimits:
     down: bool = False  # 503 for everything
     syncing: bool = False  # eth_syncing answers an object
     fail_methods: set[str] = field(default_factory=set)  # these methods answer a JSON-RPC error
+    slow_log_blocks: int | None = None  # eth_getLogs over more blocks than this hangs past the timeout
 
 
 class RpcProxy:
@@ -106,6 +107,11 @@ class RpcProxy:
                 if number > head:
                     return {"jsonrpc": "2.0", "id": rid, "result": None}
                 params = [hex(number), *params[1:]]
+        if method == "eth_getLogs" and limits.slow_log_blocks:
+            span = int(params[0]["toBlock"], 16) - int(params[0]["fromBlock"], 16) + 1
+            if span > limits.slow_log_blocks:
+                await asyncio.sleep(limits.timeout_s)
+                return error(-32000, "upstream request timeout")
         if method == "eth_getLogs":
             f = dict(params[0])
             head = await self._head()

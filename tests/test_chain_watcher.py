@@ -218,3 +218,45 @@ def test_log_range_follows_what_providers_say_and_grows_back() -> None:
         ValueError("Log response size exceeded. ... this block range should work: [0x1, 0x2]")
     )
     assert not is_range_refusal(ValueError("execution reverted"))
+
+
+async def test_a_log_range_that_times_out_shrinks_until_it_answers(
+    tmp_path: Path, dev_keys: list[str]
+) -> None:
+    """A provider that cannot answer large ranges in time (no message, just a timeout) is not retried with
+    the same range forever: each timeout halves it, until the reads go through."""
+    import pytest
+
+    from tests.rpc_proxy import ProviderLimits, RpcProxy
+
+    with Anvil() as anvil:
+        w3 = Web3(HTTPProvider(anvil.url))
+        deployment = deploy(w3, Account.from_key(dev_keys[0]))
+        publisher = ProtocolClient(w3, deployment, Account.from_key(dev_keys[2]))
+        publisher.register_adapter("bafyslow", b"\x09" * 32, b"\x02" * 32, 4, 100, 1)
+        w3.provider.make_request("anvil_mine", [400])
+        proxy = RpcProxy(anvil.url, ProviderLimits(slow_log_blocks=60, timeout_s=0.3))
+        aw3 = AsyncWeb3(AsyncHTTPProvider(await proxy.start(), request_kwargs={"timeout": 5}))
+        watcher = EventWatcher(
+            aw3,
+            Protocol(aw3, deployment).contracts,
+            CursorStore(connect(tmp_path / "db")),
+            start_block=deployment.start_block,
+            max_range=2000,
+        )
+        events, failures = [], 0
+        while failures < 20:
+            try:
+                batch = await watcher.next_batch()
+            except Exception:
+                failures += 1
+                continue
+            if batch is None:
+                break
+            events += batch.events
+            watcher.commit(batch)
+        assert [e.args["cid"] for e in events if e.name == "AdapterRegistered"] == ["bafyslow"]
+        assert 0 < failures <= 6 and watcher.range.shrinks == failures  # each timeout halved the range once
+        assert pytest.approx(0) == watcher.rewinds
+        await aw3.provider.disconnect()
+        await proxy.stop()
