@@ -253,7 +253,11 @@ class NodeDaemon(JobDriver, ReorgReconciler):
                 return
             if kind == "stake" and "stake" in self.readiness.report.reasons:
                 continue
-            for job in self.jobs.skipped_with_note_prefix(f"{kind}: ", after=self.chain_time() + 5, limit=8):
+            # stake frees one claim at a time (finished drivers hand it on, driver.py): one a tick here
+            room = 1 if kind == "stake" else self.config.admission.max_committed_jobs - live
+            for job in self.jobs.skipped_with_note_prefix(
+                f"{kind}: ", after=self.chain_time() + 5, limit=room
+            ):
                 self.jobs.transition(
                     job.job_id, JobState.SEEN, f"{kind} cleared: admission decided again", error=None
                 )

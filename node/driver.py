@@ -95,7 +95,11 @@ class JobDriver:
         live = sum(1 for t in self._drivers.values() if not t.done() and t is not asyncio.current_task())
         if self.admission.at_capacity(live):
             return
-        for job in self.jobs.skipped_for_capacity(CAPACITY_NOTE, after=self.chain_time() + 5, limit=1):
+        after = self.chain_time() + 5
+        waiting = self.jobs.skipped_for_capacity(CAPACITY_NOTE, after=after, limit=1)
+        # a finished job also released its claim stake: the oldest job left for lack of stake gets it
+        waiting = waiting or self.jobs.skipped_with_note_prefix("stake: ", after=after, limit=1)
+        for job in waiting:
             self.jobs.transition(
                 job.job_id, JobState.SEEN, "capacity freed: admission decided again", error=None
             )

@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from inference.models import tiny_llama  # noqa: E402
 from inference.prompt import encode_prompt  # noqa: E402
+from node.gatekeeper import TRANSIENT_KINDS  # noqa: E402
 from node.jobs import JobBook, connect  # noqa: E402
 from node.pricing import node_share  # noqa: E402
 from tests.factories import make_peft_adapter  # noqa: E402
@@ -37,6 +38,12 @@ from tests.stack import protocol_stack, running_node  # noqa: E402
 COMPUTE_WEI_PER_1K = 5 * 10**13  # the node's configured compute price in this run
 ADAPTER_FEE = 10**12
 MAX_TOKENS = 8
+
+
+def _settled(job) -> bool:
+    if job is None or not job.terminal:
+        return False
+    return not (job.error or "").startswith(tuple(f"{k}: " for k in TRANSIENT_KINDS))
 
 
 def _receipt_cost(w3, tx_hash) -> int:
@@ -100,8 +107,8 @@ async def run(jobs: int, spread: float, margin_percent: float, seed: int) -> dic
                     )
                     prices.append(price)
                 deadline = time.monotonic() + 600
-                while time.monotonic() < deadline:
-                    if all(book.get(j) is not None and book.get(j).terminal for j in ids):
+                while time.monotonic() < deadline:  # a job left for a passing reason is not final yet
+                    if all(_settled(book.get(j)) for j in ids):
                         break
                     await asyncio.sleep(0.5)
                 elapsed = time.monotonic() - started
