@@ -31,6 +31,7 @@ class Decision:
     admit: bool
     reason: str
     estimated_s: float  # seconds from now until the result would be on chain
+    kind: str = ""  # why it was refused: price, capacity, deadline (a metric label)
 
 
 class _Ewma:
@@ -104,8 +105,8 @@ class AdmissionController:
                 "deadline",
                 estimate,
             )
-        return Decision(True, f"estimated {estimate:.1f}s of {left:.1f}s", estimate)
+        return Decision(True, f"estimated {estimate:.1f}s of {left:.1f}s", estimate, "")
 
     def _refuse(self, reason: str, kind: str, estimate: float) -> Decision:
         self.refused[kind] = self.refused.get(kind, 0) + 1
-        return Decision(False, reason, estimate)
+        return Decision(False, reason, estimate, kind)

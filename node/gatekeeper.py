@@ -153,24 +153,28 @@ class Gatekeeper:
             tokens_per_s=d.service.engine.stats().tokens_per_s,
         )
         if not decision.admit:
-            kind = "capacity" if "holds" in decision.reason else "deadline"
-            raise AdmissionRefused(decision.reason, kind)
+            raise AdmissionRefused(decision.reason, decision.kind)
         return Admitted(prompt_tokens, q)
+
+    async def claim_stake(self) -> int:
+        """The market's claim stake (immutable in the contract: read once)."""
+        if self._claim_stake is None:
+            self._claim_stake = await self.d.protocol.market.functions.claimStake().call()
+        return self._claim_stake
 
     async def _check_stake(self) -> None:
         """A claim locks `claimStake`: with the claims we have in flight, is there enough free stake left?"""
         d = self.d
-        if self._claim_stake is None:
-            self._claim_stake = await d.protocol.market.functions.claimStake().call()
-        if not self._claim_stake:
+        claim_stake = await self.claim_stake()
+        if not claim_stake:
             return
         free = await d.protocol.nodes.functions.freeStake(d.operator.address).call()
         # every job between admission and a mined claim will lock stake: reserve it now
         unmined = len(d.jobs.in_states((JobState.FETCHING, JobState.CLAIMING)))
-        if free - unmined * self._claim_stake < self._claim_stake:
+        if free - unmined * claim_stake < claim_stake:
             raise AdmissionRefused(
                 f"free stake {free} wei (less {unmined} claim(s) on the way) does not cover a claim stake of "
-                f"{self._claim_stake} wei: waiting for claimed jobs to settle, or add stake",
+                f"{claim_stake} wei: waiting for claimed jobs to settle, or add stake",
                 "stake",
             )
 

@@ -37,7 +37,6 @@ class Readiness:
     def __init__(self, daemon: NodeDaemon) -> None:
         self.d = daemon
         self.report = ReadinessReport(reasons={"starting": "the node is starting"})
-        self._claim_stake: int | None = None
         self._last: dict[str, str] = {}
 
     async def refresh(self) -> ReadinessReport:
@@ -48,9 +47,7 @@ class Readiness:
             syncing = await d.w3.eth.syncing
             report.balance_wei = await d.w3.eth.get_balance(d.operator.address)
             report.free_stake_wei = await d.protocol.nodes.functions.freeStake(d.operator.address).call()
-            if self._claim_stake is None:
-                self._claim_stake = await d.protocol.market.functions.claimStake().call()
-            report.claim_stake_wei = self._claim_stake
+            report.claim_stake_wei = await d.gatekeeper.claim_stake()
             tip = await d.w3.eth.max_priority_fee
             d.gatekeeper.tip_wei = min(int(tip), int(d.config.chain.max_priority_fee_gwei * 10**9))
         except Exception as e:
@@ -93,7 +90,7 @@ class Readiness:
                     f"operator balance {report.balance_wei} wei cannot pay gas for the next "
                     f"{h.gas_reserve_jobs} jobs (~{need} wei): send ETH to {d.operator.address}"
                 )
-        free, claim = report.free_stake_wei, self._claim_stake
+        free, claim = report.free_stake_wei, report.claim_stake_wei
         if free is not None and claim is not None and free < claim:
             reasons["stake"] = (
                 f"free stake {free} wei is below the claim stake {claim} wei: "

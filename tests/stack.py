@@ -23,6 +23,7 @@ from inference.models import LoadedModel, base_model_id
 from inference.publish import PackagedAdapter, package_adapter, publish_to_store
 from node.config import NodeConfig, parse_config
 from node.identity import node_peer_id
+from node.jobs import Job, JobBook, JobState
 from node.keys import write_keystore
 
 ADAPTER_FEE = Web3.to_wei(0.002, "ether")
@@ -155,6 +156,18 @@ class Stack:
         for name, values in sections.items():
             data.setdefault(name, {}).update(values)
         return parse_config(data, base=self.workdir)
+
+
+async def wait_job_state(book: JobBook, job_id: int, states: set[JobState], timeout: float = 60.0) -> Job:
+    """The job once the node's book has it in one of `states` (AssertionError with its state on timeout)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = book.get(job_id)
+        if job is not None and job.state in states:
+            return job
+        await asyncio.sleep(0.1)
+    job = book.get(job_id)
+    raise AssertionError(f"job {job_id} is {job.state if job else None}, expected one of {states}")
 
 
 @contextlib.asynccontextmanager

@@ -29,7 +29,7 @@ from chain.devnet import free_port
 from inference.models import LoadedModel, tiny_llama
 from node.jobs import Job, JobBook, JobState, connect
 from tests.factories import make_peft_adapter
-from tests.stack import PRICE, Stack, protocol_stack, running_node
+from tests.stack import PRICE, Stack, protocol_stack, running_node, wait_job_state
 
 DASHBOARD = Path(__file__).resolve().parent.parent / "scripts" / "grafana" / "openlora-node.json"
 PROMPT = "Say something about dashboards."
@@ -131,17 +131,6 @@ async def wait_series(http: ClientSession, prom: str, expr: str, timeout: float 
         await asyncio.sleep(0.3)
 
 
-async def wait_state(book: JobBook, job_id: int, states: set[JobState], timeout: float = 30.0) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = book.get(job_id)
-        if job is not None and job.state in states:
-            return job
-        await asyncio.sleep(0.1)
-    job = book.get(job_id)
-    raise AssertionError(f"job {job_id} is {job.state if job else None}, expected one of {states}")
-
-
 def seed_resumed_job(s: Stack, book: JobBook, adapter_id: int, adapter_hash: bytes, cid: str) -> int:
     """A claimed job in the node's database whose prompt the engine refuses: fails at once when resumed."""
     book.add(
@@ -187,8 +176,8 @@ async def test_every_dashboard_panel_returns_series_from_a_live_node(
                 refused = s.submit(adapter_id, PROMPT, max_tokens=config.engine.max_tokens_cap + 1)
                 for job_id in paid:
                     await s.wait_result(job_id, timeout=60)
-                await wait_state(book, refused, {JobState.SKIPPED})
-                await wait_state(book, failed_job, {JobState.FAILED})
+                await wait_job_state(book, refused, {JobState.SKIPPED})
+                await wait_job_state(book, failed_job, {JobState.FAILED})
 
                 # no gas money: not ready (balance), and the claim of the next job is refused by the RPC
                 set_balance(s, 0)

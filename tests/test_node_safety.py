@@ -16,24 +16,13 @@ from web3 import Web3
 from inference.models import LoadedModel, tiny_llama
 from node.jobs import JobBook, JobState, connect
 from tests.factories import make_peft_adapter
-from tests.stack import PRICE, protocol_stack, running_node, send
+from tests.stack import PRICE, protocol_stack, running_node, send, wait_job_state
 
 GWEI = 10**9
 
 
 def _rpc(s, method: str, *params):
     return s.w3.provider.make_request(method, list(params))
-
-
-async def _wait_state(book: JobBook, job_id: int, states: set[JobState], timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = book.get(job_id)
-        if job is not None and job.state in states:
-            return job
-        await asyncio.sleep(0.1)
-    job = book.get(job_id)
-    raise AssertionError(f"job {job_id} is {job.state if job else None}, expected one of {states}")
 
 
 async def _wait_pending(s, predicate, timeout: float = 30.0) -> dict:
@@ -131,9 +120,9 @@ async def test_adversarial_corpus_never_gets_the_node_slashed(
 
             refused = {k: v for k, v in corpus.items() if k != "honest"}
             for name, jid in refused.items():
-                job = await _wait_state(book, jid, {JobState.SKIPPED})
+                job = await wait_job_state(book, jid, {JobState.SKIPPED})
                 assert job.error, name
-            honest = await _wait_state(book, corpus["honest"], {JobState.PAID})
+            honest = await wait_job_state(book, corpus["honest"], {JobState.PAID})
             assert honest.node_amount > 0
             reasons = {name: book.get(jid).error.split(":")[0] for name, jid in refused.items()}
             assert reasons == {
@@ -182,7 +171,7 @@ async def test_adversarial_corpus_never_gets_the_node_slashed(
             s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(late).raw_transaction)
             await asyncio.to_thread(_rpc, s, "evm_mine")
             late_id = market.functions.jobCount().call()
-            job = await _wait_state(book, late_id, {JobState.SKIPPED})
+            job = await wait_job_state(book, late_id, {JobState.SKIPPED})
             assert job.error.startswith("fees: ")
             for _ in range(8):
                 await asyncio.to_thread(_rpc, s, "evm_mine")
@@ -191,10 +180,12 @@ async def test_adversarial_corpus_never_gets_the_node_slashed(
             assert s.w3.eth.get_block("latest")["baseFeePerGas"] > 5 * GWEI
             await asyncio.to_thread(_rpc, s, "evm_setAutomine", True)
             await asyncio.to_thread(_rpc, s, "evm_setIntervalMining", 1)
-            paid = await _wait_state(book, spike_id, {JobState.PAID}, timeout=90)  # fees fall: result mined
+            paid = await wait_job_state(
+                book, spike_id, {JobState.PAID}, timeout=90
+            )  # fees fall: result mined
             assert paid.node_amount > 0
             # ... and once fees are back under the cap it is decided again, claimed and paid
-            await _wait_state(book, late_id, {JobState.PAID}, timeout=60)
+            await wait_job_state(book, late_id, {JobState.PAID}, timeout=60)
             await asyncio.to_thread(_rpc, s, "evm_setIntervalMining", 0)
 
         ours = _claims_by(s, s.operator.address)
@@ -241,7 +232,7 @@ async def test_engine_refusal_after_a_claim_is_terminal_at_once(
         )
         started = time.monotonic()
         async with running_node(config, tiny_llama(0)) as url:
-            job = await _wait_state(book, 777, {JobState.FAILED}, timeout=30)
+            job = await wait_job_state(book, 777, {JobState.FAILED}, timeout=30)
             took = time.monotonic() - started
             async with ClientSession() as http, http.get(f"{url}/metrics") as r:
                 metrics = await r.text()
