@@ -111,6 +111,22 @@ class Stack:
         (event,) = market.events.JobSubmitted().process_receipt(receipt)
         return event["args"]["jobId"]
 
+    def send_submit(
+        self, adapter_id: int, data: bytes, max_tokens: int, deadline: int, *, price: int = PRICE, **fees: int
+    ) -> None:
+        """Broadcast a submission without waiting for it to be mined (tests that pause mining)."""
+        market = self.contract("JobMarket")
+        tx = market.functions.submitJob(adapter_id, data, max_tokens, deadline).build_transaction(
+            {
+                "from": self.submitter.address,
+                "value": price,
+                "gas": 500_000,
+                "nonce": self.w3.eth.get_transaction_count(self.submitter.address),
+                **fees,
+            }
+        )
+        self.w3.eth.send_raw_transaction(self.submitter.sign_transaction(tx).raw_transaction)
+
     def result_event(self, job_id: int):
         logs = self.contract("JobMarket").events.ResultSubmitted.get_logs(
             from_block=self.deployment.start_block, argument_filters={"jobId": job_id}

@@ -13,7 +13,7 @@ from inference.models import LoadedModel, tiny_llama
 from inference.store import AdapterStore
 from node.jobs import JobBook, JobState, connect
 from tests.factories import make_peft_adapter
-from tests.stack import PRICE, protocol_stack, running_node
+from tests.stack import protocol_stack, running_node
 
 
 async def _state(config, job_id: int, want: JobState, timeout: float = 30.0) -> JobState | None:
@@ -60,17 +60,7 @@ async def test_cold_node_fetches_from_the_warm_peer_and_lets_it_claim(
                 market = s.contract("JobMarket")
                 second = market.functions.jobCount().call() + 1
                 deadline = s.w3.eth.get_block("latest")["timestamp"] + 600
-                tx = market.functions.submitJob(
-                    adapter_id, b"who gets this one?", 12, deadline
-                ).build_transaction(
-                    {
-                        "from": s.submitter.address,
-                        "value": PRICE,
-                        "gas": 400_000,
-                        "nonce": s.w3.eth.get_transaction_count(s.submitter.address),
-                    }
-                )
-                s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(tx).raw_transaction)
+                s.send_submit(adapter_id, b"who gets this one?", 12, deadline)
                 await asyncio.to_thread(s.w3.provider.make_request, "evm_mine", [])
                 cold_seen = JobBook(connect(cold_cfg.db_path))
                 for _ in range(100):

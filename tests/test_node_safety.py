@@ -139,15 +139,7 @@ async def test_adversarial_corpus_never_gets_the_node_slashed(
 
             # a base-fee spike above the node's cap while its result is pending
             await asyncio.to_thread(_rpc, s, "evm_setAutomine", False)
-            spiky = market.functions.submitJob(adapter_id, b"spike", 8, deadline).build_transaction(
-                {
-                    "from": s.submitter.address,
-                    "value": PRICE,
-                    "gas": 500_000,
-                    "nonce": s.w3.eth.get_transaction_count(s.submitter.address),
-                }
-            )
-            s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(spiky).raw_transaction)
+            s.send_submit(adapter_id, b"spike", 8, deadline)
             await asyncio.to_thread(_rpc, s, "evm_mine")
             spike_id = market.functions.jobCount().call()
             selector_claim = market.encode_abi("claimJob", args=[spike_id])[:10]
@@ -158,17 +150,14 @@ async def test_adversarial_corpus_never_gets_the_node_slashed(
             await asyncio.to_thread(_rpc, s, "anvil_setNextBlockBaseFeePerGas", hex(60 * GWEI))
             await asyncio.to_thread(_rpc, s, "evm_mine")
             # while fees are above the cap, a new job is not claimed (a transient refusal) ...
-            late = market.functions.submitJob(adapter_id, b"during the spike", 8, deadline).build_transaction(
-                {
-                    "from": s.submitter.address,
-                    "value": PRICE,
-                    "gas": 500_000,
-                    "maxFeePerGas": 200 * GWEI,
-                    "maxPriorityFeePerGas": GWEI,
-                    "nonce": s.w3.eth.get_transaction_count(s.submitter.address),
-                }
+            s.send_submit(
+                adapter_id,
+                b"during the spike",
+                8,
+                deadline,
+                maxFeePerGas=200 * GWEI,
+                maxPriorityFeePerGas=GWEI,
             )
-            s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(late).raw_transaction)
             await asyncio.to_thread(_rpc, s, "evm_mine")
             late_id = market.functions.jobCount().call()
             job = await wait_job_state(book, late_id, {JobState.SKIPPED})

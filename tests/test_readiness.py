@@ -20,7 +20,7 @@ from node.errors import StartupError
 from node.runtime import build_daemon, run_node
 from tests.factories import make_peft_adapter
 from tests.rpc_proxy import RpcProxy
-from tests.stack import PRICE, protocol_stack, running_node, send
+from tests.stack import protocol_stack, running_node, send
 
 
 async def _readyz(url: str) -> tuple[int, dict]:
@@ -98,15 +98,7 @@ async def test_readyz_flips_for_each_cause_and_back(tmp_path: Path, tiny: Loaded
                 await asyncio.to_thread(_rpc, s, "evm_setAutomine", False)
                 market = s.contract("JobMarket")
                 deadline = s.w3.eth.get_block("latest")["timestamp"] + 600
-                tx = market.functions.submitJob(adapter_id, b"hold me", 8, deadline).build_transaction(
-                    {
-                        "from": s.submitter.address,
-                        "value": PRICE,
-                        "gas": 400_000,
-                        "nonce": s.w3.eth.get_transaction_count(s.submitter.address),
-                    }
-                )
-                s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(tx).raw_transaction)
+                s.send_submit(adapter_id, b"hold me", 8, deadline)
                 await asyncio.to_thread(_rpc, s, "evm_mine")  # the job lands; our claim will sit pending
                 body = await _until(url, ready=False, cause="tx")
                 assert "claim:" in body["reasons"]["tx"]

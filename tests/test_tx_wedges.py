@@ -222,7 +222,7 @@ async def test_claim_made_pointless_by_a_rival_is_replaced_not_mined(tmp_path, t
     from inference.models import tiny_llama
     from node.jobs import JobBook, JobState
     from tests.factories import make_peft_adapter
-    from tests.stack import PRICE, STAKE, protocol_stack, running_node, send
+    from tests.stack import STAKE, protocol_stack, running_node, send
 
     adapter_dir = make_peft_adapter(tiny, tmp_path / "adapter", rank=4, seed=6)
     async with protocol_stack(tmp_path) as s:
@@ -240,15 +240,7 @@ async def test_claim_made_pointless_by_a_rival_is_replaced_not_mined(tmp_path, t
             await asyncio.to_thread(rpc, "evm_setAutomine", [False])
             job_id = market.functions.jobCount().call() + 1
             deadline = s.w3.eth.get_block("latest")["timestamp"] + 600
-            tx = market.functions.submitJob(adapter_id, b"contested", 8, deadline).build_transaction(
-                {
-                    "from": s.submitter.address,
-                    "value": PRICE,
-                    "gas": 400_000,
-                    "nonce": s.w3.eth.get_transaction_count(s.submitter.address),
-                }
-            )
-            s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(tx).raw_transaction)
+            s.send_submit(adapter_id, b"contested", 8, deadline)
             await asyncio.to_thread(rpc, "evm_mine", [])
             ours = None
             for _ in range(200):  # our claim reaches the pool
