@@ -84,7 +84,11 @@ class Stack:
         return event["args"]["adapterId"], pkg
 
     def register_node(
-        self, base: LoadedModel, operator: LocalAccount | None = None, name: str = "node"
+        self,
+        base: LoadedModel,
+        operator: LocalAccount | None = None,
+        name: str = "node",
+        stake: int = STAKE,
     ) -> str:
         """Stake and register a node whose data dir is `<workdir>/<name>`; returns its libp2p peer id."""
         op = operator or self.operator
@@ -93,7 +97,7 @@ class Stack:
             self.w3,
             op,
             self.contract("NodeRegistry").functions.register(op.address, base_model_id(base.name), peer_id),
-            value=STAKE,
+            value=stake,
         )
         return peer_id
 

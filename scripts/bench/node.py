@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from aiohttp import ClientSession  # noqa: E402
+from web3 import Web3  # noqa: E402
 
 from inference.engine import EngineConfig  # noqa: E402
 from inference.ipfs.fetcher import GatewaySource  # noqa: E402
@@ -127,7 +128,9 @@ async def run_node(
     async with protocol_stack(work) as s:
         base = load_base_model(model)
         ids = [s.publish(f, base)[0] for f in folders]
-        s.register_node(base)
+        # stake for every claim the node may hold at once (max_committed_jobs x claimStake, plus the minimum):
+        # an operator sizes its stake to its throughput; 2 ETH would cap the node at 20 claims in flight
+        s.register_node(base, stake=Web3.to_wei(10, "ether"))
         config = s.node_config(
             node={"base_model": model, "max_inflight_jobs": 16},
             engine=engine,
