@@ -115,8 +115,7 @@ contract JobMarket is Disputes {
         (bytes32 leaf, bool ok) = _settleItem(item, nodeId, p);
         if (!ok) {
             (uint256 slot,) = _slotFor(item.terms);
-            JobStatus s = slot.status();
-            if (s != JobStatus.Claimed) revert WrongStatus(item.terms.jobId, s);
+            _requireStatus(item.terms, slot, JobStatus.Claimed);
             if (block.timestamp >= item.terms.deadline) revert DeadlinePassed(item.terms.jobId, item.terms.deadline);
             revert NotClaimant(item.terms.jobId, msg.sender);
         }
@@ -300,12 +299,6 @@ contract JobMarket is Disputes {
         node = nodeId == 0 ? address(0) : nodeRegistry.operatorOf(nodeId);
         at = slot.offset();
         termsHashPrefix = bytes32(slot & JobSlot.HASH_MASK);
-    }
-
-    /// @notice Whether `t` are the job's terms as stored.
-    function termsMatch(Terms calldata t) external view returns (bool) {
-        uint256 slot = _jobs[t.jobId];
-        return slot != 0 && slot.matches(JobSlot.hashOf(t));
     }
 
     /// @notice keccak256 of the terms' ABI encoding (abi.encode(terms) without its leading offset word): what
