@@ -42,6 +42,8 @@ class ChainSection:
     max_lag_blocks: int = 10  # an endpoint this far behind the best one leaves the rotation
     head_tag: str = "latest"  # "latest" (with confirmations), "safe" or "finalized" where the chain has them
     stuck_after_s: float = 120.0  # a tx pending this long counts as stuck (no new claims, not ready)
+    batch_window_s: float = 0.25  # jobs ready to claim / post within this window share one transaction
+    max_batch: int = 32  # most jobs in one claimJobs / submitResults transaction (the market allows 256)
 
 
 @dataclass
@@ -266,6 +268,8 @@ def _check(c: NodeConfig) -> None:
         raise ConfigError("[policy].claim_gas, result_gas and result_gas_per_byte must be > 0")
     if c.chain.max_log_range < 1 or c.chain.max_lag_blocks < 0 or c.chain.stuck_after_s <= 0:
         raise ConfigError("[chain].max_log_range must be >= 1, max_lag_blocks >= 0, stuck_after_s > 0")
+    if c.chain.batch_window_s < 0 or not 1 <= c.chain.max_batch <= 256:
+        raise ConfigError("[chain].batch_window_s must be >= 0 and max_batch between 1 and 256")
     if c.chain.head_tag not in ("latest", "safe", "finalized"):
         raise ConfigError(f"[chain].head_tag: expected latest, safe or finalized, got {c.chain.head_tag!r}")
     h = c.health

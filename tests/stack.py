@@ -16,6 +16,8 @@ from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
 from chain.deployment import Deployment, ProtocolParams, deploy
+from chain.protocol import JobStatus, decode_state
+from chain.terms import Terms
 from chain.devnet import Anvil, dev_private_key, free_port
 from inference.ipfs.blockstore import BlockStore
 from inference.ipfs.gateway_server import TrustlessGateway
@@ -105,7 +107,9 @@ class Stack:
         receipt = send(
             self.w3,
             self.submitter,
-            market.functions.submitJob(adapter_id, prompt.encode(), max_tokens, deadline),
+            market.functions.submitJob(
+                adapter_id, self.max_fee(adapter_id), prompt.encode(), max_tokens, deadline
+            ),
             value=price,
         )
         (event,) = market.events.JobSubmitted().process_receipt(receipt)
@@ -116,7 +120,8 @@ class Stack:
     ) -> None:
         """Broadcast a submission without waiting for it to be mined (tests that pause mining)."""
         market = self.contract("JobMarket")
-        tx = market.functions.submitJob(adapter_id, data, max_tokens, deadline).build_transaction(
+        max_fee = self.max_fee(adapter_id)
+        tx = market.functions.submitJob(adapter_id, max_fee, data, max_tokens, deadline).build_transaction(
             {
                 "from": self.submitter.address,
                 "value": price,
@@ -126,6 +131,20 @@ class Stack:
             }
         )
         self.w3.eth.send_raw_transaction(self.submitter.sign_transaction(tx).raw_transaction)
+
+    def max_fee(self, adapter_id: int) -> int:
+        """The adapter's fee now: what a submitter accepts (a later, higher fee reverts the submission)."""
+        return self.contract("AdapterRegistry").functions.getAdapter(adapter_id).call()[5]
+
+    def terms(self, job_id: int) -> Terms:
+        """The job's terms from its JobSubmitted event (what every later call re-supplies)."""
+        (event,) = self.contract("JobMarket").events.JobSubmitted.get_logs(
+            from_block=self.deployment.start_block, argument_filters={"jobId": job_id}
+        )
+        return Terms.from_abi(event["args"]["terms"])
+
+    def status(self, job_id: int) -> JobStatus:
+        return decode_state(self.contract("JobMarket").functions.jobState(job_id).call()).status
 
     def result_event(self, job_id: int):
         logs = self.contract("JobMarket").events.ResultSubmitted.get_logs(
