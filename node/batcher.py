@@ -39,6 +39,8 @@ class Batcher(Generic[T, R]):
     async def submit(self, item: T) -> R:
         """Queue `item` for the next batch and wait for that batch's outcome."""
         fut: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        # a waiter cancelled meanwhile (its job was lost) never reads the outcome: mark it read
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         p = self._pending
         p.items.append(item)
         p.futures.append(fut)

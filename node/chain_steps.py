@@ -12,6 +12,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+from web3.logs import DISCARD
+
 from chain.protocol import PAID_STATUSES, JobStatus, result_item
 from chain.signing import ZERO32, ResultBatch, SignedResult
 from chain.terms import Terms
@@ -118,12 +120,14 @@ class ChainSteps:
         for j in jobs:  # persisted before the send: a restart finds the batch by its key
             self.jobs.transition(j.job_id, JobState.CLAIMING, claim_key=key)
         record = await self.tx.send(key, self.protocol.market.address, data)
+        for j in jobs:
+            self.jobs.transition(j.job_id, JobState.CLAIMING, claim_tx=record.hashes[-1])
         record = await self.tx.wait(key, timeout=max(10.0, min(j.deadline for j in jobs) - time.time()))
         return await self._outcome(record, "JobClaimed")
 
     async def _outcome(self, record: TxRecord, event: str) -> BatchOutcome:
         receipt = await self.w3.eth.get_transaction_receipt(record.mined_hash)
-        events = getattr(self.protocol.market.events, event)().process_receipt(receipt)
+        events = getattr(self.protocol.market.events, event)().process_receipt(receipt, errors=DISCARD)
         ours = frozenset(e["args"]["jobId"] for e in events if e["args"]["node"] == self.operator.address)
         return BatchOutcome(record, ours, len(job_ids_of_key(record.key)) or 1)
 
@@ -182,7 +186,7 @@ class ChainSteps:
                 outcome.record.gas_used // len(outcome.done), len(job.output or b"")
             )
         receipt = await self.w3.eth.get_transaction_receipt(outcome.record.mined_hash)
-        for event in self.protocol.market.events.ResultSubmitted().process_receipt(receipt):
+        for event in self.protocol.market.events.ResultSubmitted().process_receipt(receipt, errors=DISCARD):
             if event["args"]["jobId"] == job.job_id:
                 self._mark_paid(job.job_id, event["args"], outcome.record.mined_hash)
 

@@ -16,9 +16,10 @@ from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
 from chain.deployment import Deployment, ProtocolParams, deploy
-from chain.protocol import JobStatus, decode_state
-from chain.terms import Terms
 from chain.devnet import Anvil, dev_private_key, free_port
+from chain.protocol import JobStatus, decode_state
+from chain.results import decode_results
+from chain.terms import Terms
 from inference.ipfs.blockstore import BlockStore
 from inference.ipfs.gateway_server import TrustlessGateway
 from inference.models import LoadedModel, base_model_id
@@ -145,6 +146,15 @@ class Stack:
 
     def status(self, job_id: int) -> JobStatus:
         return decode_state(self.contract("JobMarket").functions.jobState(job_id).call()).status
+
+    def output(self, job_id: int) -> bytes | None:
+        """The job's posted output, read from the result transaction's calldata (where v2 keeps it)."""
+        event = self.result_event(job_id)
+        if event is None:
+            return None
+        market = self.contract("JobMarket")
+        items, _ = decode_results(market, self.w3.eth.get_transaction(event["transactionHash"])["input"])
+        return next(i.output for i in items if i.terms.job_id == job_id)
 
     def result_event(self, job_id: int):
         logs = self.contract("JobMarket").events.ResultSubmitted.get_logs(

@@ -10,6 +10,7 @@ from web3 import HTTPProvider, Web3
 from chain.client import ProtocolClient
 from chain.deployment import deploy
 from chain.devnet import Anvil, dev_private_key, find_tool
+from chain.protocol import JobStatus
 
 
 def test_cast_send_submits_a_job() -> None:
@@ -28,8 +29,9 @@ def test_cast_send_submits_a_job() -> None:
                 cast,
                 "send",
                 deployment.job_market,
-                "submitJob(uint256,bytes,uint32,uint64)",
+                "submitJob(uint256,uint96,bytes,uint32,uint64)",
                 str(adapter_id),
+                str(10**15),  # the most adapter fee the submitter accepts (the registry's fee now)
                 prompt.strip(),
                 "48",
                 str(deadline),
@@ -45,7 +47,22 @@ def test_cast_send_submits_a_job() -> None:
         )
         assert sent.returncode == 0, sent.stderr
         client = ProtocolClient(w3, deployment)
-        job = client.market.functions.getJob(1).call()
-        assert job[0] == Account.from_key(dev_private_key(3)).address
-        assert bytes(job[4]) == Web3.keccak(b"Hello")  # inputHash of the prompt cast encoded
-        assert job[5] == 10**16
+        job = client.job(1)
+        assert job.submitter == Account.from_key(dev_private_key(3)).address
+        assert job.input_hash == Web3.keccak(b"Hello")  # inputHash of the prompt cast encoded
+        assert job.price_wei == 10**16 and job.status == JobStatus.OPEN
+        state = subprocess.run(
+            [
+                cast,
+                "call",
+                deployment.job_market,
+                "jobState(uint256)(uint8,address,uint256,bytes32)",
+                "1",
+                "--rpc-url",
+                anvil.url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert state[0] == "1"  # Open, read with plain cast as docs/submitters.md shows

@@ -54,7 +54,7 @@ async def test_reorg_that_drops_our_claim_and_result_is_repaired(
             # the scenario: the node has *seen* its claim and result confirmed (watcher cursor at the head)
             await wait_until(lambda: _watcher_cursor(config) >= head, 30, "the watcher to reach the head")
             s.w3.provider.make_request("anvil_reorg", [depth, []])  # replaced by empty blocks
-            assert market.functions.getJob(last).call()[-1] == 1  # OPEN again: claim and result are gone
+            assert s.status(last) == 1  # OPEN again: claim and result are gone
             await wait_until(lambda: all_paid(s, jobs), 60, "the job paid again on the new chain")
             await asyncio.sleep(0.5)
         report = settlement(s, jobs)
@@ -168,7 +168,7 @@ async def test_deep_reorg_in_blocks_the_lagging_watcher_never_saw_is_repaired(
             )[-1]["blockNumber"]
             assert claim_block > _watcher_cursor(config)  # the watcher never processed the claim block
             s.w3.provider.make_request("anvil_reorg", [s.w3.eth.block_number - claim_block + 1, []])
-            assert market.functions.getJob(job).call()[-1] == 1  # OPEN again
+            assert s.status(job) == 1  # OPEN again
             await wait_until(lambda: all_paid(s, [job]), 60, "the job paid again on the new chain")
             lag["stalled"] = False  # the watcher catches up over the new chain without another repair
             await wait_until(lambda: _watcher_cursor(config) >= s.w3.eth.block_number, 30, "watcher at head")
