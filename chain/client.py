@@ -137,10 +137,32 @@ class ProtocolClient:
         return self.transact(self.nodes.functions.register(signer, base_model, peer_id), value=stake_wei)
 
     def withdraw(self) -> dict:
-        return self.transact(self.market.functions.withdraw())
+        """Withdraw everything this account can: its adapters' matured fees are credited first (one
+        withdrawAdapterFees per adapter with any), then the pull balance is sent."""
+        receipt = None
+        for listing in self.list_adapters(self._require_address(None)):
+            if self.market.functions.adapterFees(listing.adapter_id).call()[0]:
+                receipt = self.transact(self.market.functions.withdrawAdapterFees(listing.adapter_id))
+        if self.market.functions.balanceOf(self._require_address(None)).call() or receipt is None:
+            receipt = self.transact(self.market.functions.withdraw())
+        return receipt
 
     def withdrawable(self, account: str | None = None) -> int:
-        return self.market.functions.balanceOf(self._require_address(account)).call()
+        """Wei `account` can withdraw now: its balance, its earnings past the challenge window, and the
+        matured fees of the adapters it publishes."""
+        address = self._require_address(account)
+        adapters = sum(
+            self.market.functions.adapterFees(a.adapter_id).call()[0] for a in self.list_adapters(address)
+        )
+        return self.market.functions.balanceOf(address).call() + adapters
+
+    def held(self, account: str | None = None) -> int:
+        """Wei of `account`'s earnings still inside their challenge window (node payments and adapter fees)."""
+        address = self._require_address(account)
+        adapters = sum(
+            self.market.functions.adapterFees(a.adapter_id).call()[1] for a in self.list_adapters(address)
+        )
+        return self.market.functions.heldOf(address).call() + adapters
 
     def node_signer(self, operator: str) -> str:
         """The result-signing key `operator` registered (the zero address if it is not registered)."""
