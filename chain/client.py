@@ -157,7 +157,7 @@ class ProtocolClient:
         return self.market.functions.balanceOf(address).call() + adapters
 
     def held(self, account: str | None = None) -> int:
-        """Wei of `account`'s earnings still inside their challenge window (node payments and adapter fees)."""
+        """Wei of `account`'s earnings still in their challenge window (node payments, adapter fees)."""
         address = self._require_address(account)
         adapters = sum(
             self.market.functions.adapterFees(a.adapter_id).call()[1] for a in self.list_adapters(address)
