@@ -112,7 +112,9 @@ class ChainSteps:
         return await self.claim_batcher.submit(job.job_id)
 
     async def _send_claims(self, job_ids: list[int]) -> BatchOutcome:
-        jobs = [j for j in (self.jobs.get(i) for i in job_ids) if j is not None]
+        jobs = sorted(
+            (j for j in (self.jobs.get(i) for i in job_ids) if j is not None), key=lambda j: j.job_id
+        )
         key = "claims:" + ",".join(str(j.job_id) for j in jobs)
         data = self.protocol.calldata(
             self.protocol.market, "claimJobs", [self.terms_of(j).as_abi() for j in jobs]
@@ -191,7 +193,10 @@ class ChainSteps:
                 self._mark_paid(job.job_id, event["args"], outcome.record.mined_hash)
 
     async def _send_results(self, job_ids: list[int]) -> BatchOutcome:
-        jobs = [j for j in (self.jobs.get(i) for i in job_ids) if j is not None and j.output is not None]
+        jobs = sorted(
+            (j for j in (self.jobs.get(i) for i in job_ids) if j is not None and j.output is not None),
+            key=lambda j: j.job_id,
+        )
         terms = [self.terms_of(j) for j in jobs]
         proofs = [j.proof_hash or ZERO32 for j in jobs]
         batch = ResultBatch(
