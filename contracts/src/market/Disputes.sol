@@ -52,11 +52,16 @@ abstract contract Disputes is MarketBase {
         arbiter.openCase(t.jobId, msg.sender, evidenceCid);
     }
 
-    /// @notice The arbiter's ruling on a disputed job (only the arbiter the dispute was opened with, once).
+    /// @notice The arbiter's ruling on a disputed job (only the arbiter the dispute was opened with, once, while the
+    ///         dispute is still open).
     function rule(uint256 jobId, bool fraud) external {
         Dispute storage d = _disputes[jobId];
         if (d.arbiter == address(0) || msg.sender != d.arbiter) revert NotArbiter(msg.sender);
         if (d.verdict != 0) revert AlreadyRuled(jobId);
+        // A dispute closed by timeout (settled as no fraud) takes no late ruling: it would change nothing and
+        // emit a DisputeRuled that contradicts the settlement.
+        JobStatus s = _jobs[jobId].status();
+        if (s != JobStatus.Disputed) revert WrongStatus(jobId, s);
         d.verdict = fraud ? 1 : 2;
         emit DisputeRuled(jobId, fraud);
     }
