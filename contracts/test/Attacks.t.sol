@@ -3,6 +3,7 @@ pragma solidity ^0.8.24;
 
 import {Fixture} from "./utils/Fixture.sol";
 import {JobMarket} from "../src/JobMarket.sol";
+import {NodeRegistry} from "../src/NodeRegistry.sol";
 import {MarketBase} from "../src/market/MarketBase.sol";
 import {JobStatus, ResultItem, Terms} from "../src/lib/JobTypes.sol";
 
@@ -337,20 +338,31 @@ contract AttacksTest is Fixture {
         market.submitResults(signed, sig);
     }
 
-    /// A one-item signature cannot post that job's result in another market (the EIP-712 domain binds it).
+    /// A signature for job 1 in this market cannot post job 1's result in another market with the very same
+    /// terms (same registry, submitter, time, input): the EIP-712 domain binds it to one contract.
     function test_attack_signature_reused_in_another_market() public {
         Terms memory t = _submit();
         _claim(t);
         ResultItem[] memory items = _items(_one(t), "x");
         bytes memory sig = _signBatch(SIGNER_KEY, items);
+
         JobMarket m2 = new JobMarket(_config());
-        bytes32 d2 = keccak256(
-            abi.encodePacked("\x19\x01", m2.domainSeparator(), keccak256(abi.encode(m2.BATCH_TYPEHASH(), bytes32(0))))
-        );
-        assertNotEq(d2, _batchDigest(items), "domains differ");
-        assertNotEq(m2.domainSeparator(), market.domainSeparator(), "separators differ");
+        vm.deal(operator, 10 ether);
+        NodeRegistry r2 = m2.nodeRegistry();
+        vm.prank(operator);
+        r2.register{value: 2 ether}(signer, BASE_MODEL, PEER_ID);
+        vm.prank(submitter);
+        m2.submitJob{value: PRICE}(adapterId, ADAPTER_FEE, input, MAX_TOKENS, t.deadline);
+        assertTrue(m2.termsMatch(t), "identical terms in the other market");
+        vm.prank(operator);
+        m2.claimJob(t);
+        vm.prank(operator);
+        (bool ok, bytes memory ret) = address(m2).call(abi.encodeCall(JobMarket.submitResult, (items[0], sig)));
+        assertFalse(ok, "cross-market replay accepted");
+        assertEq(bytes4(ret), MarketBase.WrongSigner.selector, "wrong signer");
         vm.prank(operator);
         market.submitResult(items[0], sig);
+        assertEq(_status(t.jobId), uint256(JobStatus.Resulted), "valid where it was signed");
     }
 
     /// Another node cannot post a result for a job it did not claim, even with a valid signature of its own.
