@@ -142,9 +142,7 @@ contract AttacksTest is Fixture {
         Terms memory t = _submitAs(submitter, PRICE, uint64(block.timestamp + 30 days));
         _claim(t);
         vm.warp(block.timestamp + SERVICE_WINDOW - 1);
-        vm.expectRevert(
-            abi.encodeWithSelector(MarketBase.ServiceWindowOpen.selector, t.jobId, block.timestamp + 1)
-        );
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.ServiceWindowOpen.selector, t.jobId, block.timestamp + 1));
         market.reclaim(t);
         vm.warp(block.timestamp + 1);
         uint256 stakeBefore = nodes.getNode(operator).stake;

@@ -105,9 +105,7 @@ contract DisputesTest is Fixture {
         _dispute(open, validator);
         // The window: result time + challengeWindow, exclusive.
         vm.warp(block.timestamp + CHALLENGE_WINDOW);
-        vm.expectRevert(
-            abi.encodeWithSelector(MarketBase.ChallengeWindowClosed.selector, t.jobId, block.timestamp)
-        );
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.ChallengeWindowClosed.selector, t.jobId, block.timestamp));
         _dispute(t, validator);
     }
 

@@ -64,9 +64,7 @@ contract FuzzTest is Fixture {
         uint64 d = uint64(block.timestamp + 1 hours);
         bool ok = price > uint256(fee) + price * bps / 10_000;
         if (!ok) {
-            vm.expectRevert(
-                abi.encodeWithSelector(MarketBase.PriceTooLow.selector, price, fee, price * bps / 10_000)
-            );
+            vm.expectRevert(abi.encodeWithSelector(MarketBase.PriceTooLow.selector, price, fee, price * bps / 10_000));
         }
         vm.prank(submitter);
         market.submitJob{value: price}(adapterId, fee, input, 8, d);

@@ -539,8 +539,8 @@ contract InvariantTest is Fixture {
             uint256 paid = handler.timesPaid(t.jobId);
             assertLe(paid, 1, "paid twice");
             (JobStatus s,,,) = market.jobState(t.jobId);
-            bool resulted = s == JobStatus.Resulted || s == JobStatus.Disputed || s == JobStatus.Final
-                || s == JobStatus.Refunded;
+            bool resulted =
+                s == JobStatus.Resulted || s == JobStatus.Disputed || s == JobStatus.Final || s == JobStatus.Refunded;
             assertEq(paid == 1, resulted, "paid iff resulted");
         }
     }

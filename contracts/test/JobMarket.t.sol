@@ -8,6 +8,7 @@ import {Fixture} from "./utils/Fixture.sol";
 import {JobMarket} from "../src/JobMarket.sol";
 import {NodeRegistry} from "../src/NodeRegistry.sol";
 import {MarketBase} from "../src/market/MarketBase.sol";
+import {MarketOps} from "../src/market/MarketOps.sol";
 import {AdapterRequest, AdapterTerm, JobRequest, JobStatus, ResultItem, Terms} from "../src/lib/JobTypes.sol";
 
 /// @dev Rejects every payment (a submitter or node that cannot receive ETH).
@@ -404,7 +405,9 @@ contract JobMarketTest is Fixture {
         vm.startPrank(submitter);
         req.serviceWindow = MIN_SERVICE_WINDOW - 1;
         vm.expectRevert(
-            abi.encodeWithSelector(MarketBase.ServiceWindowTooShort.selector, MIN_SERVICE_WINDOW - 1, MIN_SERVICE_WINDOW)
+            abi.encodeWithSelector(
+                MarketBase.ServiceWindowTooShort.selector, MIN_SERVICE_WINDOW - 1, MIN_SERVICE_WINDOW
+            )
         );
         market.submitRequest{value: PRICE}(req, input, "", bytes32(0));
         req.serviceWindow = 0;
@@ -1090,9 +1093,7 @@ contract JobMarketTest is Fixture {
         Terms memory t = _submit();
         bytes32 h = market.hashTerms(t);
         ResultItem[] memory items = _items(_one(t), "out");
-        assertEq(
-            market.resultDigest(t.jobId, h, keccak256("out"), bytes32(0)), _batchDigest(items), "digest = node's"
-        );
+        assertEq(market.resultDigest(t.jobId, h, keccak256("out"), bytes32(0)), _batchDigest(items), "digest = node's");
         bytes32 domain = keccak256(
             abi.encode(
                 keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
@@ -1128,5 +1129,50 @@ contract JobMarketTest is Fixture {
         vm.prank(operator);
         market.submitResult(items[0], sig);
         assertEq(_status(t.jobId), uint256(JobStatus.Claimed), "signature bound to its chain");
+    }
+
+    // ---------------------------------------------------------------- code size and MarketOps
+
+    function _opsAddress() internal view returns (address) {
+        // The market's second CREATE (the NodeRegistry is its first).
+        return address(
+            uint160(uint256(keccak256(abi.encodePacked(bytes1(0xd6), bytes1(0x94), address(market), bytes1(0x02)))))
+        );
+    }
+
+    function test_code_sizes_fit_eip170_and_eip3860() public view {
+        assertLe(address(market).code.length, 24_576, "JobMarket runtime (EIP-170)");
+        assertLe(_opsAddress().code.length, 24_576, "MarketOps runtime (EIP-170)");
+        assertLe(address(nodes).code.length, 24_576, "NodeRegistry runtime (EIP-170)");
+        assertLe(address(adapters).code.length, 24_576, "AdapterRegistry runtime (EIP-170)");
+        assertLe(type(JobMarket).creationCode.length + abi.encode(_config()).length, 49_152, "JobMarket initcode");
+        address registryAt = address(
+            uint160(uint256(keccak256(abi.encodePacked(bytes1(0xd6), bytes1(0x94), address(market), bytes1(0x01)))))
+        );
+        assertEq(registryAt, address(nodes), "registry is the market's first CREATE");
+    }
+
+    function test_marketOps_cannot_be_called_directly() public {
+        MarketOps ops = MarketOps(payable(_opsAddress()));
+        assertTrue(address(ops).code.length > 0, "ops deployed");
+        assertEq(address(ops.nodeRegistry()), address(nodes), "ops uses the market's registry");
+        Terms memory t = _submit();
+        vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
+        vm.prank(submitter);
+        ops.cancel(t);
+        vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
+        ops.expire(t);
+        vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
+        ops.reclaim(t);
+        vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
+        ops.releaseJob(t);
+        vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
+        ops.withdrawAdapterFees(adapterId);
+        vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
+        ops.settleDispute(t);
+        vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
+        vm.prank(validator);
+        ops.dispute{value: DISPUTE_BOND}(t, "bafy");
+        assertEq(_status(t.jobId), uint256(JobStatus.Open), "the market's job untouched");
     }
 }
