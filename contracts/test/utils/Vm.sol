@@ -40,6 +40,7 @@ interface Vm {
     // state
     function roll(uint256 newHeight) external;
     function getNonce(address account) external view returns (uint64 nonce);
+    function setNonce(address account, uint64 newNonce) external;
     function store(address target, bytes32 slot, bytes32 value) external;
     function load(address target, bytes32 slot) external view returns (bytes32 data);
     function etch(address target, bytes calldata newRuntimeBytecode) external;
