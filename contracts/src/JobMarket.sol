@@ -6,8 +6,10 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {IArbiter} from "./IArbiter.sol";
 import {HeldBalance} from "./lib/HeldBalance.sol";
 import {AdapterRequest, AdapterTerm, JobRequest, JobSlot, JobStatus, ResultItem, Terms} from "./lib/JobTypes.sol";
+import {NodeRegistry} from "./NodeRegistry.sol";
 import {Disputes} from "./market/Disputes.sol";
 import {MarketBase} from "./market/MarketBase.sol";
+import {MarketOps} from "./market/MarketOps.sol";
 
 /// @title JobMarket (protocol v2)
 /// @notice Escrowed inference jobs for LoRA adapters. A job's terms are emitted once and kept on chain only as
@@ -28,8 +30,16 @@ contract JobMarket is Disputes {
         "ResultBatch(Result[] results)Result(uint256 jobId,bytes32 termsHash,bytes32 outputHash,bytes32 proofHash)"
     );
 
+    /// @dev MarketOps, created here: cancel, releaseJob, reclaim, expire, withdrawAdapterFees, dispute and
+    ///      settleDispute delegatecall it (see MarketOps: keeps this contract under the EIP-170 size limit).
+    address private immutable _ops;
+
     /// @param c Deployment parameters; the NodeRegistry is created here, so its market is fixed at deployment.
-    constructor(Config memory c) MarketBase(c) {}
+    ///        The NodeRegistry is this contract's first CREATE (nonce 1), MarketOps its second (nonce 2).
+    constructor(Config memory c) MarketBase(c, new NodeRegistry(c.minStake, c.unstakeDelay)) {
+        _validate(c);
+        _ops = address(new MarketOps(c, nodeRegistry));
+    }
 
     // ------------------------------------------------------------------ submitters
 
@@ -67,13 +77,8 @@ contract JobMarket is Disputes {
     }
 
     /// @notice Cancel an open (unclaimed) job; its price is credited back to the submitter.
-    function cancel(Terms calldata t) external nonReentrant {
-        (uint256 slot, bytes32 termsHash) = _slotFor(t);
-        _requireStatus(t, slot, JobStatus.Open);
-        if (t.submitter != msg.sender) revert NotSubmitter(t.jobId, msg.sender);
-        _jobs[t.jobId] = JobSlot.pack(termsHash, JobStatus.Cancelled, 0, slot, 0);
-        _balances[msg.sender] += t.price;
-        emit JobCancelled(t.jobId);
+    function cancel(Terms calldata t) external {
+        _delegateToOps();
     }
 
     // ------------------------------------------------------------------ nodes
@@ -152,16 +157,8 @@ contract JobMarket is Disputes {
     /// @notice Give back a claimed job the caller cannot serve: releasePenalty of its claim stake goes to the
     ///         treasury, the rest is unlocked, and the job reopens for other nodes (or is refunded past its
     ///         deadline). The submitter gets nothing from a release.
-    function releaseJob(Terms calldata t) external nonReentrant {
-        (uint256 slot, bytes32 termsHash) = _slotFor(t);
-        _requireStatus(t, slot, JobStatus.Claimed);
-        if (nodeRegistry.operatorOf(slot.nodeId()) != msg.sender) revert NotClaimant(t.jobId, msg.sender);
-        uint256 stake = claimStakeFor(t.price);
-        uint256 penalty = nodeRegistry.slashLocked(msg.sender, releasePenalty);
-        nodeRegistry.unlockStake(msg.sender, stake - releasePenalty);
-        if (penalty != 0) _creditTreasury(penalty);
-        bool reopened = _reopenOrRefund(t, termsHash, slot);
-        emit JobReleased(t.jobId, msg.sender, penalty, reopened);
+    function releaseJob(Terms calldata t) external {
+        _delegateToOps();
     }
 
     // ------------------------------------------------------------------ anyone
@@ -169,32 +166,14 @@ contract JobMarket is Disputes {
     /// @notice Reclaim a job whose claimant did not post a result within the job's service window: the claim
     ///         stake is slashed (the submitter gets at most compensationBps of the price, once per job; the rest
     ///         goes to the treasury) and the job reopens for other nodes, or is refunded past its deadline.
-    function reclaim(Terms calldata t) external nonReentrant {
-        (uint256 slot, bytes32 termsHash) = _slotFor(t);
-        _requireStatus(t, slot, JobStatus.Claimed);
-        uint256 reclaimableAt = uint256(t.submittedAt) + slot.offset() + t.serviceWindow;
-        if (block.timestamp < reclaimableAt) revert ServiceWindowOpen(t.jobId, reclaimableAt);
-        address operator = nodeRegistry.operatorOf(slot.nodeId());
-        (uint256 slashed, uint256 compensation, uint256 flags) = _slashClaim(t, slot, operator);
-        bool reopened = _reopenOrRefund(t, termsHash, flags);
-        emit JobReclaimed(t.jobId, operator, slashed, compensation, reopened);
+    function reclaim(Terms calldata t) external {
+        _delegateToOps();
     }
 
     /// @notice Close a job whose deadline passed without a result: the price goes back to the submitter; a
     ///         claimant's stake is slashed as in reclaim.
-    function expire(Terms calldata t) external nonReentrant {
-        (uint256 slot, bytes32 termsHash) = _slotFor(t);
-        JobStatus status = slot.status();
-        if (status != JobStatus.Open && status != JobStatus.Claimed) revert WrongStatus(t.jobId, status);
-        if (block.timestamp < t.deadline) revert DeadlineNotReached(t.jobId, t.deadline);
-        uint256 slashed;
-        uint256 flags = slot;
-        if (status == JobStatus.Claimed) {
-            (slashed,, flags) = _slashClaim(t, slot, nodeRegistry.operatorOf(slot.nodeId()));
-        }
-        _jobs[t.jobId] = JobSlot.pack(termsHash, JobStatus.Expired, 0, flags, 0);
-        _balances[t.submitter] += t.price;
-        emit JobExpired(t.jobId, t.price, slashed);
+    function expire(Terms calldata t) external {
+        _delegateToOps();
     }
 
     /// @notice Send the caller its pull balance plus its earnings whose challenge window has passed.
@@ -214,27 +193,24 @@ contract JobMarket is Disputes {
     }
 
     /// @notice Credit an adapter's matured fees to its publisher (or split among its payees); anyone may call.
-    function withdrawAdapterFees(uint256 adapterId) external nonReentrant {
-        (uint256 rest, uint256 matured) = HeldBalance.release(_heldAdapter[adapterId], _epoch(block.timestamp));
-        if (matured != 0) _heldAdapter[adapterId] = rest;
-        uint256 amount = _adapterBalance[adapterId] + matured;
-        if (amount == 0) revert NothingToWithdraw();
-        _adapterBalance[adapterId] = 0;
-        (, address publisher, address[] memory payees, uint16[] memory shares) =
-            adapterRegistry.settlementTerms(adapterId);
-        uint256 n = payees.length;
-        if (n == 0) {
-            _balances[publisher] += amount;
-        } else {
-            uint256 paid;
-            for (uint256 i; i < n - 1; ++i) {
-                uint256 part = amount * shares[i] / BPS;
-                _balances[payees[i]] += part;
-                paid += part;
-            }
-            _balances[payees[n - 1]] += amount - paid;
-        }
-        emit AdapterFeesPaid(adapterId, amount);
+    function withdrawAdapterFees(uint256 adapterId) external {
+        _delegateToOps();
+    }
+
+    // ------------------------------------------------------------------ validators
+
+    /// @notice Dispute a result inside its challenge window. The caller must be a validator the AdapterRegistry
+    ///         allows now and must send exactly disputeBond. The job's held payments are set aside until settled.
+    /// @param t The job's terms (from JobSubmitted).
+    /// @param evidenceCid CID of the evidence (for TOPLOC: the recomputed proof), passed on to the arbiter.
+    function dispute(Terms calldata t, string calldata evidenceCid) external payable {
+        _delegateToOps();
+    }
+
+    /// @notice Carry out a ruling (anyone), or, when the arbiter has not ruled within disputeTimeout, close the
+    ///         dispute as "no fraud".
+    function settleDispute(Terms calldata t) external {
+        _delegateToOps();
     }
 
     // ------------------------------------------------------------------ owner
@@ -299,6 +275,12 @@ contract JobMarket is Disputes {
         node = nodeId == 0 ? address(0) : nodeRegistry.operatorOf(nodeId);
         at = slot.offset();
         termsHashPrefix = bytes32(slot & JobSlot.HASH_MASK);
+    }
+
+    /// @notice Whether `t` are the job's terms as stored.
+    function termsMatch(Terms calldata t) external view returns (bool) {
+        uint256 slot = _jobs[t.jobId];
+        return slot != 0 && slot.matches(JobSlot.hashOf(t));
     }
 
     /// @notice keccak256 of the terms' ABI encoding (abi.encode(terms) without its leading offset word): what
@@ -508,6 +490,18 @@ contract JobMarket is Disputes {
 
     function _batchDigest(bytes32[] memory leaves) private view returns (bytes32) {
         return _hashTypedDataV4(keccak256(abi.encode(BATCH_TYPEHASH, keccak256(abi.encodePacked(leaves)))));
+    }
+
+    /// @dev Runs the current call in MarketOps on this contract's state and returns or reverts with its result.
+    function _delegateToOps() private {
+        address ops = _ops;
+        assembly {
+            calldatacopy(0, 0, calldatasize())
+            let ok := delegatecall(gas(), ops, 0, calldatasize(), 0, 0)
+            returndatacopy(0, 0, returndatasize())
+            if iszero(ok) { revert(0, returndatasize()) }
+            return(0, returndatasize())
+        }
     }
 
     function _checkBatch(uint256 n) private pure {

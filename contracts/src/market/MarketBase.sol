@@ -97,7 +97,12 @@ abstract contract MarketBase is Ownable2Step, ReentrancyGuardTransient, EIP712 {
     mapping(uint256 jobId => Dispute) internal _disputes;
 
     event JobSubmitted(
-        uint256 indexed jobId, address indexed submitter, uint256 indexed adapterId, Terms terms, bytes input, string inputCid
+        uint256 indexed jobId,
+        address indexed submitter,
+        uint256 indexed adapterId,
+        Terms terms,
+        bytes input,
+        string inputCid
     );
     event JobClaimed(uint256 indexed jobId, address indexed node);
     /// @dev The output itself (inline bytes or CID) is in the transaction's calldata only (ResultItem), not
@@ -106,7 +111,9 @@ abstract contract MarketBase is Ownable2Step, ReentrancyGuardTransient, EIP712 {
         uint256 indexed jobId, address indexed node, bytes32 outputHash, bytes32 proofHash, uint256 nodeAmount
     );
     event JobReleased(uint256 indexed jobId, address indexed node, uint256 penalty, bool reopened);
-    event JobReclaimed(uint256 indexed jobId, address indexed node, uint256 slashed, uint256 compensation, bool reopened);
+    event JobReclaimed(
+        uint256 indexed jobId, address indexed node, uint256 slashed, uint256 compensation, bool reopened
+    );
     event JobExpired(uint256 indexed jobId, uint256 refund, uint256 slashed);
     event JobCancelled(uint256 indexed jobId);
     event DisputeOpened(uint256 indexed jobId, address indexed challenger, address arbiter, string evidenceCid);
@@ -163,26 +170,14 @@ abstract contract MarketBase is Ownable2Step, ReentrancyGuardTransient, EIP712 {
     error NothingToWithdraw();
     error TransferFailed(address to, uint256 amount);
     error UnexpectedPayment(address from);
+    /// @notice HeldBalance's underflow (thrown by a dispute in MarketOps), declared here so that it stays in the
+    ///         JobMarket's ABI.
+    error HeldUnderflow(uint256 amount, uint256 held);
 
-    constructor(Config memory c) Ownable(c.owner) EIP712("OpenLoRA", "2") {
-        if (c.owner == address(0) || c.adapterRegistry == address(0) || c.treasury == address(0)) revert ZeroAddress();
-        if (c.protocolFeeBps > MAX_PROTOCOL_FEE_BPS) revert ProtocolFeeTooHigh(c.protocolFeeBps, MAX_PROTOCOL_FEE_BPS);
-        if (c.minClaimStake == 0) revert InvalidConfig("minClaimStake must be > 0");
-        if (c.claimStakeBps < MAX_PROTOCOL_FEE_BPS) revert InvalidConfig("claimStakeBps must cover the protocol fee");
-        if (c.compensationBps > MAX_COMPENSATION_BPS) revert InvalidConfig("compensationBps above 10%");
-        if (c.releasePenalty > c.minClaimStake) revert InvalidConfig("releasePenalty above minClaimStake");
-        if (c.minServiceWindow == 0 || c.defaultServiceWindow < c.minServiceWindow) {
-            revert InvalidConfig("service windows");
-        }
-        if (c.challengeWindow == 0 || c.challengeWindow > MAX_CHALLENGE_WINDOW) revert InvalidConfig("challengeWindow");
-        if (c.challengerRewardBps > BPS) revert InvalidConfig("challengerRewardBps");
-        if (c.disputeTimeout == 0) revert InvalidConfig("disputeTimeout");
-        // A node could otherwise unstake and leave before a dispute over its last results is settled.
-        if (c.unstakeDelay <= uint64(c.challengeWindow) + c.disputeTimeout) {
-            revert InvalidConfig("unstakeDelay must exceed challengeWindow + disputeTimeout");
-        }
+    /// @param registry The market's NodeRegistry (created by the JobMarket's constructor, passed on to MarketOps).
+    constructor(Config memory c, NodeRegistry registry) Ownable(c.owner) EIP712("OpenLoRA", "2") {
         adapterRegistry = AdapterRegistry(c.adapterRegistry);
-        nodeRegistry = new NodeRegistry(c.minStake, c.unstakeDelay);
+        nodeRegistry = registry;
         treasury = c.treasury;
         protocolFeeBps = c.protocolFeeBps;
         minClaimStake = c.minClaimStake;
@@ -195,6 +190,29 @@ abstract contract MarketBase is Ownable2Step, ReentrancyGuardTransient, EIP712 {
         disputeBond = c.disputeBond;
         challengerRewardBps = c.challengerRewardBps;
         disputeTimeout = c.disputeTimeout;
+    }
+
+    /// @dev Checks deployment parameters; run once, by the JobMarket's constructor (MarketOps is built from the
+    ///      same, already checked, parameters).
+    function _validate(Config memory c) internal pure {
+        if (c.owner == address(0) || c.adapterRegistry == address(0) || c.treasury == address(0)) revert ZeroAddress();
+        if (c.protocolFeeBps > MAX_PROTOCOL_FEE_BPS) revert ProtocolFeeTooHigh(c.protocolFeeBps, MAX_PROTOCOL_FEE_BPS);
+        if (c.minClaimStake == 0) revert InvalidConfig("minClaimStake must be > 0");
+        if (c.claimStakeBps < MAX_PROTOCOL_FEE_BPS) revert InvalidConfig("claimStakeBps must cover the protocol fee");
+        if (c.compensationBps > MAX_COMPENSATION_BPS) revert InvalidConfig("compensationBps above 10%");
+        if (c.releasePenalty > c.minClaimStake) revert InvalidConfig("releasePenalty above minClaimStake");
+        if (c.minServiceWindow == 0 || c.defaultServiceWindow < c.minServiceWindow) {
+            revert InvalidConfig("service windows");
+        }
+        if (c.challengeWindow == 0 || c.challengeWindow > MAX_CHALLENGE_WINDOW) {
+            revert InvalidConfig("challengeWindow");
+        }
+        if (c.challengerRewardBps > BPS) revert InvalidConfig("challengerRewardBps");
+        if (c.disputeTimeout == 0) revert InvalidConfig("disputeTimeout");
+        // A node could otherwise unstake and leave before a dispute over its last results is settled.
+        if (c.unstakeDelay <= uint64(c.challengeWindow) + c.disputeTimeout) {
+            revert InvalidConfig("unstakeDelay must exceed challengeWindow + disputeTimeout");
+        }
     }
 
     /// @notice Accepts slashed stake from the node registry only.
@@ -245,8 +263,7 @@ abstract contract MarketBase is Ownable2Step, ReentrancyGuardTransient, EIP712 {
     }
 
     function _holdForAdapter(uint256 adapterId, uint256 amount) internal {
-        (uint256 word, uint256 matured) =
-            HeldBalance.credit(_heldAdapter[adapterId], _epoch(block.timestamp), amount);
+        (uint256 word, uint256 matured) = HeldBalance.credit(_heldAdapter[adapterId], _epoch(block.timestamp), amount);
         _heldAdapter[adapterId] = word;
         if (matured != 0) _adapterBalance[adapterId] += matured;
     }

@@ -7,7 +7,8 @@ import {NodeRegistry} from "../../src/NodeRegistry.sol";
 import {JobMarket} from "../../src/JobMarket.sol";
 import {ValidatorArbiter} from "../../src/ValidatorArbiter.sol";
 import {MarketBase} from "../../src/market/MarketBase.sol";
-import {AdapterTerm, ResultItem, Terms} from "../../src/lib/JobTypes.sol";
+import {AdapterRequest, AdapterTerm, JobRequest, JobStatus, ResultItem, Terms} from "../../src/lib/JobTypes.sol";
+import {Vm} from "./Vm.sol";
 
 /// @notice A deployed v2 protocol with one adapter, one staked node and two validators, plus helpers that
 ///         rebuild a job's terms exactly as the market emitted them.
@@ -177,5 +178,67 @@ abstract contract Fixture is Test {
         bytes memory sig = _signBatch(SIGNER_KEY, one);
         vm.prank(operator);
         market.submitResult(it, sig);
+    }
+
+    /// @dev Submits a request and returns the terms decoded from its JobSubmitted event (what a node reads).
+    function _request(address who, uint256 price, JobRequest memory req, bytes memory in_, string memory cid, bytes32 h)
+        internal
+        returns (Terms memory t)
+    {
+        vm.recordLogs();
+        vm.prank(who);
+        market.submitRequest{value: price}(req, in_, cid, h);
+        t = _lastSubmitted();
+    }
+
+    /// @dev The terms of the last JobSubmitted among the logs recorded since vm.recordLogs().
+    function _lastSubmitted() internal returns (Terms memory t) {
+        Vm.Log[] memory logs = vm.getRecordedLogs();
+        bytes32 topic = MarketBase.JobSubmitted.selector;
+        for (uint256 i = logs.length; i > 0; --i) {
+            if (logs[i - 1].emitter == address(market) && logs[i - 1].topics[0] == topic) {
+                (t,,) = abi.decode(logs[i - 1].data, (Terms, bytes, string));
+                return t;
+            }
+        }
+        fail("no JobSubmitted");
+    }
+
+    function _req1(uint256 id, uint96 maxFee, uint64 deadline) internal pure returns (JobRequest memory req) {
+        req.adapters = new AdapterRequest[](1);
+        req.adapters[0] = AdapterRequest({id: uint32(id), weightBps: 10_000, maxFee: maxFee});
+        req.maxTokens = MAX_TOKENS;
+        req.deadline = deadline;
+    }
+
+    function _items(Terms[] memory ts, bytes memory output) internal pure returns (ResultItem[] memory items) {
+        items = new ResultItem[](ts.length);
+        for (uint256 i; i < ts.length; ++i) {
+            items[i] = _item(ts[i], output);
+        }
+    }
+
+    function _one(Terms memory t) internal pure returns (Terms[] memory ts) {
+        ts = new Terms[](1);
+        ts[0] = t;
+    }
+
+    /// @dev Posts a signed batch as `operator` (with SIGNER_KEY) and returns how many settled.
+    function _postBatch(ResultItem[] memory items) internal returns (uint256) {
+        bytes memory sig = _signBatch(SIGNER_KEY, items);
+        vm.prank(operator);
+        return market.submitResults(items, sig);
+    }
+
+    /// @dev Registers a second node (operator2 with SIGNER2_KEY) on the same base model.
+    function _registerNode(address op, uint256 key, uint256 stake) internal {
+        vm.deal(op, stake + 10 ether);
+        vm.prank(op);
+        nodes.register{value: stake}(vm.addr(key), BASE_MODEL, PEER_ID);
+    }
+
+    function _status(uint256 jobId) internal view returns (uint256) {
+        (JobStatus s,,,) = market.jobState(jobId);
+        return uint256(s);
     }
 }
