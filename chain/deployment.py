@@ -191,3 +191,51 @@ def deploy(
         arbiter=arbiter,
         start_block=start_block,
     )
+
+
+def deploy_with_forge_script(
+    rpc_url: str, private_key: str, params: ProtocolParams | None = None, validators: list[str] = ()
+) -> Deployment:
+    """Deploy with the project's forge script (contracts/script/Deploy.s.sol via scripts/deploy.sh), as an
+    operator deploys to a real chain; returns what it wrote to deployments/<chainId>.json. Same contracts,
+    salts and addresses as `deploy`."""
+    import os
+    import subprocess
+
+    from chain.artifacts import REPO_ROOT
+
+    p = params or ProtocolParams()
+    env = {
+        **os.environ,
+        "PROTOCOL_FEE_BPS": str(p.protocol_fee_bps),
+        "MIN_CLAIM_STAKE": str(p.min_claim_stake_wei),
+        "CLAIM_STAKE_BPS": str(p.claim_stake_bps),
+        "COMPENSATION_BPS": str(p.compensation_bps),
+        "RELEASE_PENALTY": str(p.release_penalty_wei),
+        "DEFAULT_SERVICE_WINDOW": str(p.default_service_window_s),
+        "MIN_SERVICE_WINDOW": str(p.min_service_window_s),
+        "CHALLENGE_WINDOW": str(p.challenge_window_s),
+        "DISPUTE_BOND": str(p.dispute_bond_wei),
+        "CHALLENGER_REWARD_BPS": str(p.challenger_reward_bps),
+        "DISPUTE_TIMEOUT": str(p.dispute_timeout_s),
+        "MIN_STAKE": str(p.min_stake_wei),
+        "UNSTAKE_DELAY": str(p.unstake_delay_s),
+        "ARBITER_QUORUM": str(p.arbiter_quorum),
+    }
+    if p.treasury:
+        env["TREASURY"] = p.treasury
+    if validators:
+        env["VALIDATORS"] = ",".join(validators)
+    script = REPO_ROOT / "scripts" / "deploy.sh"
+    done = subprocess.run(
+        [str(script), "--rpc-url", rpc_url, "--private-key", private_key],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"scripts/deploy.sh failed ({done.returncode}): {done.stderr[-2000:] or done.stdout[-2000:]}"
+        )
+    chain_id = Web3(Web3.HTTPProvider(rpc_url)).eth.chain_id
+    return Deployment.load(REPO_ROOT / "deployments" / f"{chain_id}.json")

@@ -23,7 +23,7 @@ from rich.text import Text
 from web3 import HTTPProvider, Web3
 
 from chain.client import JobResult, ProtocolClient
-from chain.deployment import ProtocolParams, deploy
+from chain.deployment import ProtocolParams, deploy_with_forge_script
 from chain.devnet import Anvil, dev_private_key, free_port
 from node.identity import node_peer_id
 from node.keys import write_keystore
@@ -106,7 +106,8 @@ class DevStack:
         w3 = Web3(HTTPProvider(self.anvil.url))
         keys = {role: dev_private_key(i) for role, i in ROLES.items()}
         accounts = {role: w3.eth.account.from_key(k) for role, k in keys.items()}
-        deployment = deploy(w3, accounts["deployer"], ProtocolParams())
+        # the operator's way: the forge script (deterministic CREATE2 addresses, deployments/<chainId>.json)
+        deployment = deploy_with_forge_script(self.anvil.url, keys["deployer"], ProtocolParams())
         deployment.save(self.dir / "deployment.json")
         console.print(
             f"[bold]anvil[/] {self.anvil.url} (chain {deployment.chain_id}); "

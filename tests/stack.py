@@ -15,7 +15,7 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
-from chain.deployment import Deployment, ProtocolParams, deploy
+from chain.deployment import Deployment, ProtocolParams, deploy, deploy_with_forge_script
 from chain.devnet import Anvil, dev_private_key, free_port
 from chain.protocol import JobStatus, decode_state
 from chain.results import decode_results
@@ -216,11 +216,16 @@ async def wait_job_state(book: JobBook, job_id: int, states: set[JobState], time
 
 
 @contextlib.asynccontextmanager
-async def protocol_stack(workdir: Path, **anvil_kwargs):
+async def protocol_stack(workdir: Path, *, forge_script: bool = False, **anvil_kwargs):
+    """`forge_script`: deploy with contracts/script/Deploy.s.sol (what `make dev` and operators run) instead
+    of the same CREATE2 deployment from Python (faster; identical addresses)."""
     with Anvil(**anvil_kwargs) as anvil:
         w3 = Web3(HTTPProvider(anvil.url))
         accounts = [Account.from_key(dev_private_key(i)) for i in range(4)]
-        deployment = deploy(w3, accounts[0], ProtocolParams())
+        if forge_script:
+            deployment = deploy_with_forge_script(anvil.url, dev_private_key(0), ProtocolParams())
+        else:
+            deployment = deploy(w3, accounts[0], ProtocolParams())
         deployment.save(workdir / "deployment.json")
         stack = Stack(anvil, w3, deployment, *accounts, BlockStore(workdir / "published-blocks"), workdir)
         gateway = TrustlessGateway(stack.blocks)

@@ -58,7 +58,7 @@ def _recover_batch_signer(stack, items: list[tuple[int, bytes, bytes, bytes]], s
 
 async def test_job_is_served_signed_and_paid(tmp_path: Path, tiny: LoadedModel) -> None:
     adapter_dir = make_peft_adapter(tiny, tmp_path / "adapter", rank=4, seed=11)
-    async with protocol_stack(tmp_path) as s:
+    async with protocol_stack(tmp_path, forge_script=True) as s:  # deployed as an operator would
         adapter_id, pkg = s.publish(adapter_dir, tiny)
         s.register_node(tiny)
         market = s.contract("JobMarket")

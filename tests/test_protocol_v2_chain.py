@@ -120,3 +120,19 @@ def test_default_params_satisfy_the_market_checks() -> None:
     p = ProtocolParams()
     assert p.unstake_delay_s > p.challenge_window_s + p.dispute_timeout_s
     assert p.release_penalty_wei <= p.min_claim_stake_wei
+
+
+def test_forge_script_and_python_deploy_the_same_addresses(chain) -> None:
+    from chain.deployment import deploy_with_forge_script
+
+    _w3, d, *_ = chain
+    with Anvil() as other:
+        forged = deploy_with_forge_script(other.url, dev_private_key(0))
+        w3b = Web3(HTTPProvider(other.url))
+        assert w3b.eth.get_code(forged.job_market) and w3b.eth.get_code(forged.arbiter)
+    assert (forged.adapter_registry, forged.node_registry, forged.job_market, forged.arbiter) == (
+        d.adapter_registry,
+        d.node_registry,
+        d.job_market,
+        d.arbiter,
+    )
