@@ -108,12 +108,12 @@ def test_honest_results_verify(verifier_base: LoadedModel, adapters: dict[str, A
         torch.set_num_threads(verify_threads)
         for claim in claims:
             total += 1
-            for thresholds in (Thresholds(), Thresholds.fp32()):
-                report = check(verifier_base, adapters, claim, thresholds)
-                chunks += len(report.chunks)
-                if not report.passed:
-                    failures.append((claim.adapter, len(claim.output_ids), report.reason))
-    assert total == 480 and chunks > 1800
+            # passing the float32 thresholds implies passing TOPLOC's: each bound is tighter
+            report = check(verifier_base, adapters, claim, Thresholds.fp32())
+            chunks += len(report.chunks)
+            if not report.passed:
+                failures.append((claim.adapter, len(claim.output_ids), report.reason))
+    assert total == 480 and chunks > 900
     assert not failures, failures[:5]
 
 

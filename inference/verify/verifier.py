@@ -38,6 +38,7 @@ class Thresholds:
         recomputed on CPU, across batch mates, thread counts and implementations, showed 0 exponent
         mismatches and 0 mantissa error (docs/verification.md), so far tighter bounds hold and catch
         smaller changes (e.g. an adapter's scale doubled) that TOPLOC's bf16-calibrated bounds let pass."""
+        # every bound tighter than the defaults: a result passing these passes TOPLOC's too
         return cls(max_exp_mismatches=16, max_mant_err_mean=2.0, max_mant_err_median=1.0, greedy_margin=0.05)
 
 
