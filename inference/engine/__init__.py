@@ -21,6 +21,7 @@ from inference.engine.messages import (
     EngineStats,
     GenerationRequest,
     GenerationResult,
+    HiddenStates,
     SlotInfo,
     StepRecord,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "EngineStats",
     "GenerationRequest",
     "GenerationResult",
+    "HiddenStates",
     "SlotInfo",
     "StepRecord",
 ]

@@ -22,6 +22,10 @@ class EngineConfig:
     # torch intra-op threads, set process-wide when the engine is built; 0 leaves torch's setting. On small
     # CPU machines fewer threads can be faster: the decode loop runs in a worker thread (docs/engine.md).
     cpu_threads: int = 0
+    record_hidden: bool = False  # every request returns its final hidden states (see GenerationRequest)
+    # Batch-invariant greedy decoding: a request's tokens never depend on its batch mates (each row runs its
+    # own forward pass with shapes fixed by that row alone); costs throughput (docs/verification.md).
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_slots", "max_rank", "host_budget_bytes", "max_batch", "max_queue"):

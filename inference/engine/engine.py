@@ -17,7 +17,14 @@ from inference.adapter import AdapterWeights
 from inference.engine.config import EngineConfig
 from inference.engine.host_tier import HostTier
 from inference.engine.lora_layer import NO_ADAPTER, LoraBatch, MultiLoraLinear, wrap_model
-from inference.engine.messages import EngineBusy, EngineStats, GenerationRequest, GenerationResult, StepRecord
+from inference.engine.messages import (
+    EngineBusy,
+    EngineStats,
+    GenerationRequest,
+    GenerationResult,
+    HiddenStates,
+    StepRecord,
+)
 from inference.engine.model_runner import ModelRunner
 from inference.engine.prepared import PreparedAdapter, ensemble_key, merge_adapters, prepare_adapter
 from inference.engine.sampling import RowSampler, StopChecker, find_stop, next_tokens
@@ -52,7 +59,9 @@ class Engine:
         )
         self._shapes = {p: (m.in_features, m.out_features) for p, m in self.layers.items()}
         self.pool_bytes = sum(m.pool_bytes for m in self.layers.values())
-        self.runner = ModelRunner(model, self.device, config.max_batch, self._lora_batch)
+        self.runner = ModelRunner(
+            model, self.device, config.max_batch, self._lora_batch, deterministic=config.deterministic
+        )
         self.host = HostTier(config.host_budget_bytes)
         self.slots = SlotPool(config.max_slots)
         self.scheduler = Scheduler(config.max_queue, bypass_limit=config.max_batch)
@@ -339,7 +348,9 @@ class Engine:
         ids = encode_prompt(self.tokenizer, request.prompt, chat=request.chat)
         check_length(len(ids), request.max_tokens, self.runner.max_positions)  # PromptRejected
         sampler = RowSampler(request.temperature, request.top_p, request.seed)
-        return Job(next(self._ids), request, key, adapter, ids, sampler, on_done)
+        job = Job(next(self._ids), request, key, adapter, ids, sampler, on_done)
+        job.record = request.record_hidden or self.config.record_hidden
+        return job
 
     def _check_capacity(self, incoming: int = 1) -> None:
         with self._cv:
@@ -439,17 +450,29 @@ class Engine:
             job.admitted = now
         self._set_rows(start, new)
         self._active += new  # before the forward pass: if it fails, these requests fail with the batch
-        logits = self.runner.prefill(start, [j.prompt_ids for j in new])
+        record = any(j.record for j in new)
+        logits = self.runner.prefill(start, [j.prompt_ids for j in new], record=record)
+        if record:
+            self._keep_hidden(new)
         self._record("prefill", new)
         keep = set(self._emit(new, logits))
         self._drop_rows([start + i for i in range(len(new)) if i not in keep])
 
     def _decode(self) -> None:
         tokens = torch.tensor([j.output[-1] for j in self._active], dtype=torch.long)
-        logits = self.runner.decode(tokens, [j.kv_len for j in self._active])
+        record = any(j.record for j in self._active)
+        logits = self.runner.decode(tokens, [j.kv_len for j in self._active], record=record)
+        if record:
+            self._keep_hidden(self._active)
         self._record("decode", self._active)
         keep = set(self._emit(self._active, logits))
         self._drop_rows([i for i in range(len(self._active)) if i not in keep])
+
+    def _keep_hidden(self, jobs: list[Job]) -> None:
+        """After a pass with record=True: each recording job keeps its row's final hidden states."""
+        for job, hidden in zip(jobs, self.runner.hidden, strict=True):
+            if job.record:
+                job.hidden.append(hidden.clone())  # a copy: a view would keep the whole batch's tensor
 
     def _drop_rows(self, rows: list[int]) -> None:
         """Remove finished rows; the last running row moves into each hole, so rows stay [0, n)."""
@@ -507,6 +530,7 @@ class Engine:
                 queue_s=job.admitted - job.submitted,
                 swap_s=job.swap_s,
                 total_s=now - job.submitted,
+                hidden=_hidden_states(job) if job.record else None,
             )
         )
 
@@ -553,3 +577,9 @@ def _settle_future(fut: asyncio.Future[GenerationResult], outcome: Outcome) -> N
         fut.set_exception(outcome)
     else:
         fut.set_result(outcome)
+
+
+def _hidden_states(job: Job) -> HiddenStates:
+    prefill, steps = job.hidden[0], job.hidden[1:]
+    decode = torch.stack(steps) if steps else prefill.new_zeros(0, prefill.shape[-1])
+    return HiddenStates(list(job.prompt_ids), prefill, decode)

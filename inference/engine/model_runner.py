@@ -9,6 +9,11 @@ step never concatenates, re-pads or gathers the cache. A decode step masks each 
 own length; positions come from each row's length, so outputs equal an unbatched run (checked against
 PEFT in the tests). Columns grow by doubling, up to the model's max positions, and shrink back when the
 batch is empty.
+
+`record=True` keeps the final normalized hidden states of the pass (what the LM head reads) in `hidden`,
+one bfloat16 tensor per row, for TOPLOC proofs. `deterministic` runs every row of a pass on its own, with
+shapes fixed by that row alone (its own prompt length, its own attention length, its own LoRA rank), so
+its bits never depend on its batch mates: the simple batch-invariant form, at a throughput cost.
 """
 
 from __future__ import annotations
@@ -89,10 +94,17 @@ class ModelRunner:
     with MultiLoraLinear projections: `lora` then says which slot each row uses)."""
 
     def __init__(
-        self, model: PreTrainedModel, device: torch.device | str, max_rows: int, lora: LoraBatch | None = None
+        self,
+        model: PreTrainedModel,
+        device: torch.device | str,
+        max_rows: int,
+        lora: LoraBatch | None = None,
+        deterministic: bool = False,
     ) -> None:
         check_supported(model)
         self.model = model
+        self.deterministic = deterministic
+        self.hidden: list[torch.Tensor] = []  # per row of the last pass with record=True (bfloat16)
         self.device = torch.device(device)
         self.max_rows = max_rows
         self.lora = lora
@@ -119,13 +131,22 @@ class ModelRunner:
         )
 
     @torch.inference_mode()
-    def prefill(self, start: int, prompts: list[list[int]], all_logits: bool = False) -> torch.Tensor:
+    def prefill(
+        self, start: int, prompts: list[list[int]], all_logits: bool = False, record: bool = False
+    ) -> torch.Tensor:
         """Prefill `prompts` into rows [start, start + len(prompts)). Returns the logits [rows, vocab] at
         each prompt's last token, or with `all_logits` [rows, T, vocab] (right padded: row i's first
-        len(prompts[i]) positions are real)."""
+        len(prompts[i]) positions are real). `record`: `hidden[i]` is row i's [len(prompts[i]), H]."""
         rows, t = len(prompts), max(len(p) for p in prompts)
         if start < 0 or start + rows > self.max_rows:
             raise ValueError(f"rows [{start}, {start + rows}) outside the batch of {self.max_rows}")
+        if self.deterministic and rows > 1 and not all_logits:
+            logits, hidden = [], []
+            for i, p in enumerate(prompts):
+                logits.append(self.prefill(start + i, [p], record=record))
+                hidden += self.hidden if record else []
+            self.hidden = hidden
+            return torch.cat(logits)
         self.cache.ensure(t)
         ids = torch.tensor([p + [0] * (t - len(p)) for p in prompts], dtype=torch.long, device=self.device)
         positions = torch.arange(t, device=self.device).expand(rows, t)
@@ -142,6 +163,9 @@ class ModelRunner:
                 q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=self._gqa
             )
             h = self._finish_layer(layer, h, o)
+        if record:
+            normed = self._norm(h).to(torch.bfloat16)
+            self.hidden = [normed[i, : len(p)] for i, p in enumerate(prompts)]
         if all_logits:
             return self.model.lm_head(self._norm(h))
         last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
@@ -149,17 +173,28 @@ class ModelRunner:
         return self.model.lm_head(self._norm(h))
 
     @torch.inference_mode()
-    def decode(self, tokens: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    def decode(self, tokens: torch.Tensor, lengths: list[int], record: bool = False) -> torch.Tensor:
         """One token per running row [0, n): row i's `tokens[i]` goes to position `lengths[i]` (the
-        tokens it already has in the cache). Returns logits [n, vocab]."""
+        tokens it already has in the cache). Returns logits [n, vocab]. `record`: `hidden[i]` is [H]."""
+        if not self.deterministic or len(lengths) == 1:
+            return self._decode(0, tokens, lengths, record)
+        logits, hidden = [], []
+        for i, length in enumerate(lengths):
+            logits.append(self._decode(i, tokens[i : i + 1], [length], record))
+            hidden += self.hidden if record else []
+        self.hidden = hidden
+        return torch.cat(logits)
+
+    def _decode(self, start: int, tokens: torch.Tensor, lengths: list[int], record: bool) -> torch.Tensor:
+        """decode() for rows [start, start + len(lengths))."""
         n = len(lengths)
         t = max(lengths) + 1
         self.cache.ensure(t)
         pos = torch.tensor(lengths, dtype=torch.long, device=self.device)
-        rows = torch.arange(n, device=self.device)
+        rows = torch.arange(start, start + n, device=self.device)
         mask = (torch.arange(t, device=self.device).view(1, t) <= pos.view(n, 1)).view(n, 1, 1, t)
         if self.lora is not None:
-            self.lora.set_window(0, n)
+            self.lora.set_window(start, start + n)
         h = self._embed(tokens.view(n, 1).to(self.device))
         cos, sin = self._rotary(h, pos.view(n, 1))
         for i, layer in enumerate(self._layers):
@@ -170,14 +205,17 @@ class ModelRunner:
             values[rows, :, pos] = v[:, :, 0]
             o = F.scaled_dot_product_attention(
                 q,
-                keys[:n, :, :t],
-                values[:n, :, :t],
+                keys[start : start + n, :, :t],
+                values[start : start + n, :, :t],
                 attn_mask=mask,
                 scale=attn.scaling,
                 enable_gqa=self._gqa,
             )
             h = self._finish_layer(layer, h, o)
-        return self.model.lm_head(self._norm(h))[:, 0]
+        normed = self._norm(h)
+        if record:
+            self.hidden = list(normed[:, 0].to(torch.bfloat16).unbind(0))
+        return self.model.lm_head(normed)[:, 0]
 
     @torch.inference_mode()  # a cache grown inside a pass holds inference tensors: copy in that mode too
     def move_row(self, src: int, dst: int, length: int) -> None:

@@ -42,6 +42,8 @@ class Job:
     text: str = ""  # set when a stop string cut the output
     cut_at_stop: bool = False
     stops: StopChecker | None = None  # incremental stop-string state, made at the first token
+    record: bool = False  # keep final hidden states: `hidden` is [prefill [P, H], one [H] per decode step]
+    hidden: list = field(default_factory=list)
 
     @property
     def kv_len(self) -> int:
