@@ -249,6 +249,13 @@ class ProtocolClient:
             found = self._terms[job_id] = Terms.from_abi(logs[-1]["args"]["terms"])
         return found
 
+    def job_input(self, job_id: int) -> tuple[bytes, str]:
+        """The job's inline input bytes and input CID (one of them empty), from JobSubmitted."""
+        logs = self._logs(self.market.events.JobSubmitted, {"jobId": job_id})
+        if not logs:
+            raise UnknownJobError(job_id)
+        return bytes(logs[-1]["args"]["input"]), logs[-1]["args"]["inputCid"]
+
     def job(self, job_id: int) -> JobInfo:
         state = decode_state(self.market.functions.jobState(job_id).call())
         if state.status == JobStatus.NONE:

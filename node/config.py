@@ -134,6 +134,15 @@ class P2PSection:
 
 
 @dataclass
+class VerifySection:
+    # "auto": build a TOPLOC proof with every result when toploc is installed; "on": required; "off": never
+    prove: str = "auto"
+    # TEST HOOK (end-to-end tests of disputes only): "edit-output" posts an output other than the one the
+    # proof covers. Never set it on a real node: its results will be disputed and its stake slashed.
+    test_cheat: str = ""
+
+
+@dataclass
 class NodeConfig:
     node: NodeSection = field(default_factory=NodeSection)
     chain: ChainSection = field(default_factory=ChainSection)
@@ -144,7 +153,12 @@ class NodeConfig:
     health: HealthSection = field(default_factory=HealthSection)
     api: ApiSection = field(default_factory=ApiSection)
     p2p: P2PSection = field(default_factory=P2PSection)
+    verify: VerifySection = field(default_factory=VerifySection)
     source: Path | None = None
+
+    @property
+    def evidence_dir(self) -> Path:
+        return self.node.data_dir / "evidence"
 
     @property
     def cache_dir(self) -> Path:
@@ -270,6 +284,12 @@ def _check(c: NodeConfig) -> None:
         raise ConfigError("[chain].max_log_range must be >= 1, max_lag_blocks >= 0, stuck_after_s > 0")
     if c.chain.batch_window_s < 0 or not 1 <= c.chain.max_batch <= 256:
         raise ConfigError("[chain].batch_window_s must be >= 0 and max_batch between 1 and 256")
+    if c.verify.prove not in ("auto", "on", "off"):
+        raise ConfigError(f"[verify].prove must be auto, on or off, not {c.verify.prove!r}")
+    if c.verify.test_cheat not in ("", "edit-output"):
+        raise ConfigError(
+            f'[verify].test_cheat must be empty (or "edit-output" in tests), not {c.verify.test_cheat!r}'
+        )
     if c.chain.head_tag not in ("latest", "safe", "finalized"):
         raise ConfigError(f"[chain].head_tag: expected latest, safe or finalized, got {c.chain.head_tag!r}")
     h = c.health

@@ -19,12 +19,14 @@ from chain.protocol import Protocol
 from chain.terms import Terms
 from chain.tx import TxManager
 from chain.watcher import Batch, ChainEvent, EventWatcher
+from inference.ipfs.blockstore import BlockStore
 from inference.service import InferenceService
 from node.admission import AdmissionController, AdmissionPolicy
 from node.batcher import Batcher
 from node.chain_steps import ChainSteps, job_ids_of_key
 from node.config import NodeConfig
 from node.driver import CAPACITY_NOTE, JobDriver
+from node.evidence import EvidenceKeeper
 from node.gatekeeper import TRANSIENT_KINDS, Gatekeeper
 from node.jobs import Job, JobBook, JobState
 from node.readiness import Readiness
@@ -116,6 +118,7 @@ class NodeDaemon(JobDriver, ChainSteps, ReorgReconciler):
             )
         )
         self.gatekeeper = Gatekeeper(self, inline_limit=16 * 1024)
+        self.evidence = EvidenceKeeper(BlockStore(config.evidence_dir), config.verify.prove)
         c = config.chain
         self.claim_batcher = Batcher(self._send_claims, window_s=c.batch_window_s, max_items=c.max_batch)
         self.result_batcher = Batcher(self._send_results, window_s=c.batch_window_s, max_items=c.max_batch)

@@ -163,7 +163,9 @@ class JobDriver:
     async def _run(self, job: Job) -> None:
         prompt = job.input.decode("utf-8", errors="replace")  # admission refused non-UTF-8 input
         try:
-            result = await self.service.generate(job.adapter_cid, job.adapter_hash, prompt, job.max_tokens)
+            result = await self.service.generate(
+                job.adapter_cid, job.adapter_hash, prompt, job.max_tokens, record_hidden=self.evidence.enabled
+            )
         except (PromptRejected, AdapterRejected) as e:
             # deterministic: the same input and adapter are refused every time, so retrying only waits for
             # the slash. Admission makes this unreachable; it is terminal at once if it happens anyway.
@@ -173,9 +175,15 @@ class JobDriver:
             )
             return
         self.metrics.tokens_generated += len(result.token_ids)
+        proof_hash = await asyncio.to_thread(self.evidence.publish, result)
+        output = result.text.encode("utf-8")
+        if self.config.verify.test_cheat == "edit-output":  # TEST HOOK: a dishonest node, for dispute tests
+            output = output[::-1] or b"?"
         self.jobs.transition(
             job.job_id,
             JobState.POSTING,
-            f"{len(result.token_ids)} tokens in {result.total_s:.2f}s",
-            output=result.text.encode("utf-8"),
+            f"{len(result.token_ids)} tokens in {result.total_s:.2f}s"
+            + (", proof published" if proof_hash else ""),
+            output=output,
+            proof_hash=proof_hash,
         )
