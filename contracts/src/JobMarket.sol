@@ -393,8 +393,56 @@ contract JobMarket is Disputes {
             inputHash: inputHash,
             adapters: terms
         });
-        _jobs[jobId] = JobSlot.pack(JobSlot.hashOfMemory(t), JobStatus.Open, 0, 0, 0);
-        emit JobSubmitted(jobId, msg.sender, terms[0].id, t, input, inputCid);
+        _record(t, input, inputCid);
+    }
+
+    /// @dev Stores the new job's slot and emits JobSubmitted; one encoding of the terms serves both the stored
+    ///      hash (JobSlot.hashOfMemory's definition) and the event.
+    function _record(Terms memory t, bytes calldata input, string memory inputCid) private {
+        bytes memory enc = abi.encode(t);
+        bytes32 h;
+        assembly ("memory-safe") {
+            h := keccak256(add(enc, 0x40), sub(mload(enc), 0x20))
+        }
+        _jobs[t.jobId] = JobSlot.pack(h, JobStatus.Open, 0, 0, 0);
+        _emitSubmitted(t.jobId, t.adapters[0].id, enc, input, inputCid);
+    }
+
+    /// @dev emit JobSubmitted(jobId, msg.sender, adapterId, t, input, inputCid), with the terms' data copied from
+    ///      `enc` = abi.encode(t) instead of encoding them a second time. Data: three offsets, the terms' body,
+    ///      then input and inputCid as length-prefixed, zero-padded bytes (the ABI encoding of the event's data).
+    function _emitSubmitted(
+        uint256 jobId,
+        uint256 adapterId,
+        bytes memory enc,
+        bytes calldata input,
+        string memory inputCid
+    ) private {
+        bytes32 topic = JobSubmitted.selector;
+        assembly ("memory-safe") {
+            let termsLen := sub(mload(enc), 0x20)
+            let inLen := input.length
+            let inPadded := and(add(inLen, 31), not(31))
+            let cidLen := mload(inputCid)
+            let cidPadded := and(add(cidLen, 31), not(31))
+            let d := mload(0x40)
+            let inAt := add(0x60, termsLen)
+            let cidAt := add(inAt, add(0x20, inPadded))
+            mstore(d, 0x60)
+            mstore(add(d, 0x20), inAt)
+            mstore(add(d, 0x40), cidAt)
+            mcopy(add(d, 0x60), add(enc, 0x40), termsLen)
+            let p := add(d, inAt)
+            mstore(p, inLen)
+            mstore(add(p, inPadded), 0) // zero the last (partial) word before copying over it
+            calldatacopy(add(p, 0x20), input.offset, inLen)
+            p := add(d, cidAt)
+            mstore(p, cidLen)
+            mstore(add(p, cidPadded), 0)
+            mcopy(add(p, 0x20), add(inputCid, 0x20), cidLen)
+            let size := add(cidAt, add(0x20, cidPadded))
+            log4(d, size, topic, jobId, caller(), adapterId)
+        }
     }
 
     /// @dev Checks each requested adapter against the registry and snapshots its fee and content hash.

@@ -399,6 +399,26 @@ contract JobMarketTest is Fixture {
         assertEq(t.serviceWindow, SERVICE_WINDOW, "0 = default");
     }
 
+    function test_submitRequest_event_encodes_cid_and_odd_lengths() public {
+        uint64 d = _deadline();
+        JobRequest memory req = _req1(adapterId, ADAPTER_FEE, d);
+        Terms memory expected = _terms(submitter, 1, PRICE, d);
+        expected.inputHash = INPUT_HASH;
+        vm.expectEmit(address(market));
+        emit MarketBase.JobSubmitted(1, submitter, adapterId, expected, "", INPUT_CID);
+        vm.prank(submitter);
+        market.submitRequest{value: PRICE}(req, "", INPUT_CID, INPUT_HASH);
+        // An input of 33 bytes (padding to 64) after a long one (dirty memory must not leak into the padding).
+        bytes memory odd = new bytes(33);
+        odd[32] = 0x7f;
+        expected = _terms(submitter, 2, PRICE, d);
+        expected.inputHash = keccak256(odd);
+        vm.expectEmit(address(market));
+        emit MarketBase.JobSubmitted(2, submitter, adapterId, expected, odd, "");
+        vm.prank(submitter);
+        market.submitRequest{value: PRICE}(req, odd, "", bytes32(0));
+    }
+
     function test_submitRequest_reverts() public {
         uint64 d = _deadline();
         JobRequest memory req = _req1(adapterId, ADAPTER_FEE, d);
