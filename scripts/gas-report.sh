@@ -7,6 +7,10 @@
 # own (HeldBalance: the next credit or the withdrawal matures them), so the steady state (three warm-up rounds,
 # two challenge windows apart) has every measured result pay for maturing an older bucket of earnings.
 #
+# Calldata: on Prague chains (Anvil's default) EIP-7623 charges every transaction at least 21000 + 10 gas per
+# calldata token (40 per non-zero byte); the anvil figures include each batch's floor, and submitResults at
+# batch 100 costs exactly its floor (the 256-byte outputs and the terms), so execution savings no longer move it.
+#
 # Two measurements:
 #   1. Anvil receipts (the headline figures): deploys with scripts/deploy.sh on a throw-away Anvil and runs the
 #      rounds with the project's web3 (scripts/gas_report.py), advancing time with evm_increaseTime.

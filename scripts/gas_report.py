@@ -38,6 +38,13 @@ BASE = Web3.keccak(text="tiny-llama")
 PEER_ID = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
 
 
+def calldata_floor(data: bytes) -> int:
+    """EIP-7623 (Prague): a transaction pays at least 21000 + 10 gas per calldata token (zero byte 1 token,
+    other bytes 4)."""
+    zeros = data.count(0)
+    return 21000 + 10 * (zeros + 4 * (len(data) - zeros))
+
+
 def abi(name: str) -> list:
     return json.loads((ROOT / f"contracts/out/{name}.sol/{name}.json").read_text())["abi"]
 
@@ -73,7 +80,7 @@ class Chain:
         r = self.w3.eth.wait_for_transaction_receipt(h)
         if r["status"] != 1:
             raise RuntimeError(f"transaction failed: {fn.fn_name}")
-        return r
+        return {**r, "floor": calldata_floor(bytes.fromhex(tx["data"].removeprefix("0x")))}
 
     def advance(self, seconds: int) -> None:
         self.w3.provider.make_request("evm_increaseTime", [seconds])
@@ -131,10 +138,18 @@ class Chain:
 
     def batch(self, n: int) -> dict:
         ts = [self.submit()[0] for _ in range(n)]
-        g_claim = self.send(K_OPERATOR, self.market.functions.claimJobs(ts))["gasUsed"]
+        rc = self.send(K_OPERATOR, self.market.functions.claimJobs(ts))
         items = [(t, OUTPUT, "", b"\0" * 32, b"\0" * 32) for t in ts]
-        g_result = self.send(K_OPERATOR, self.market.functions.submitResults(items, self.sign(ts)))["gasUsed"]
-        return {"claimJobs": g_claim, "submitResults": g_result, "per_job": (g_claim + g_result) // n}
+        rr = self.send(K_OPERATOR, self.market.functions.submitResults(items, self.sign(ts)))
+        g_claim, g_result = rc["gasUsed"], rr["gasUsed"]
+        return {
+            "claimJobs": g_claim,
+            "submitResults": g_result,
+            "per_job": (g_claim + g_result) // n,
+            # The calldata floor: what these transactions would cost with no execution at all.
+            "claimJobs_calldata_floor": rc["floor"],
+            "submitResults_calldata_floor": rr["floor"],
+        }
 
 
 def main() -> int:

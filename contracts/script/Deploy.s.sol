@@ -93,18 +93,22 @@ contract Deploy {
         );
     }
 
+    /// @notice The AdapterRegistry's init code (creation code + constructor arguments).
     function adapterRegistryInitCode(address owner) public pure returns (bytes memory) {
         return abi.encodePacked(type(AdapterRegistry).creationCode, abi.encode(owner));
     }
 
+    /// @notice The JobMarket's init code for this config.
     function jobMarketInitCode(MarketBase.Config memory c) public pure returns (bytes memory) {
         return abi.encodePacked(type(JobMarket).creationCode, abi.encode(c));
     }
 
+    /// @notice The ValidatorArbiter's init code.
     function arbiterInitCode(address market, address registry, uint16 quorum) public pure returns (bytes memory) {
         return abi.encodePacked(type(ValidatorArbiter).creationCode, abi.encode(market, registry, quorum));
     }
 
+    /// @notice Where the AdapterRegistry of this owner is, on any chain.
     function predictAdapterRegistry(address owner) public pure returns (address) {
         return create2Address(SALT_ADAPTER_REGISTRY, adapterRegistryInitCode(owner));
     }

@@ -5,7 +5,16 @@ import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 
 import {IArbiter} from "./IArbiter.sol";
 import {HeldBalance} from "./lib/HeldBalance.sol";
-import {AdapterRequest, AdapterTerm, JobRequest, JobSlot, JobStatus, ResultItem, Terms} from "./lib/JobTypes.sol";
+import {
+    AdapterRequest,
+    AdapterTerm,
+    JobRequest,
+    JobSlot,
+    JobStatus,
+    ResultItem,
+    Terms,
+    TermsAt
+} from "./lib/JobTypes.sol";
 import {NodeRegistry} from "./NodeRegistry.sol";
 import {Disputes} from "./market/Disputes.sol";
 import {MarketBase} from "./market/MarketBase.sol";
@@ -85,12 +94,17 @@ contract JobMarket is Disputes {
 
     /// @notice Claim one open job (reverts with the reason when it cannot be claimed). Locks claimStakeFor(price).
     function claimJob(Terms calldata t) external nonReentrant {
-        (uint256 slot,) = _slotFor(t);
-        _requireStatus(t, slot, JobStatus.Open);
-        if (block.timestamp >= t.deadline) revert DeadlinePassed(t.jobId, t.deadline);
         (uint32 nodeId, bytes32 baseModel) = nodeRegistry.claimer(msg.sender);
-        if (nodeId == 0 || baseModel != t.baseModel) revert NodeNotEligible(msg.sender);
-        nodeRegistry.lockStake(msg.sender, _claimItem(t, nodeId, baseModel));
+        if (nodeId == 0) revert NodeNotEligible(msg.sender);
+        uint256 stake = _claimItem(t, nodeId, baseModel);
+        if (stake == 0) {
+            // Say why (the checks of _claimItem, in order).
+            (uint256 slot,) = _slotFor(t);
+            _requireStatus(t, slot, JobStatus.Open);
+            if (block.timestamp >= t.deadline) revert DeadlinePassed(t.jobId, t.deadline);
+            revert NodeNotEligible(msg.sender);
+        }
+        nodeRegistry.lockStake(msg.sender, stake);
     }
 
     /// @notice Claim a batch of jobs. Jobs that are no longer open, past their deadline, for another base model
@@ -378,8 +392,56 @@ contract JobMarket is Disputes {
             inputHash: inputHash,
             adapters: terms
         });
-        _jobs[jobId] = JobSlot.pack(JobSlot.hashOfMemory(t), JobStatus.Open, 0, 0, 0);
-        emit JobSubmitted(jobId, msg.sender, terms[0].id, t, input, inputCid);
+        _record(t, input, inputCid);
+    }
+
+    /// @dev Stores the new job's slot and emits JobSubmitted; one encoding of the terms serves both the stored
+    ///      hash (JobSlot.hashOfMemory's definition) and the event.
+    function _record(Terms memory t, bytes calldata input, string memory inputCid) private {
+        bytes memory enc = abi.encode(t);
+        bytes32 h;
+        assembly ("memory-safe") {
+            h := keccak256(add(enc, 0x40), sub(mload(enc), 0x20))
+        }
+        _jobs[t.jobId] = JobSlot.pack(h, JobStatus.Open, 0, 0, 0);
+        _emitSubmitted(t.jobId, t.adapters[0].id, enc, input, inputCid);
+    }
+
+    /// @dev emit JobSubmitted(jobId, msg.sender, adapterId, t, input, inputCid), with the terms' data copied from
+    ///      `enc` = abi.encode(t) instead of encoding them a second time. Data: three offsets, the terms' body,
+    ///      then input and inputCid as length-prefixed, zero-padded bytes (the ABI encoding of the event's data).
+    function _emitSubmitted(
+        uint256 jobId,
+        uint256 adapterId,
+        bytes memory enc,
+        bytes calldata input,
+        string memory inputCid
+    ) private {
+        bytes32 topic = JobSubmitted.selector;
+        assembly ("memory-safe") {
+            let termsLen := sub(mload(enc), 0x20)
+            let inLen := input.length
+            let inPadded := and(add(inLen, 31), not(31))
+            let cidLen := mload(inputCid)
+            let cidPadded := and(add(cidLen, 31), not(31))
+            let d := mload(0x40)
+            let inAt := add(0x60, termsLen)
+            let cidAt := add(inAt, add(0x20, inPadded))
+            mstore(d, 0x60)
+            mstore(add(d, 0x20), inAt)
+            mstore(add(d, 0x40), cidAt)
+            mcopy(add(d, 0x60), add(enc, 0x40), termsLen)
+            let p := add(d, inAt)
+            mstore(p, inLen)
+            mstore(add(p, inPadded), 0) // zero the last (partial) word before copying over it
+            calldatacopy(add(p, 0x20), input.offset, inLen)
+            p := add(d, cidAt)
+            mstore(p, cidLen)
+            mstore(add(p, cidPadded), 0)
+            mcopy(add(p, 0x20), add(inputCid, 0x20), cidLen)
+            let size := add(cidAt, add(0x20, cidPadded))
+            log4(d, size, topic, jobId, caller(), adapterId)
+        }
     }
 
     /// @dev Checks each requested adapter against the registry and snapshots its fee and content hash.
@@ -410,21 +472,29 @@ contract JobMarket is Disputes {
     }
 
     /// @dev Claims one job if it is open, in time, for the caller's base model and its terms match; returns the
-    ///      stake to lock (0 when skipped).
+    ///      stake to lock (0 when skipped). Fields are read with one calldataload each (no ABI re-validation):
+    ///      once the hash of the raw bytes matched the stored hash of the canonical encoding, the bytes are
+    ///      canonical, so every field sits at its fixed offset (TermsAt). Before the match only the jobId word
+    ///      is read, to find the slot; a dirty one finds no job.
     function _claimItem(Terms calldata t, uint32 nodeId, bytes32 baseModel) private returns (uint256 stake) {
         bytes32 termsHash_ = JobSlot.hashOf(t);
-        uint256 slot = _jobs[t.jobId];
-        if (
-            !slot.matches(termsHash_) || slot.status() != JobStatus.Open || block.timestamp >= t.deadline
-                || t.baseModel != baseModel
-        ) return 0;
-        _jobs[t.jobId] = JobSlot.pack(termsHash_, JobStatus.Claimed, nodeId, slot, block.timestamp - t.submittedAt);
-        stake = claimStakeFor(t.price);
-        emit JobClaimed(t.jobId, msg.sender);
+        uint256 jobId = TermsAt.jobId(t);
+        uint256 slot = _jobs[jobId];
+        if (!slot.matches(termsHash_) || slot.status() != JobStatus.Open) return 0;
+        if (block.timestamp >= TermsAt.deadline(t) || TermsAt.baseModel(t) != baseModel) return 0;
+        unchecked {
+            // submittedAt <= now: it is the block time of the submission, and time does not go back.
+            _jobs[jobId] =
+                JobSlot.pack(termsHash_, JobStatus.Claimed, nodeId, slot, block.timestamp - TermsAt.submittedAt(t));
+        }
+        stake = claimStakeFor(TermsAt.price(t));
+        emit JobClaimed(jobId, msg.sender);
     }
 
     /// @dev Accepts one result if the caller holds its job in time; adds its payments to `p`. Returns the
-    ///      EIP-712 struct hash of the item (signed whether or not it is accepted) and whether it was.
+    ///      EIP-712 struct hash of the item (signed whether or not it is accepted) and whether it was. Reads the
+    ///      terms' fields as _claimItem does (after the hash matched) and hashes in scratch memory, so a batch
+    ///      does not grow memory per item.
     function _settleItem(ResultItem calldata it, uint32 nodeId, Payout memory p)
         private
         returns (bytes32 leaf, bool ok)
@@ -432,32 +502,65 @@ contract JobMarket is Disputes {
         Terms calldata t = it.terms;
         bytes32 termsHash_ = JobSlot.hashOf(t);
         bytes32 outputHash = _outputHash(it);
-        leaf = keccak256(abi.encode(RESULT_TYPEHASH, t.jobId, termsHash_, outputHash, it.proofHash));
-        uint256 slot = _jobs[t.jobId];
-        if (
-            !slot.matches(termsHash_) || slot.status() != JobStatus.Claimed || slot.nodeId() != nodeId
-                || block.timestamp >= t.deadline
-        ) return (leaf, false);
-        _jobs[t.jobId] = JobSlot.pack(termsHash_, JobStatus.Resulted, nodeId, slot, block.timestamp - t.submittedAt);
-        (uint256 nodeAmount,, uint256 protocolAmount) = _split(t);
-        p.nodeAmount += nodeAmount;
-        p.protocolAmount += protocolAmount;
-        p.stake += claimStakeFor(t.price);
-        for (uint256 i; i < t.adapters.length; ++i) {
-            _addAdapter(p, t.adapters[i].id, t.adapters[i].fee);
+        bytes32 proofHash = it.proofHash;
+        uint256 jobId = TermsAt.jobId(t);
+        bytes32 typeHash = RESULT_TYPEHASH;
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            mstore(m, typeHash)
+            mstore(add(m, 0x20), jobId)
+            mstore(add(m, 0x40), termsHash_)
+            mstore(add(m, 0x60), outputHash)
+            mstore(add(m, 0x80), proofHash)
+            leaf := keccak256(m, 0xa0)
         }
-        emit ResultSubmitted(t.jobId, msg.sender, outputHash, it.proofHash, nodeAmount);
+        uint256 slot = _jobs[jobId];
+        if (!slot.matches(termsHash_) || slot.status() != JobStatus.Claimed || slot.nodeId() != nodeId) {
+            return (leaf, false);
+        }
+        if (block.timestamp >= TermsAt.deadline(t)) return (leaf, false);
+        unchecked {
+            _jobs[jobId] =
+                JobSlot.pack(termsHash_, JobStatus.Resulted, nodeId, slot, block.timestamp - TermsAt.submittedAt(t));
+        }
+        uint256 nodeAmount = _accrue(t, p);
+        emit ResultSubmitted(jobId, msg.sender, outputHash, proofHash, nodeAmount);
         return (leaf, true);
     }
 
-    function _outputHash(ResultItem calldata it) private pure returns (bytes32) {
-        if (it.output.length != 0) {
-            if (it.output.length > MAX_INLINE_BYTES) revert PayloadTooLarge(it.output.length, MAX_INLINE_BYTES);
-            return keccak256(it.output);
+    /// @dev Adds an accepted result's payments to the batch: node, adapters, protocol, stake to unlock.
+    function _accrue(Terms calldata t, Payout memory p) private view returns (uint256 nodeAmount) {
+        uint256 price = TermsAt.price(t);
+        uint256 protocolAmount = price * TermsAt.protocolFeeBps(t) / BPS;
+        uint256 fees;
+        uint256 n = TermsAt.adapterCount(t);
+        for (uint256 i; i < n; ++i) {
+            uint256 fee = TermsAt.adapterFee(t, i);
+            fees += fee;
+            _addAdapter(p, TermsAt.adapterId(t, i), fee);
+        }
+        // The market accepted these terms with price > fees + protocolAmount.
+        nodeAmount = price - fees - protocolAmount;
+        p.nodeAmount += nodeAmount;
+        p.protocolAmount += protocolAmount;
+        p.stake += claimStakeFor(price);
+    }
+
+    function _outputHash(ResultItem calldata it) private pure returns (bytes32 h) {
+        bytes calldata out = it.output;
+        uint256 len = out.length;
+        if (len != 0) {
+            if (len > MAX_INLINE_BYTES) revert PayloadTooLarge(len, MAX_INLINE_BYTES);
+            assembly ("memory-safe") {
+                let m := mload(0x40)
+                calldatacopy(m, out.offset, len)
+                h := keccak256(m, len)
+            }
+            return h;
         }
         _checkCid(it.outputCid);
-        if (it.outputHash == bytes32(0)) revert ZeroHash();
-        return it.outputHash;
+        h = it.outputHash;
+        if (h == bytes32(0)) revert ZeroHash();
     }
 
     function _addAdapter(Payout memory p, uint256 id, uint256 fee) private pure {

@@ -4,7 +4,9 @@ pragma solidity ^0.8.24;
 import {AdapterRegistry} from "./AdapterRegistry.sol";
 import {IArbiter} from "./IArbiter.sol";
 
+/// @notice The one market function the arbiter calls.
 interface IRuledMarket {
+    /// @notice Report the ruling on a disputed job (JobMarket.rule).
     function rule(uint256 jobId, bool fraud) external;
 }
 

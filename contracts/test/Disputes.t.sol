@@ -366,17 +366,38 @@ contract DisputesTest is Fixture {
         vm.expectRevert(abi.encodeWithSelector(HeldBalance.HeldUnderflow.selector, 1, 0));
         h.debit(0, 5, 1);
         vm.expectRevert(HeldBalance.HeldOverflow.selector);
-        h.credit(0, 1, uint256(1) << 96);
+        h.credit(0, 1, uint256(1) << 80);
         (uint256 w, uint256 m) = h.credit(0, 1, 10);
-        (w, m) = h.credit(w, 2, 20);
-        assertEq(m, 0, "two buckets");
-        (w, m) = h.credit(w, 3, 30); // reuses epoch 1's bucket
-        assertEq(m, 10, "epoch 1 matured");
-        (uint256 rest, uint256 matured) = h.release(w, 4);
-        assertEq(matured, 20, "epoch 2 matured at 4");
+        (w, m) = h.credit(w, 2, 20); // epoch 1 shifts to the older bucket
+        assertEq(m, 0, "nothing spilled");
+        (uint256 rest, uint256 matured) = h.release(w, 2);
+        assertEq(matured, 0, "epoch 1 matures at 3");
+        (w, m) = h.credit(w, 3, 30); // epoch 1 matures into the word
+        assertEq(m, 0, "matured stays in the word");
+        (rest, matured) = h.release(w, 3);
+        assertEq(matured, 10, "epoch 1 matured at 3");
+        assertEq(h.total(rest), 50, "epochs 2 and 3 held");
+        (rest, matured) = h.release(w, 4);
+        assertEq(matured, 30, "epoch 2 matured at 4");
         assertEq(h.total(rest), 30, "epoch 3 held");
-        w = h.debit(w, 3, 30);
-        assertEq(h.total(w), 20, "debited");
+        (rest, matured) = h.release(w, 5);
+        assertEq(matured, 60, "all matured at 5");
+        assertEq(rest, 0, "empty word");
+        // Disputes take amounts back from the bucket of their epoch only.
+        uint256 d = h.debit(w, 3, 30);
+        assertEq(h.total(d), 20, "newest debited");
+        d = h.debit(w, 2, 20);
+        assertEq(h.total(d), 30, "older debited");
+        vm.expectRevert(abi.encodeWithSelector(HeldBalance.HeldUnderflow.selector, 31, 30));
+        h.debit(w, 3, 31);
+        vm.expectRevert(abi.encodeWithSelector(HeldBalance.HeldUnderflow.selector, 10, 0));
+        h.debit(w, 1, 10); // epoch 1 has matured: no longer disputable
+        // A matured amount too large for the word spills to the caller.
+        (w,) = h.credit(0, 1, uint256(1) << 70);
+        (w, m) = h.credit(w, 3, 1);
+        assertEq(m, uint256(1) << 70, "spilled");
+        (, matured) = h.release(w, 3);
+        assertEq(matured, 0, "nothing left matured in the word");
     }
 }
 

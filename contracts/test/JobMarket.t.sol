@@ -399,6 +399,26 @@ contract JobMarketTest is Fixture {
         assertEq(t.serviceWindow, SERVICE_WINDOW, "0 = default");
     }
 
+    function test_submitRequest_event_encodes_cid_and_odd_lengths() public {
+        uint64 d = _deadline();
+        JobRequest memory req = _req1(adapterId, ADAPTER_FEE, d);
+        Terms memory expected = _terms(submitter, 1, PRICE, d);
+        expected.inputHash = INPUT_HASH;
+        vm.expectEmit(address(market));
+        emit MarketBase.JobSubmitted(1, submitter, adapterId, expected, "", INPUT_CID);
+        vm.prank(submitter);
+        market.submitRequest{value: PRICE}(req, "", INPUT_CID, INPUT_HASH);
+        // An input of 33 bytes (padding to 64) after a long one (dirty memory must not leak into the padding).
+        bytes memory odd = new bytes(33);
+        odd[32] = 0x7f;
+        expected = _terms(submitter, 2, PRICE, d);
+        expected.inputHash = keccak256(odd);
+        vm.expectEmit(address(market));
+        emit MarketBase.JobSubmitted(2, submitter, adapterId, expected, odd, "");
+        vm.prank(submitter);
+        market.submitRequest{value: PRICE}(req, odd, "", bytes32(0));
+    }
+
     function test_submitRequest_reverts() public {
         uint64 d = _deadline();
         JobRequest memory req = _req1(adapterId, ADAPTER_FEE, d);
@@ -1174,5 +1194,55 @@ contract JobMarketTest is Fixture {
         vm.prank(validator);
         ops.dispute{value: DISPUTE_BOND}(t, "bafy");
         assertEq(_status(t.jobId), uint256(JobStatus.Open), "the market's job untouched");
+    }
+
+    // ---------------------------------------------------------------- raw calldata: dirty and non-canonical terms
+
+    function test_dirty_jobId_word_claims_nothing() public {
+        Terms memory t = _submit();
+        bytes memory data = abi.encodeCall(JobMarket.claimJob, (t));
+        assembly ("memory-safe") {
+            // jobId word of the terms (selector, offset word, then the terms): set a bit above uint64.
+            let w := add(data, add(0x20, 0x24))
+            mstore(w, or(mload(w), shl(200, 1)))
+        }
+        vm.prank(operator);
+        (bool ok,) = address(market).call(data);
+        assertFalse(ok, "dirty jobId accepted");
+        // In a batch it is skipped.
+        Terms[] memory ts = new Terms[](1);
+        ts[0] = t;
+        bytes memory batch = abi.encodeCall(JobMarket.claimJobs, (ts));
+        assembly ("memory-safe") {
+            // selector, array offset, length, element offset, then the terms.
+            let w := add(batch, add(0x20, 0x64))
+            mstore(w, or(mload(w), shl(200, 1)))
+        }
+        vm.prank(operator);
+        (ok,) = address(market).call(batch);
+        assertFalse(ok, "dirty batch claimed something");
+        assertEq(_status(t.jobId), uint256(JobStatus.Open), "still open");
+        _claim(t); // the clean terms still work
+    }
+
+    function test_non_canonical_terms_encoding_never_matches() public {
+        Terms memory t = _submit();
+        bytes memory canonical = abi.encodeCall(JobMarket.claimJob, (t));
+        // Same values, but the adapters array one word further (offset 0x180, a zero word in between).
+        bytes memory head = new bytes(4 + 0x20 + 0x140);
+        for (uint256 i; i < head.length; ++i) {
+            head[i] = canonical[i];
+        }
+        bytes memory tail = new bytes(canonical.length - head.length - 0x20);
+        for (uint256 i; i < tail.length; ++i) {
+            tail[i] = canonical[head.length + 0x20 + i];
+        }
+        bytes memory odd = abi.encodePacked(head, uint256(0x180), uint256(0), tail);
+        assertTrue(market.termsMatch(t), "canonical matches");
+        vm.prank(operator);
+        (bool ok, bytes memory ret) = address(market).call(odd);
+        assertFalse(ok, "non-canonical terms claimed");
+        assertEq(ret, abi.encodeWithSelector(MarketBase.TermsMismatch.selector, t.jobId), "terms mismatch");
+        assertEq(_status(t.jobId), uint256(JobStatus.Open), "still open");
     }
 }

@@ -133,3 +133,52 @@ library JobSlot {
         return slot & OFFSET_MASK;
     }
 }
+
+/// @title TermsAt
+/// @notice Fields of terms in calldata, read with one calldataload each at their offsets in the canonical ABI
+///         encoding (the layout JobSlot.hashOf hashes). Only for terms whose hash matched the stored one: those
+///         bytes are canonical, so each field is where this library reads it and carries no dirty bits.
+library TermsAt {
+    function _word(Terms calldata t, uint256 offset) private pure returns (uint256 v) {
+        assembly ("memory-safe") {
+            v := calldataload(add(t, offset))
+        }
+    }
+
+    function jobId(Terms calldata t) internal pure returns (uint256) {
+        return _word(t, 0x00);
+    }
+
+    function price(Terms calldata t) internal pure returns (uint256) {
+        return _word(t, 0x40);
+    }
+
+    function submittedAt(Terms calldata t) internal pure returns (uint256) {
+        return _word(t, 0x60);
+    }
+
+    function deadline(Terms calldata t) internal pure returns (uint256) {
+        return _word(t, 0x80);
+    }
+
+    function protocolFeeBps(Terms calldata t) internal pure returns (uint256) {
+        return _word(t, 0xe0);
+    }
+
+    function baseModel(Terms calldata t) internal pure returns (bytes32) {
+        return bytes32(_word(t, 0x100));
+    }
+
+    /// @dev The adapters array: its length word at 0x160 (the offset word at 0x140 is 0x160), then 4 words each.
+    function adapterCount(Terms calldata t) internal pure returns (uint256) {
+        return _word(t, 0x160);
+    }
+
+    function adapterId(Terms calldata t, uint256 i) internal pure returns (uint256) {
+        return _word(t, 0x180 + i * 0x80);
+    }
+
+    function adapterFee(Terms calldata t, uint256 i) internal pure returns (uint256) {
+        return _word(t, 0x180 + i * 0x80 + 0x40);
+    }
+}
