@@ -68,7 +68,13 @@ def test_proof_bytes_hash_and_format(verifier_base: LoadedModel, adapters: dict[
     assert len(data) == HEADER_BYTES + sum(len(c) for c in proof.chunks)
     assert Proof.from_bytes(data) == proof and proof.hash == keccak(data) and len(proof.hash) == 32
     ids = res.hidden.prompt_ids
-    assert verify_result(verifier_base, adapters["r4-attn"], ids, res.token_ids, data).passed
+    report = verify_result(verifier_base, adapters["r4-attn"], ids, res.token_ids, data)
+    assert report.passed and report.evidence, "a check that recomputed carries the verifier's own proof"
+    assert verify_result(verifier_base, adapters["r4-attn"], ids, res.token_ids, report.evidence).passed
+    wrong = verify_result(verifier_base, adapters["r16-all"], ids, res.token_ids, data)
+    assert not wrong.passed and Proof.from_bytes(wrong.evidence).chunks != proof.chunks
+    report = verify_result(verifier_base, None, ids, [*res.token_ids[:-1], 10**6], data)
+    assert not report.passed and "outside the base model's vocabulary" in report.reason
     for bad, why in [
         (data[:-1], "malformed proof"),
         (data + b"\0", "malformed proof"),
