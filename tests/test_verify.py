@@ -103,7 +103,7 @@ def test_honest_results_verify(verifier_base: LoadedModel, adapters: dict[str, A
     verified with 2, and the reverse; one engine in deterministic mode. Zero false failures."""
     rng = random.Random(16)
     names = list(adapters)
-    failures, total, chunks = [], 0, 0
+    failures, total, chunks, eos = [], 0, 0, 0
     for gen_threads, verify_threads, count, config in [
         (1, 2, 200, {}),
         (2, 1, 200, {}),
@@ -117,9 +117,10 @@ def test_honest_results_verify(verifier_base: LoadedModel, adapters: dict[str, A
             # passing the float32 thresholds implies passing TOPLOC's: each bound is tighter
             report = check(verifier_base, adapters, claim, Thresholds.fp32())
             chunks += len(report.chunks)
+            eos += report.ends_with_eos
             if not report.passed:
                 failures.append((claim.adapter, len(claim.output_ids), report.reason))
-    assert total == 480 and chunks > 900
+    assert total == 480 and chunks > 900 and eos > 0, "some results end at EOS (a proof step more)"
     assert not failures, failures[:5]
 
 
