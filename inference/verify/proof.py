@@ -161,6 +161,7 @@ def prove(result: GenerationResult, params: ProofParams | None = None) -> Proof:
     if result.hidden is None:
         raise ValueError(
             "this result carries no hidden states: submit the request with record_hidden=True "
-            "(or build the engine with EngineConfig(record_hidden=True)) to prove it"
+            "(or build the engine with EngineConfig(record_hidden=True)) to prove it; only the built-in "
+            "engine records them (not the vllm or naive backends)"
         )
     return build_proof(result.hidden, params)
