@@ -68,7 +68,13 @@ def test_proof_bytes_hash_and_format(verifier_base: LoadedModel, adapters: dict[
     assert len(data) == HEADER_BYTES + sum(len(c) for c in proof.chunks)
     assert Proof.from_bytes(data) == proof and proof.hash == keccak(data) and len(proof.hash) == 32
     ids = res.hidden.prompt_ids
-    assert verify_result(verifier_base, adapters["r4-attn"], ids, res.token_ids, data).passed
+    report = verify_result(verifier_base, adapters["r4-attn"], ids, res.token_ids, data)
+    assert report.passed and report.evidence, "a check that recomputed carries the verifier's own proof"
+    assert verify_result(verifier_base, adapters["r4-attn"], ids, res.token_ids, report.evidence).passed
+    wrong = verify_result(verifier_base, adapters["r16-all"], ids, res.token_ids, data)
+    assert not wrong.passed and Proof.from_bytes(wrong.evidence).chunks != proof.chunks
+    report = verify_result(verifier_base, None, ids, [*res.token_ids[:-1], 10**6], data)
+    assert not report.passed and "outside the base model's vocabulary" in report.reason
     for bad, why in [
         (data[:-1], "malformed proof"),
         (data + b"\0", "malformed proof"),
@@ -97,7 +103,7 @@ def test_honest_results_verify(verifier_base: LoadedModel, adapters: dict[str, A
     verified with 2, and the reverse; one engine in deterministic mode. Zero false failures."""
     rng = random.Random(16)
     names = list(adapters)
-    failures, total, chunks = [], 0, 0
+    failures, total, chunks, eos = [], 0, 0, 0
     for gen_threads, verify_threads, count, config in [
         (1, 2, 200, {}),
         (2, 1, 200, {}),
@@ -111,9 +117,10 @@ def test_honest_results_verify(verifier_base: LoadedModel, adapters: dict[str, A
             # passing the float32 thresholds implies passing TOPLOC's: each bound is tighter
             report = check(verifier_base, adapters, claim, Thresholds.fp32())
             chunks += len(report.chunks)
+            eos += report.ends_with_eos
             if not report.passed:
                 failures.append((claim.adapter, len(claim.output_ids), report.reason))
-    assert total == 480 and chunks > 900
+    assert total == 480 and chunks > 900 and eos > 0, "some results end at EOS (a proof step more)"
     assert not failures, failures[:5]
 
 

@@ -74,7 +74,7 @@ def test_smollm2_dishonest_results_fail(smollm2: LoadedModel, adapters: dict[str
     cheat = engine_with(load_smollm2(prepare=False), cheat_adapters(adapters))
     quantized = engine_with(int8_copy(), adapters)
     for kind in KINDS:
-        claim = dishonest_claim(kind, cheat, quantized, smollm2, adapters, rng, max_tokens=16)
+        claim = dishonest_claim(kind, cheat, quantized, smollm2, adapters, rng, max_tokens=10)
         report = verify_result(
             smollm2,
             adapters[claim.adapter],

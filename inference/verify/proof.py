@@ -39,7 +39,7 @@ class ToplocMissing(RuntimeError):
     """The toploc package is not importable."""
 
 
-def _toploc() -> ModuleType:
+def load_toploc() -> ModuleType:
     """The toploc module, imported lazily: the engine never needs it."""
     try:
         import toploc
@@ -130,7 +130,7 @@ def proof_hash(proof_bytes: bytes) -> bytes:
 def chunk_polynomial(activations: torch.Tensor, topk: int) -> bytes:
     """TOPLOC's polynomial bytes for one chunk: top-`topk` entries by magnitude of the flattened bfloat16
     activations, interpolated by toploc.ProofPoly."""
-    toploc = _toploc()
+    toploc = load_toploc()
     flat = activations.detach().to(device="cpu", dtype=torch.bfloat16).reshape(-1)
     k = min(topk, flat.numel())
     indices = flat.abs().topk(k).indices
@@ -161,6 +161,7 @@ def prove(result: GenerationResult, params: ProofParams | None = None) -> Proof:
     if result.hidden is None:
         raise ValueError(
             "this result carries no hidden states: submit the request with record_hidden=True "
-            "(or build the engine with EngineConfig(record_hidden=True)) to prove it"
+            "(or build the engine with EngineConfig(record_hidden=True)) to prove it; only the built-in "
+            "engine records them (not the vllm or naive backends)"
         )
     return build_proof(result.hidden, params)

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from inference.adapter import AdapterWeights
+from inference.engine.messages import HiddenStates
 from inference.models import LoadedModel
-from inference.verify.proof import Proof, ProofFormatError, ProofParams, _toploc
+from inference.verify.proof import Proof, ProofFormatError, ProofParams, build_proof, load_toploc
 from inference.verify.recompute import Recomputed, recompute
 
 
@@ -63,6 +64,9 @@ class VerifyReport:
     ends_with_eos: bool = False  # the proof covers a last step that produced EOS (decode_steps == outputs)
     recompute_s: float = 0.0  # the prefill
     seconds: float = 0.0  # everything
+    # The verifier's own proof of the claimed job (same header, chunks from its recomputation): the
+    # evidence a dispute publishes. Empty when the check failed before recomputing.
+    evidence: bytes = b""
 
 
 def _fail(reason: str, t0: float, first_failing_chunk: int | None = None) -> VerifyReport:
@@ -79,7 +83,7 @@ def eos_ids(base: LoadedModel) -> set[int]:
 
 def check_chunks(proof: Proof, hidden: torch.Tensor, thresholds: Thresholds) -> list[ChunkCheck]:
     """Compare every chunk of `proof` with recomputed hidden states [>= P + steps, H] (bfloat16)."""
-    toploc = _toploc()
+    toploc = load_toploc()
     checks = []
     for i, ((a, b), k, poly) in enumerate(
         zip(proof.chunk_rows(), proof.chunk_topk(), proof.chunks, strict=True)
@@ -170,10 +174,19 @@ def verify_result(
         )
     eos_last = steps == n
     tokens = list(prompt_ids) + list(output_ids[:steps])
+    vocab = int(base.model.config.vocab_size)
+    bad_id = next((t for t in [*prompt_ids, *output_ids] if not 0 <= int(t) < vocab), None)
+    if bad_id is not None:
+        return _fail(f"token id {bad_id} is outside the base model's vocabulary of {vocab}", t0)
+    max_positions = int(getattr(base.model.config, "max_position_embeddings", 1 << 16))
+    if len(tokens) > max_positions:
+        return _fail(f"prompt + output of {len(tokens)} tokens exceed the model's {max_positions}", t0)
     t1 = time.perf_counter()
     states = recompute(base, weights, tokens)
     recompute_s = time.perf_counter() - t1
     checks = check_chunks(proof, states.hidden, thresholds)
+    p = len(prompt_ids)
+    evidence = build_proof(HiddenStates(list(prompt_ids), states.hidden[:p], states.hidden[p:]), params)
     failing = next((c for c in checks if not c.passed), None)
     bad_token = None
     if greedy:
@@ -204,4 +217,5 @@ def verify_result(
         ends_with_eos=eos_last,
         recompute_s=recompute_s,
         seconds=time.perf_counter() - t0,
+        evidence=evidence.to_bytes(),
     )
