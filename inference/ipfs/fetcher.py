@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import hashlib
-import inspect
-import os
-import random
 from collections.abc import AsyncIterator, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
-from .cid import InvalidCidError, ParsedCid, parse_cid
+from .assembly import Assembly, FileSink, MemorySink, Sink
+from .blockdata import Block, as_bytes
+from .cid import RAW, InvalidCidError, ParsedCid, parse_cid
+from .download import FetchOptions, from_sources, record_failure, source_stats
 from .errors import (
     BlockIntegrityError,
     DagFormatError,
@@ -31,13 +29,11 @@ from .errors import (
 )
 from .sources import (
     MAX_BLOCK_SIZE,
-    THREAD_HASH_MIN,
     BlockSource,
     GatewaySource,
     KuboRpcSource,
     LocalStoreSource,
     SourceStats,
-    block_matches,
 )
 from .unixfs import FileChild, FileNode, UnixFSError, parse_directory_block, parse_file_block
 
@@ -74,41 +70,6 @@ class FetchedFile:
     path: Path | None = None
 
 
-@dataclass(frozen=True)
-class FetchOptions:
-    timeout_s: float = 30.0  # per block request attempt
-    car_timeout_s: float = 300.0  # for a whole-DAG CAR request
-    attempts: int = 3  # per source, for transient errors (timeouts, 5xx)
-    backoff_s: float = 0.2  # first retry delay; doubles, with jitter, up to max_backoff_s
-    max_backoff_s: float = 2.0
-    concurrency: int = 8  # blocks in flight at once
-
-
-def _takes_max_size(source: BlockSource) -> bool:
-    return _class_takes_max_size(type(source)) if hasattr(type(source), "get_block") else False
-
-
-@functools.cache
-def _class_takes_max_size(cls: type) -> bool:
-    try:
-        return "max_size" in inspect.signature(cls.get_block).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def source_stats(source: BlockSource) -> SourceStats:
-    """The source's counters (attached on first use to sources that do not keep their own)."""
-    stats = getattr(source, "stats", None)
-    if not isinstance(stats, SourceStats):
-        stats = SourceStats()
-        source.stats = stats  # type: ignore[misc]
-    return stats
-
-
-def source_name(source: BlockSource) -> str:
-    return str(getattr(source, "name", None) or type(source).__name__)
-
-
 def check_entry_name(name: str, expected: frozenset[str]) -> None:
     if not name or name in (".", "..") or any(c in name for c in "/\\\x00") or ".." in name:
         raise UnsafeNameError(f"directory entry {name!r} is not a safe file name; refusing the adapter")
@@ -117,6 +78,18 @@ def check_entry_name(name: str, expected: frozenset[str]) -> None:
             f"unexpected directory entry {name!r}; an adapter holds exactly {sorted(expected)}",
             reason="unexpected-entry",
         )
+
+
+@dataclass
+class _Leaves:
+    """The raw leaves of one file node that wait for the CAR stream: each placed the moment its verified
+    block comes out of the stream (no task, no future per leaf); those the CAR did not bring are fetched
+    block by block once it has ended."""
+
+    waiting: int = 0
+    unplaced: list[tuple[Assembly, FileChild, int]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+    error: FetchError | None = None
 
 
 class _Fetch:
@@ -131,11 +104,13 @@ class _Fetch:
         self.max_bytes = max_bytes
         self.options = options
         self.received = 0
-        self.blocks: dict[bytes, bytes] = {}  # digest -> verified block
-        self._inflight: dict[bytes, asyncio.Future[bytes]] = {}
-        # While a CAR streams in, a block it will probably carry is awaited rather than requested again.
+        self.blocks: dict[bytes, Block] = {}  # digest -> verified block not placed yet
+        self._inflight: dict[bytes, asyncio.Future[Block]] = {}
+        # While a CAR streams in, a block it will probably carry is awaited rather than requested again;
+        # a raw leaf is registered with its place, and the stream puts it there.
         self._car_streaming = False
         self._car_waiters: dict[bytes, asyncio.Future[None]] = {}
+        self._leaf_places: dict[bytes, list[tuple[Assembly, FileChild, int, _Leaves]]] = {}
         self._limit = asyncio.Semaphore(options.concurrency)
 
     async def gather(self, coros: list[Coroutine[Any, Any, T]]) -> list[T]:
@@ -170,15 +145,11 @@ class _Fetch:
                 try:
                     async with asyncio.timeout(self.options.car_timeout_s):
                         async for cid, data in source.get_car(root, max_bytes=self.max_bytes):
-                            if cid.digest not in self.blocks:
-                                self.blocks[cid.digest] = data
-                                stats.bytes_received += len(data)
-                                waiter = self._car_waiters.pop(cid.digest, None)
-                                if waiter is not None and not waiter.done():
-                                    waiter.set_result(None)
+                            stats.bytes_received += len(data)
+                            self._arrived(cid, data)
                     return
                 except TimeoutError:
-                    self._fail(
+                    record_failure(
                         source,
                         SourceError(
                             f"{source.name}: CAR not complete within {self.options.car_timeout_s}s",
@@ -186,13 +157,38 @@ class _Fetch:
                         ),
                     )
                 except FetchError as exc:
-                    self._fail(source, exc)
+                    record_failure(source, exc)
         finally:
             self._car_streaming = False
             for waiter in self._car_waiters.values():  # what the CAR did not bring is fetched per block
                 if not waiter.done():
                     waiter.set_result(None)
             self._car_waiters.clear()
+            for places in self._leaf_places.values():
+                for assembly, child, offset, leaves in places:
+                    leaves.unplaced.append((assembly, child, offset))
+                    leaves.done.set()
+            self._leaf_places.clear()
+
+    def _arrived(self, cid: ParsedCid, data: Block) -> None:
+        """A verified block from the CAR: a raw leaf goes straight to its place(s) if the walk knows them,
+        anything else is kept for the walk (and wakes it if it waits for that block)."""
+        places = self._leaf_places.pop(cid.digest, None)
+        if places is not None:
+            for assembly, child, offset, leaves in places:
+                leaves.waiting -= 1
+                try:
+                    _put_leaf(assembly, child, offset, data)
+                except FetchError as exc:  # the hash-verified DAG contradicts itself: not the source's fault
+                    leaves.error = leaves.error or exc
+                if leaves.waiting == 0 or leaves.error is not None:
+                    leaves.done.set()
+            return
+        if cid.digest not in self.blocks:
+            self.blocks[cid.digest] = data
+            waiter = self._car_waiters.pop(cid.digest, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     @contextlib.asynccontextmanager
     async def streaming_car(self, root: ParsedCid) -> AsyncIterator[None]:
@@ -209,12 +205,7 @@ class _Fetch:
                 car.cancel()
             await asyncio.gather(car, return_exceptions=True)
 
-    def _fail(self, source: BlockSource, exc: FetchError) -> None:
-        stats = source_stats(source)
-        stats.failures += 1
-        stats.last_error = f"{exc.reason}: {exc}"
-
-    async def block(self, cid: ParsedCid, cap: int) -> bytes:
+    async def block(self, cid: ParsedCid, cap: int) -> Block:
         cached = self.blocks.get(cid.digest)
         if cached is not None:
             return cached
@@ -239,9 +230,9 @@ class _Fetch:
         finally:
             self._inflight.pop(cid.digest, None)
 
-    async def _download(self, cid: ParsedCid, cap: int) -> bytes:
+    async def _download(self, cid: ParsedCid, cap: int) -> Block:
         async with self._limit:
-            data = await self._from_sources(cid, cap)
+            data = await from_sources(self.sources, cid, cap, self.options)
         self.blocks[cid.digest] = data
         self.received += len(data)
         if self.received > self.max_bytes:
@@ -250,51 +241,6 @@ class _Fetch:
                 f"if adapters this large are expected"
             )
         return data
-
-    async def _attempt(self, source: BlockSource, cid: ParsedCid, cap: int) -> bytes:
-        name = source_name(source)
-        try:
-            async with asyncio.timeout(self.options.timeout_s):
-                if _takes_max_size(source):
-                    data = await source.get_block(cid.text, max_size=cap)  # type: ignore[call-arg]
-                else:
-                    data = await source.get_block(cid.text)
-        except TimeoutError as exc:
-            raise SourceError(
-                f"{name}: no answer within {self.options.timeout_s}s", reason="timeout"
-            ) from exc
-        except FetchError:
-            raise
-        except Exception as exc:  # a third-party source's own error type: still just that source failing
-            reason = "not-found" if "unavailable" in type(exc).__name__.lower() else "source-error"
-            raise SourceError(f"{name}: {type(exc).__name__}: {exc}", reason=reason, retryable=False) from exc
-        if len(data) > cap:
-            raise SizeLimitError(f"{name}: {len(data)} bytes for {cid}, the limit is {cap}")
-        if not await block_matches(cid, data):
-            raise BlockIntegrityError(f"{name} returned {len(data)} bytes that do not hash to {cid}")
-        return data
-
-    async def _from_sources(self, cid: ParsedCid, cap: int) -> bytes:
-        failures: dict[str, FetchError] = {}
-        for source in self.sources:
-            stats = source_stats(source)
-            delay = self.options.backoff_s
-            for attempt in range(1, self.options.attempts + 1):
-                stats.requests += 1
-                try:
-                    data = await self._attempt(source, cid, cap)
-                except FetchError as exc:
-                    self._fail(source, exc)
-                    failures[source_name(source)] = exc
-                    retry = isinstance(exc, SourceError) and exc.retryable and attempt < self.options.attempts
-                    if not retry:
-                        break
-                    await asyncio.sleep(delay * (0.5 + random.random()))
-                    delay = min(delay * 2, self.options.max_backoff_s)
-                    continue
-                stats.bytes_received += len(data)
-                return data
-        raise SourcesExhaustedError(cid.text, failures)
 
     async def file(
         self, cid: ParsedCid, *, cap: int, filesize: int | None = None, dest: Path | None = None
@@ -310,45 +256,74 @@ class _Fetch:
             raise SizeLimitError(
                 f"{cid} declares a file of {node.filesize} bytes, the cap is {self.max_bytes}"
             )
-        sink: _Sink = _FileSink(dest, node.filesize) if dest is not None else _MemorySink(node.filesize)
+        sink: Sink = FileSink(dest, node.filesize) if dest is not None else MemorySink(node.filesize)
         try:
-            assembly = _Assembly(node.filesize, sink)
-            hasher = asyncio.ensure_future(assembly.hash_in_order())
+            assembly = Assembly(node.filesize, sink)
+            writer = asyncio.ensure_future(assembly.run())
             try:
-                await self._place(assembly, node, 0, depth=0)
+                if cid.codec == RAW:
+                    self.blocks.pop(cid.digest, None)
+                    assembly.put(0, block)
+                else:
+                    await self._place(assembly, node, 0, depth=0)
                 if assembly.filled != node.filesize:
                     raise DagFormatError(f"{cid}: the DAG has {assembly.filled} of {node.filesize} bytes")
-                await hasher
+                await writer
             finally:
-                if not hasher.done():
-                    hasher.cancel()
-                    await asyncio.gather(hasher, return_exceptions=True)
+                if not writer.done():
+                    writer.cancel()
+                    await asyncio.gather(writer, return_exceptions=True)
         finally:
             sink.close()
         return FetchedFile(sink.data(), assembly.sha256.digest(), node.filesize, dest)
 
-    def _parse(self, cid: ParsedCid, block: bytes) -> FileNode:
+    def _parse(self, cid: ParsedCid, block: Block) -> FileNode:
+        if cid.codec == RAW:  # its bytes are the file's: nothing to parse (and no copy)
+            return FileNode(data=b"", children=[], filesize=len(block))
         try:
-            return parse_file_block(cid, block)
+            return parse_file_block(cid, as_bytes(block))
         except UnixFSError as exc:
             raise DagFormatError(str(exc)) from exc
 
-    async def _place(self, assembly: _Assembly, node: FileNode, offset: int, *, depth: int) -> None:
+    async def _place(self, assembly: Assembly, node: FileNode, offset: int, *, depth: int) -> None:
         """Write `node`'s bytes at `offset`, its children after them, fetched concurrently. Each child's
         offset follows from its siblings' sizes, which the parse checked add up to the parent's."""
         assembly.put(offset, node.data)
         offset += len(node.data)
-        placements = []
+        if node.children and depth + 1 > MAX_DEPTH:
+            raise DagFormatError(f"file DAG deeper than {MAX_DEPTH} levels at {node.children[0].cid}")
+        placements: list[Coroutine[Any, Any, None]] = []
+        leaves = _Leaves()
         for child in node.children:
-            placements.append(self._place_child(assembly, child, offset, depth=depth + 1))
+            if child.cid.codec != RAW:
+                placements.append(self._place_child(assembly, child, offset, depth=depth + 1))
+            elif (block := self.blocks.pop(child.cid.digest, None)) is not None:
+                _put_leaf(assembly, child, offset, block)
+            elif self._car_streaming:
+                self._leaf_places.setdefault(child.cid.digest, []).append((assembly, child, offset, leaves))
+                leaves.waiting += 1
+            else:
+                placements.append(self._fetch_leaf(assembly, child, offset))
             offset += child.filesize
+        if leaves.waiting:
+            placements.append(self._leaves_from_car(leaves))
         await self.gather(placements)
 
-    async def _place_child(self, assembly: _Assembly, child: FileChild, offset: int, *, depth: int) -> None:
-        if depth > MAX_DEPTH:
-            raise DagFormatError(f"file DAG deeper than {MAX_DEPTH} levels at {child.cid}")
-        # A raw leaf's Tsize is its exact length, a node's Tsize bounds its block: a response beyond what
-        # the (hash-authenticated) parent says cannot be right, so it is cut off there.
+    async def _leaves_from_car(self, leaves: _Leaves) -> None:
+        await leaves.done.wait()
+        if leaves.error is not None:
+            raise leaves.error
+        await self.gather([self._fetch_leaf(*place) for place in leaves.unplaced])
+
+    async def _fetch_leaf(self, assembly: Assembly, child: FileChild, offset: int) -> None:
+        # A raw leaf's Tsize is its exact length: a response beyond it cannot be right, so it is cut off.
+        block = await self.block(child.cid, child.tsize if child.tsize > 0 else MAX_BLOCK_SIZE)
+        self.blocks.pop(child.cid.digest, None)  # placed: the sink holds it now
+        _put_leaf(assembly, child, offset, block)
+
+    async def _place_child(self, assembly: Assembly, child: FileChild, offset: int, *, depth: int) -> None:
+        # A node's Tsize bounds its block: a response beyond what the (hash-authenticated) parent says
+        # cannot be right, so it is cut off there.
         cap = child.tsize if child.tsize > 0 else MAX_BLOCK_SIZE
         node = self._parse(child.cid, await self.block(child.cid, cap))
         if node.filesize != child.filesize:
@@ -360,93 +335,11 @@ class _Fetch:
         await self._place(assembly, node, offset, depth=depth)
 
 
-class _Sink(Protocol):
-    def write(self, offset: int, data: bytes) -> None: ...
-    def data(self) -> bytearray | None: ...
-    def close(self) -> None: ...
-
-
-class _MemorySink:
-    def __init__(self, size: int) -> None:
-        self.buffer = bytearray(size)
-        self._view = memoryview(self.buffer)
-
-    def write(self, offset: int, data: bytes) -> None:
-        self._view[offset : offset + len(data)] = data
-
-    def data(self) -> bytearray:
-        return self.buffer
-
-    def close(self) -> None:
-        self._view.release()
-
-
-class _FileSink:
-    """Blocks written at their offsets into a file (the page cache holds them, not this process)."""
-
-    def __init__(self, path: Path, size: int) -> None:
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        os.ftruncate(self._fd, size)
-
-    def write(self, offset: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:  # pwrite may write less than asked
-            written = os.pwrite(self._fd, view, offset)
-            view, offset = view[written:], offset + written
-
-    def data(self) -> None:
-        return None
-
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
-
-
-class _Assembly:
-    """A file's bytes placed at their offsets as blocks arrive in any order, and a sha256 fed with each
-    block once every byte before it has been fed (in a worker thread: hashlib releases the GIL). Blocks
-    wait in `_pending` only until the contiguous prefix reaches them."""
-
-    def __init__(self, size: int, sink: _Sink) -> None:
-        self.size = size
-        self.sink = sink
-        self.filled = 0
-        self.sha256 = hashlib.sha256()
-        self._pending: dict[int, bytes] = {}  # offset -> placed bytes not yet hashed
-        self._hashed = 0
-        self._progress = asyncio.Event()
-
-    def put(self, offset: int, data: bytes) -> None:
-        if offset + len(data) > self.size:
-            raise DagFormatError(f"the DAG places bytes past the declared file size {self.size}")
-        if not data:
-            return
-        self.sink.write(offset, data)
-        self.filled += len(data)
-        self._pending[offset] = data
-        self._progress.set()
-
-    async def hash_in_order(self) -> None:
-        while self._hashed < self.size:
-            pieces, end = [], self._hashed
-            while (piece := self._pending.pop(end, None)) is not None:
-                pieces.append(piece)
-                end += len(piece)
-            if not pieces:
-                self._progress.clear()
-                await self._progress.wait()
-                continue
-            if end - self._hashed < THREAD_HASH_MIN:
-                _feed(self.sha256, pieces)
-            else:
-                await asyncio.to_thread(_feed, self.sha256, pieces)
-            self._hashed = end
-
-
-def _feed(sha: hashlib._Hash, pieces: list[bytes]) -> None:
-    for piece in pieces:
-        sha.update(piece)
+def _put_leaf(assembly: Assembly, child: FileChild, offset: int, block: Block) -> None:
+    """A verified raw leaf into its place; its length must be what the parent's blocksizes say."""
+    if len(block) != child.filesize:
+        raise DagFormatError(f"{child.cid} holds {len(block)} file bytes, its parent says {child.filesize}")
+    assembly.put(offset, block)
 
 
 def _root(cid: str) -> ParsedCid:
@@ -503,7 +396,7 @@ async def _fetch_dir(
 ) -> dict[str, FetchedFile]:
     block = await fetch.block(root, MAX_BLOCK_SIZE)
     try:
-        links = parse_directory_block(root, block)
+        links = parse_directory_block(root, as_bytes(block))
     except UnixFSError as exc:
         raise DagFormatError(f"{exc}; an adapter CID must name a directory (ipfs add -r)") from exc
     names = [link.name for link in links]

@@ -1,0 +1,108 @@
+"""A file put together from verified blocks that arrive in any order: each block is written to its offset
+(in memory or straight into the file that becomes the disk-tier entry) and fed to the file's sha256 once
+every byte before it has been fed. Both happen in a worker thread, in file order, a batch of blocks at a
+time: pwritev and hashlib release the GIL, so the event loop keeps reading sockets meanwhile. A block's
+bytes are copied exactly once, into the sink; blocks wait in `_pending` only until the prefix reaches
+them. Only blocks already checked against their CID may be put here."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from pathlib import Path
+from typing import Protocol
+
+from .blockdata import Block, Buffer, parts_of, pwrite_all
+from .errors import DagFormatError
+
+THREAD_WORK_MIN = 64 << 10  # smaller batches are written and hashed on the loop: a thread hop costs more
+
+
+class Sink(Protocol):
+    def write(self, offset: int, parts: tuple[Buffer, ...]) -> None: ...
+    def data(self) -> bytearray | None: ...
+    def close(self) -> None: ...
+
+
+class MemorySink:
+    def __init__(self, size: int) -> None:
+        self.buffer = bytearray(size)
+        self._view = memoryview(self.buffer)
+
+    def write(self, offset: int, parts: tuple[Buffer, ...]) -> None:
+        for part in parts:
+            self._view[offset : offset + len(part)] = part
+            offset += len(part)
+
+    def data(self) -> bytearray:
+        return self.buffer
+
+    def close(self) -> None:
+        self._view.release()
+
+
+class FileSink:
+    """Blocks written at their offsets into a file (the page cache holds them, not this process)."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.ftruncate(self._fd, size)
+
+    def write(self, offset: int, parts: tuple[Buffer, ...]) -> None:
+        pwrite_all(self._fd, offset, parts)
+
+    def data(self) -> None:
+        return None
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class Assembly:
+    def __init__(self, size: int, sink: Sink) -> None:
+        self.size = size
+        self.sink = sink
+        self.filled = 0  # bytes put (verified and placed), in any order
+        self.sha256 = hashlib.sha256()
+        self._pending: dict[int, Block] = {}  # offset -> placed bytes not yet written and hashed
+        self._done = 0  # bytes written and hashed: the contiguous prefix
+        self._progress = asyncio.Event()
+
+    def put(self, offset: int, block: Block) -> None:
+        """Place a verified block at `offset` (the offsets come from the hash-authenticated parents)."""
+        if offset + len(block) > self.size:
+            raise DagFormatError(f"the DAG places bytes past the declared file size {self.size}")
+        if not len(block):
+            return
+        self.filled += len(block)
+        self._pending[offset] = block
+        if offset == self._done:
+            self._progress.set()
+
+    async def run(self) -> None:
+        """Write and hash the contiguous prefix as it grows, until the whole file is done."""
+        while self._done < self.size:
+            batch: list[tuple[int, Block]] = []
+            end = self._done
+            while (block := self._pending.pop(end, None)) is not None:
+                batch.append((end, block))
+                end += len(block)
+            if not batch:
+                self._progress.clear()
+                await self._progress.wait()
+                continue
+            if end - self._done < THREAD_WORK_MIN:
+                self._write_and_hash(batch)
+            else:
+                await asyncio.to_thread(self._write_and_hash, batch)
+            self._done = end
+
+    def _write_and_hash(self, batch: list[tuple[int, Block]]) -> None:
+        for offset, block in batch:
+            parts = parts_of(block)
+            self.sink.write(offset, parts)
+            for part in parts:
+                self.sha256.update(part)
