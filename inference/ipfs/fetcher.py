@@ -60,6 +60,7 @@ __all__ = [
 T = TypeVar("T")
 ADAPTER_FILES = frozenset({"adapter_config.json", "adapter_model.safetensors"})
 MAX_DEPTH = 16  # 174^16 chunks: no honest file is deeper
+WRITE_WINDOW = 4 << 20  # verified bytes that may wait for the file writer before reading pauses
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,9 @@ class _Fetch:
                     async with asyncio.timeout(self.options.car_timeout_s):
                         async for cid, data in source.get_car(root, max_bytes=self.max_bytes):
                             stats.bytes_received += len(data)
-                            self._arrived(cid, data)
+                            assembly = self._arrived(cid, data)
+                            if assembly is not None:  # read on only as fast as the file is written
+                                await assembly.drain(WRITE_WINDOW)
                     return
                 except TimeoutError:
                     record_failure(
@@ -170,9 +173,10 @@ class _Fetch:
                     leaves.done.set()
             self._leaf_places.clear()
 
-    def _arrived(self, cid: ParsedCid, data: Block) -> None:
-        """A verified block from the CAR: a raw leaf goes straight to its place(s) if the walk knows them,
-        anything else is kept for the walk (and wakes it if it waits for that block)."""
+    def _arrived(self, cid: ParsedCid, data: Block) -> Assembly | None:
+        """A verified block from the CAR: a raw leaf goes straight to its place(s) if the walk knows them
+        (and the file it went into is returned), anything else is kept for the walk (and wakes it if it
+        waits for that block)."""
         places = self._leaf_places.pop(cid.digest, None)
         if places is not None:
             for assembly, child, offset, leaves in places:
@@ -183,12 +187,13 @@ class _Fetch:
                     leaves.error = leaves.error or exc
                 if leaves.waiting == 0 or leaves.error is not None:
                     leaves.done.set()
-            return
+            return places[-1][0]
         if cid.digest not in self.blocks:
             self.blocks[cid.digest] = data
             waiter = self._car_waiters.pop(cid.digest, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(None)
+        return None
 
     @contextlib.asynccontextmanager
     async def streaming_car(self, root: ParsedCid) -> AsyncIterator[None]:
@@ -316,6 +321,7 @@ class _Fetch:
         await self.gather([self._fetch_leaf(*place) for place in leaves.unplaced])
 
     async def _fetch_leaf(self, assembly: Assembly, child: FileChild, offset: int) -> None:
+        await assembly.drain(WRITE_WINDOW)  # no more read ahead than the writer can take while warm
         # A raw leaf's Tsize is its exact length: a response beyond it cannot be right, so it is cut off.
         block = await self.block(child.cid, child.tsize if child.tsize > 0 else MAX_BLOCK_SIZE)
         self.blocks.pop(child.cid.digest, None)  # placed: the sink holds it now

@@ -24,7 +24,7 @@ MAX_BLOCK_SIZE = 2 << 20  # bitswap's hard limit; Kubo's importer never makes bl
 READ_BUFSIZE = 4 << 20  # aiohttp pauses the socket when its buffer passes this; 64 KiB (default) starves it
 THREAD_HASH_MIN = 64 << 10  # smaller blocks are hashed on the loop: a thread hop costs more
 CAR_VERIFY_BATCH = 1 << 20  # CAR blocks are hashed in worker threads this many bytes per job
-CAR_VERIFY_AHEAD = 4  # jobs in flight while the socket keeps being read
+CAR_VERIFY_AHEAD = 2  # jobs in flight while the socket keeps being read
 
 
 @dataclass
@@ -246,9 +246,7 @@ class LocalStoreSource:
             with open(path, "rb") as f:
                 size = os.fstat(f.fileno()).st_size
                 if size > max_size:
-                    raise SizeLimitError(
-                        f"{self.name}: block {cid} is {size} bytes, the limit is {max_size}"
-                    )
+                    raise SizeLimitError(f"{self.name}: block {cid} is {size} bytes, the limit is {max_size}")
                 data = f.read(max_size + 1)  # the fetcher hashes every block anyway
         except FileNotFoundError as exc:
             raise BlockUnavailableError(f"{self.name}: no block {cid}") from exc
