@@ -4,7 +4,9 @@ middle, a truncated body, too many bytes, blocks out of order) over real HTTP on
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -12,6 +14,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from inference.ipfs.assembly import FileSink
 from inference.ipfs.blockdata import Pieces, block_matches, sha256_of
 from inference.ipfs.blockstore import BlockStore
 from inference.ipfs.car import CarError, CarFramer, car_bytes
@@ -323,3 +326,48 @@ async def test_oversize_block_in_the_local_store_is_refused_before_it_is_read(
     with pytest.raises(SourcesExhaustedError) as err:
         await fetch_adapter(dag.root, [source], max_bytes=dag.size, options=FAST)
     assert isinstance(err.value.failures[source.name], SizeLimitError)
+
+
+# ---- abandoning a fetch
+
+
+async def test_a_fetch_cancelled_mid_stream_closes_its_file_and_stops_writing(
+    tmp_path: Path, dag: ImportedDag
+) -> None:
+    body = car_bytes([dag.root], dfs_blocks(dag))
+    sent_half, release = asyncio.Event(), asyncio.Event()
+
+    async def stalls_halfway(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "application/vnd.ipld.car"})
+        response.content_length = len(body)
+        await response.prepare(request)
+        await response.write(body[: len(body) // 2])
+        sent_half.set()
+        await release.wait()
+        return response
+
+    out = tmp_path / "into"
+    out.mkdir()
+    fds_before = len(os.listdir("/proc/self/fd"))
+    async with CarGateway(dag, stalls_halfway) as url, GatewaySource(url, mode="car") as source:
+        fetch = asyncio.ensure_future(fetch_adapter(dag.root, [source], max_bytes=dag.size, into=out))
+        await sent_half.wait()
+        await asyncio.sleep(0.2)  # blocks of the first half verified and being written
+        fetch.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await fetch
+        written = (out / "adapter_model.safetensors").read_bytes()
+        await asyncio.sleep(0.2)
+        assert (out / "adapter_model.safetensors").read_bytes() == written  # nothing written after
+        release.set()
+    assert len(os.listdir("/proc/self/fd")) <= fds_before  # the file (and the connection) closed
+    assert written[: len(MODEL) // 4] == MODEL[: len(MODEL) // 4]  # the first blocks were in place
+
+
+def test_file_sink_refuses_writes_once_closed(tmp_path: Path) -> None:
+    sink = FileSink(tmp_path / "f", 10)
+    sink.write(0, (b"hello",))
+    sink.close()
+    with pytest.raises(OSError, match="abandoned"):
+        sink.write(5, (b"world",))
+    assert (tmp_path / "f").read_bytes() == b"hello\0\0\0\0\0"

@@ -8,8 +8,10 @@ them. Only blocks already checked against their CID may be put here."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
+import threading
 from pathlib import Path
 from typing import Protocol
 
@@ -44,22 +46,29 @@ class MemorySink:
 
 
 class FileSink:
-    """Blocks written at their offsets into a file (the page cache holds them, not this process)."""
+    """Blocks written at their offsets into a file (the page cache holds them, not this process). Writes
+    come from a worker thread: close() waits for the one in progress, so no write can ever land in
+    another file that reused the descriptor number."""
 
     def __init__(self, path: Path, size: int) -> None:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._lock = threading.Lock()
         os.ftruncate(self._fd, size)
 
     def write(self, offset: int, parts: tuple[Buffer, ...]) -> None:
-        pwrite_all(self._fd, offset, parts)
+        with self._lock:
+            if self._fd < 0:
+                raise OSError(errno.EBADF, "the fetch was abandoned: its file is closed")
+            pwrite_all(self._fd, offset, parts)
 
     def data(self) -> None:
         return None
 
     def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        with self._lock:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
 
 class Assembly:

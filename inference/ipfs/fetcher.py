@@ -299,6 +299,7 @@ class _Fetch:
             raise DagFormatError(f"file DAG deeper than {MAX_DEPTH} levels at {node.children[0].cid}")
         placements: list[Coroutine[Any, Any, None]] = []
         leaves = _Leaves()
+        to_fetch: list[tuple[Assembly, FileChild, int]] = []
         for child in node.children:
             if child.cid.codec != RAW:
                 placements.append(self._place_child(assembly, child, offset, depth=depth + 1))
@@ -308,24 +309,34 @@ class _Fetch:
                 self._leaf_places.setdefault(child.cid.digest, []).append((assembly, child, offset, leaves))
                 leaves.waiting += 1
             else:
-                placements.append(self._fetch_leaf(assembly, child, offset))
+                to_fetch.append((assembly, child, offset))
             offset += child.filesize
         if leaves.waiting:
             placements.append(self._leaves_from_car(leaves))
+        if to_fetch:
+            placements.append(self._fetch_leaves(to_fetch))
         await self.gather(placements)
 
     async def _leaves_from_car(self, leaves: _Leaves) -> None:
         await leaves.done.wait()
         if leaves.error is not None:
             raise leaves.error
-        await self.gather([self._fetch_leaf(*place) for place in leaves.unplaced])
+        await self._fetch_leaves(leaves.unplaced)
 
-    async def _fetch_leaf(self, assembly: Assembly, child: FileChild, offset: int) -> None:
-        await assembly.drain(WRITE_WINDOW)  # no more read ahead than the writer can take while warm
-        # A raw leaf's Tsize is its exact length: a response beyond it cannot be right, so it is cut off.
-        block = await self.block(child.cid, child.tsize if child.tsize > 0 else MAX_BLOCK_SIZE)
-        self.blocks.pop(child.cid.digest, None)  # placed: the sink holds it now
-        _put_leaf(assembly, child, offset, block)
+    async def _fetch_leaves(self, leaves: list[tuple[Assembly, FileChild, int]]) -> None:
+        """Fetch raw leaves block by block, in file order, `concurrency` at a time; each waits until the
+        file writer has room, so reads run only a window ahead of the writes."""
+        queue = iter(leaves)
+
+        async def worker() -> None:
+            for assembly, child, offset in queue:  # one iterator shared by the workers
+                await assembly.drain(WRITE_WINDOW)
+                # A raw leaf's Tsize is its exact length: a longer response cannot be right: cut off.
+                block = await self.block(child.cid, child.tsize if child.tsize > 0 else MAX_BLOCK_SIZE)
+                self.blocks.pop(child.cid.digest, None)  # placed: the sink holds it now
+                _put_leaf(assembly, child, offset, block)
+
+        await self.gather([worker() for _ in range(min(self.options.concurrency, len(leaves)))])
 
     async def _place_child(self, assembly: Assembly, child: FileChild, offset: int, *, depth: int) -> None:
         # A node's Tsize bounds its block: a response beyond what the (hash-authenticated) parent says
