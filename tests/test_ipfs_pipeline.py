@@ -5,6 +5,7 @@ middle, a truncated body, too many bytes, blocks out of order) over real HTTP on
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import random
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from inference.ipfs.assembly import FileSink
+from inference.ipfs.assembly import Assembly, FileSink
 from inference.ipfs.blockdata import Pieces, block_matches, sha256_of
 from inference.ipfs.blockstore import BlockStore
 from inference.ipfs.car import CarError, CarFramer, car_bytes
@@ -371,3 +372,35 @@ def test_file_sink_refuses_writes_once_closed(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="abandoned"):
         sink.write(5, (b"world",))
     assert (tmp_path / "f").read_bytes() == b"hello\0\0\0\0\0"
+
+
+class FullDisk:
+    """A sink on a disk that fills up after `room` bytes (what ENOSPC looks like to the writer)."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def write(self, offset: int, parts: tuple[bytes | bytearray | memoryview, ...]) -> None:
+        size = sum(len(p) for p in parts)
+        if size > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= size
+
+    def data(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+async def test_a_failing_write_fails_the_readers_instead_of_stalling_them() -> None:
+    assembly = Assembly(8 << 20, FullDisk(1 << 20))
+    writer = asyncio.ensure_future(assembly.run())
+    block = bytes(256 << 10)
+    for i in range(32):  # all of it placed: far more than the window
+        assembly.put(i * len(block), block)
+    with pytest.raises(OSError, match="free space") as err:
+        await asyncio.wait_for(assembly.drain(1 << 20), 10)
+    assert err.value.errno == errno.ENOSPC
+    with pytest.raises(OSError):
+        await writer

@@ -82,6 +82,7 @@ class Assembly:
         self._frontier = 0  # end of the contiguous prefix placed so far (>= _done)
         self._progress = asyncio.Event()
         self._drained = asyncio.Event()
+        self._failure: BaseException | None = None  # why the writer stopped early
 
     def put(self, offset: int, block: Block) -> None:
         """Place a verified block at `offset` (the offsets come from the hash-authenticated parents)."""
@@ -101,11 +102,27 @@ class Assembly:
         will be written, so this cannot wait for ever). Keeping this backlog small keeps the received
         chunks few and cache-warm: memory freed soon is memory reused without page faults."""
         while self._frontier - self._done > limit:
+            if self._failure is not None:  # the writer is gone: nothing will ever drain
+                if isinstance(self._failure, Exception):
+                    raise OSError(
+                        getattr(self._failure, "errno", None) or errno.EIO,
+                        f"writing the fetched file failed ({self._failure}); check the free space and "
+                        f"permissions of the adapter cache folder",
+                    ) from self._failure
+                raise asyncio.CancelledError()
             self._drained.clear()
             await self._drained.wait()
 
     async def run(self) -> None:
         """Write and hash the contiguous prefix as it grows, until the whole file is done."""
+        try:
+            await self._run()
+        except BaseException as exc:
+            self._failure = exc
+            self._drained.set()  # wake the readers waiting for room: they must fail, not wait
+            raise
+
+    async def _run(self) -> None:
         while self._done < self.size:
             batch: list[tuple[int, Block]] = []
             end = self._done
