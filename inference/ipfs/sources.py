@@ -37,8 +37,10 @@ class SourceStats:
 
 @runtime_checkable
 class BlockSource(Protocol):
-    """All the fetcher needs. Optional extras it uses when present: `name: str`, `stats: SourceStats`, and
-    a `max_size: int` keyword on get_block so the source can stop reading an oversize answer early."""
+    """All the fetcher needs. Optional extras it uses when present: `name: str`, `stats: SourceStats`, a
+    `max_size: int` keyword on get_block so the source can stop reading an oversize answer early, and a
+    blocking `read_block(cid, *, max_size)` safe to call from a worker thread (a local store: the fetcher
+    then reads and verifies each block in one thread hop instead of reading on the event loop)."""
 
     async def get_block(self, cid: str) -> bytes:
         """The block's bytes, unverified; raise on failure (a FetchError subclass says why best)."""
@@ -247,7 +249,7 @@ class LocalStoreSource:
                 size = os.fstat(f.fileno()).st_size
                 if size > max_size:
                     raise SizeLimitError(f"{self.name}: block {cid} is {size} bytes, the limit is {max_size}")
-                data = f.read(max_size + 1)  # the fetcher hashes every block anyway
+                data = f.read(size + 1)  # the fetcher hashes every block anyway
         except FileNotFoundError as exc:
             raise BlockUnavailableError(f"{self.name}: no block {cid}") from exc
         if len(data) > max_size:
