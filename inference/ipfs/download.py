@@ -65,11 +65,47 @@ def _read_and_check(source: BlockSource, cid: ParsedCid, cap: int) -> tuple[byte
     return data, block_matches(cid, data)
 
 
+def reads_locally(source: BlockSource) -> bool:
+    """Whether the source offers a blocking read that is safe in a worker thread (a local store)."""
+    return callable(getattr(source, "read_block", None))
+
+
+def _read_run(source: BlockSource, run: list[tuple[ParsedCid, int]]) -> list[bytes | None]:
+    out: list[bytes | None] = []
+    for cid, cap in run:
+        try:
+            data, ok = _read_and_check(source, cid, cap)
+        except Exception:  # fetched again the ordinary way, which records why
+            data, ok = b"", False
+        out.append(data if ok else None)
+    return out
+
+
+async def read_local_run(
+    source: BlockSource, run: list[tuple[ParsedCid, int]], timeout_s: float
+) -> list[bytes | None]:
+    """Several blocks of a local source read and checked against their CIDs in one worker-thread call
+    (fewer thread hops than one per block). None for a block that is missing, too big or wrong: the
+    caller fetches it again through `from_sources`, which records the failure and asks the next source.
+    Every bytes returned matched its CID."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            got = await asyncio.to_thread(_read_run, source, run)
+    except TimeoutError:
+        return [None] * len(run)
+    stats = source_stats(source)
+    for data in got:
+        if data is not None:
+            stats.requests += 1
+            stats.bytes_received += len(data)
+    return got
+
+
 async def _attempt(source: BlockSource, cid: ParsedCid, cap: int, timeout_s: float) -> bytes:
     name = source_name(source)
     try:
         async with asyncio.timeout(timeout_s):
-            if callable(getattr(source, "read_block", None)):  # a blocking local read: one thread hop
+            if reads_locally(source):  # a blocking local read: read and check in one thread hop
                 data, ok = await asyncio.to_thread(_read_and_check, source, cid, cap)
             else:
                 if _takes_max_size(source):
