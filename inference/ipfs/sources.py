@@ -131,8 +131,11 @@ class GatewaySource(_HttpSource):
         except aiohttp.ClientError as exc:
             raise SourceError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
 
-    async def get_car(self, root: ParsedCid, *, max_bytes: int) -> AsyncIterator[tuple[ParsedCid, Block]]:
-        """Yield the DAG's blocks from one CAR response in stream order, each verified against its CID.
+    async def get_car(
+        self, root: ParsedCid, *, max_bytes: int
+    ) -> AsyncIterator[list[tuple[ParsedCid, Block]]]:
+        """Yield the DAG's blocks from one CAR response in stream order, a batch at a time, each block
+        verified against its CID.
         The body is read in the chunks the socket gives; blocks are cut out of them without copying
         (a raw leaf comes as Pieces: views of the chunks) and hashed in worker threads, a chunk's worth
         at a time, while the socket keeps being read. dag-pb nodes (small, to be parsed) come as bytes."""
@@ -165,14 +168,12 @@ class GatewaySource(_HttpSource):
                             pending.append((batch, _verify(loop, batch, size)))
                             batch, size = [], 0
                     while pending and (pending[0][1].done() or len(pending) > CAR_VERIFY_AHEAD):
-                        for item in await first_verified():
-                            yield item
+                        yield await first_verified()
                 framer.finish()
                 if batch:
                     pending.append((batch, _verify(loop, batch, size)))
                 while pending:
-                    for item in await first_verified():
-                        yield item
+                    yield await first_verified()
                 if framer.roots != [root]:
                     raise SourceError(
                         f"{self.name}: CAR for {root} has roots {framer.roots}", retryable=False

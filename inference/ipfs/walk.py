@@ -98,10 +98,13 @@ class Fetch:
                 stats.requests += 1
                 try:
                     async with asyncio.timeout(self.options.car_timeout_s):
-                        async for cid, data in source.get_car(root, max_bytes=self.max_bytes):
-                            stats.bytes_received += len(data)
-                            assembly = self._arrived(cid, data)
-                            if assembly is not None:  # read on only as fast as the file is written
+                        async for batch in source.get_car(root, max_bytes=self.max_bytes):
+                            filled: set[Assembly] = set()
+                            for cid, data in batch:
+                                stats.bytes_received += len(data)
+                                if (assembly := self._arrived(cid, data)) is not None:
+                                    filled.add(assembly)
+                            for assembly in filled:  # read on only as fast as the file is written
                                 await assembly.drain(WRITE_WINDOW)
                     return
                 except TimeoutError:
