@@ -135,10 +135,10 @@ class GatewaySource(_HttpSource):
         self, root: ParsedCid, *, max_bytes: int
     ) -> AsyncIterator[list[tuple[ParsedCid, Block]]]:
         """Yield the DAG's blocks from one CAR response in stream order, a batch at a time, each block
-        verified against its CID.
-        The body is read in the chunks the socket gives; blocks are cut out of them without copying
-        (a raw leaf comes as Pieces: views of the chunks) and hashed in worker threads, a chunk's worth
-        at a time, while the socket keeps being read. dag-pb nodes (small, to be parsed) come as bytes."""
+        verified against its CID. The body is read in the chunks the socket gives; blocks are cut out of
+        them without copying (a raw leaf comes as Pieces: views of the chunks) and hashed in worker
+        threads about a MiB at a time, while the socket keeps being read; a batch is yielded only once
+        all of it matched. dag-pb nodes (small, to be parsed) come as bytes, and go to be hashed at once."""
         url = f"{self.base_url}/ipfs/{root.text}?format=car"
         framer = CarFramer(max_block_size=MAX_BLOCK_SIZE, max_total=max_bytes)
         pending: collections.deque[tuple[list[tuple[ParsedCid, Pieces]], asyncio.Future[int]]]
