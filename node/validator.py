@@ -166,8 +166,14 @@ class ValidatorDaemon:
         log.warning("job %d: DISPUTED with evidence %s", job_id, evidence_cid)
 
     def _publish_evidence(self, job_id: int, verdict: ResultVerdict) -> str:
-        """The dispute's evidence: what this validator found, as a raw block it serves (its CID goes on
-        chain with the dispute)."""
+        """The dispute's evidence, as a raw block this validator serves (its CID goes on chain with the
+        dispute): its own recomputed TOPLOC proof of prompt + output under the job's adapter when the check
+        got that far, else a record of what failed (no evidence, malformed, edited output)."""
+        report = verdict.check.report
+        if report is not None and report.evidence:
+            cid = make_cid(report.evidence, codec=RAW, version=1)
+            self.store.put(cid, report.evidence)
+            return cid.text
         record = {
             "job_id": job_id,
             "validator": self.account.address,

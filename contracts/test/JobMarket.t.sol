@@ -879,7 +879,8 @@ contract JobMarketTest is Fixture {
     }
 
     function test_releaseJob_past_deadline_refunds() public {
-        Terms memory t = _submit();
+        // a deadline inside the service window: the claimant may still release at the deadline
+        Terms memory t = _submitAs(submitter, PRICE, uint64(block.timestamp + SERVICE_WINDOW / 2));
         _claim(t);
         vm.warp(t.deadline);
         vm.expectEmit(address(market));
@@ -905,6 +906,22 @@ contract JobMarketTest is Fixture {
         vm.expectRevert(abi.encodeWithSelector(MarketBase.TermsMismatch.selector, t.jobId));
         vm.prank(operator);
         market.releaseJob(wrong);
+    }
+
+    function test_releaseJob_after_the_service_window_reverts_and_reclaim_slashes() public {
+        // the release penalty is small: past the service window a claimant must not escape the reclaim
+        // slash by front-running reclaim with a release
+        Terms memory t = _submit();
+        _claim(t);
+        uint256 reclaimableAt = block.timestamp + SERVICE_WINDOW;
+        vm.warp(reclaimableAt);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.ServiceWindowPassed.selector, t.jobId, reclaimableAt));
+        vm.prank(operator);
+        market.releaseJob(t);
+        uint256 stakeBefore = nodes.getNode(operator).stake;
+        vm.prank(stranger);
+        market.reclaim(t);
+        assertEq(stakeBefore - nodes.getNode(operator).stake, market.claimStakeFor(PRICE), "slashed in full");
     }
 
     // ---------------------------------------------------------------- reclaim

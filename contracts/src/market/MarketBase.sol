@@ -153,6 +153,8 @@ abstract contract MarketBase is Ownable2Step, ReentrancyGuardTransient, EIP712 {
     error DeadlinePassed(uint256 jobId, uint64 deadline);
     error DeadlineNotReached(uint256 jobId, uint64 deadline);
     error ServiceWindowOpen(uint256 jobId, uint256 reclaimableAt);
+    /// @notice The claim's service window has passed: it can no longer be released, only reclaimed.
+    error ServiceWindowPassed(uint256 jobId, uint256 reclaimableAt);
     error ChallengeWindowClosed(uint256 jobId, uint256 closedAt);
     error NodeNotEligible(address operator);
     error EmptyBatch();

@@ -51,6 +51,10 @@ contract MarketOps is MarketBase {
         (uint256 slot, bytes32 termsHash) = _slotFor(t);
         _requireStatus(t, slot, JobStatus.Claimed);
         if (nodeRegistry.operatorOf(slot.nodeId()) != msg.sender) revert NotClaimant(t.jobId, msg.sender);
+        // Only inside the service window: past it the claim is reclaimable and must not escape its slash for
+        // the small release penalty by front-running reclaim.
+        uint256 reclaimableAt = uint256(t.submittedAt) + slot.offset() + t.serviceWindow;
+        if (block.timestamp >= reclaimableAt) revert ServiceWindowPassed(t.jobId, reclaimableAt);
         uint256 stake = claimStakeFor(t.price);
         uint256 penalty = nodeRegistry.slashLocked(msg.sender, releasePenalty);
         nodeRegistry.unlockStake(msg.sender, stake - releasePenalty);
