@@ -201,16 +201,19 @@ class DevStack:
             for job_id, name, prompt in jobs:
                 r = submitter.wait_result(job_id, timeout=600)
                 console.print(_job_panel(job_id, name, adapter_ids[name], prompt, r))
+        roles = (
+            ("operator", "node operator"),
+            ("publisher", "adapter publisher"),
+            ("deployer", "protocol treasury"),
+        )
         console.print(
             "withdrawable now: "
-            + ", ".join(
-                f"{label} {_eth(submitter.withdrawable(accounts[role].address))}"
-                for role, label in (
-                    ("operator", "node operator"),
-                    ("publisher", "adapter publisher"),
-                    ("deployer", "protocol treasury"),
-                )
-            )
+            + ", ".join(f"{label} {_eth(submitter.withdrawable(accounts[r].address))}" for r, label in roles)
+        )
+        window = submitter.market.functions.challengeWindow().call()
+        console.print(
+            f"held for the {window} s challenge window (then withdrawable, no transaction needed): "
+            + ", ".join(f"{label} {_eth(submitter.held(accounts[r].address))}" for r, label in roles[:2])
         )
         if self.opts.once:
             return 0
