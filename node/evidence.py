@@ -22,9 +22,9 @@ class EvidenceKeeper:
         if mode == "off":
             return
         try:
-            from inference.verify.proof import _toploc
+            from inference.verify.proof import load_toploc
 
-            _toploc()
+            load_toploc()
             self.enabled = True
         except Exception as e:  # ToplocMissing or an import error of the extension
             if mode == "on":

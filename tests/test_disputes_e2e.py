@@ -50,12 +50,12 @@ async def test_cheating_node_is_disputed_slashed_and_the_honest_one_paid(
         s.register_node(tiny, operator=rogue, name="rogue")
         nodes, market = s.contract("NodeRegistry"), s.contract("JobMarket")
         # each node serves one of the adapters, so each job has a known server
-        honest_cfg = s.node_config(policy={"denied_cids": [cheat_pkg.cid]})
+        honest_cfg = s.node_config(policy={"denied_cids": [cheat_pkg.cid]}, verify={"prove": "on"})
         rogue_cfg = s.node_config(
             operator=rogue,
             name="rogue",
             policy={"denied_cids": [honest_pkg.cid]},
-            verify={"test_cheat": "edit-output"},
+            verify={"prove": "on", "test_cheat": "edit-output"},
         )
         async with (
             running_node(honest_cfg, tiny_llama(0)) as honest_url,

@@ -30,7 +30,7 @@ async def test_honest_result_verifies_and_an_edited_output_fails(
         adapter_id, _ = s.publish(adapter_dir, tiny)
         s.register_node(tiny)
         client = ProtocolClient(s.w3, s.deployment)
-        config = s.node_config()
+        config = s.node_config(verify={"prove": "on"})  # a TOPLOC that does not load fails the start
         async with running_node(config, tiny_llama(0)) as url:
             honest = s.submit(adapter_id, "prove this answer", max_tokens=10)
             await s.wait_result(honest)
@@ -46,7 +46,7 @@ async def test_honest_result_verifies_and_an_edited_output_fails(
         )
         assert not gone.passed and "no evidence" in gone.check.reason
 
-        cheat = s.node_config(verify={"test_cheat": "edit-output"})
+        cheat = s.node_config(verify={"prove": "on", "test_cheat": "edit-output"})
         async with running_node(cheat, tiny_llama(0)) as url:
             ok = await asyncio.to_thread(sdk.verify_result, honest, gateways=[s.gateway_url, url])
             assert ok.passed, ok.check.reason
