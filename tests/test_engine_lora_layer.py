@@ -105,7 +105,7 @@ def test_one_adapter_is_read_in_place_and_scattered_pages_are_gathered() -> None
     x = torch.randn(3, 2, IN)
     _set(batch, [0, 0, 0], adapters)
     (group,) = batch.groups
-    assert group.view == (3, 7) and group.mask is None and group.rows is None
+    assert group.view == (3, 7) and group.mask is None and batch.perm is None
     want = torch.stack([_reference(x[:, t], layer.base.weight, [0, 0, 0], adapters) for t in range(2)], 1)
     torch.testing.assert_close(model(x), want)
     assert layer.workspace_bytes == 0
@@ -133,7 +133,7 @@ def test_mixed_ranks_do_not_widen_each_other() -> None:
     rows = [0, 2, 1, 0, 3, NO_ADAPTER]
     _set(batch, rows, adapters)
     shapes = [(g.rank_class, g.n_rows, g.width) for g in batch.groups]
-    assert shapes == [(2, 1, 2), (8, 3, 16), (64, 1, 64)]  # rank 8 rows: width 16 (two adapters), not 64
+    assert shapes == [(64, 1, 64), (8, 3, 16), (2, 1, 2)]  # rank 8 rows: width 16 (two adapters), not 64
     x = torch.randn(6, 1, IN)
     torch.testing.assert_close(model(x), _reference(x, layer.base.weight, rows, adapters))
 

@@ -20,6 +20,7 @@ from inference.engine.engine_admission import EngineAdmissionMixin
 from inference.engine.engine_sync import EngineSyncMixin
 from inference.engine.host_tier import HostTier
 from inference.engine.lora_layer import LoraBatch, MultiLoraLinear, wrap_model
+from inference.engine.lora_plan import rank_class
 from inference.engine.messages import EngineStats, GenerationRequest, GenerationResult, StepRecord
 from inference.engine.model_runner import ModelRunner
 from inference.engine.pages import PagePool
@@ -252,10 +253,12 @@ class Engine(EngineAdmissionMixin, EngineSyncMixin):
         t0 = time.perf_counter()
         new = self._admit()
         with self._model_lock:
+            start = len(self._active)
+            self._active += new  # first: if anything below fails, these requests fail with the batch
             try:
                 if new:
                     self._swapper.wait()
-                    self._prefill(new)
+                    self._prefill(start, new)
                 if self._active:
                     self._decode()
             except Exception as exc:  # fail the batch, keep the engine serving
@@ -283,16 +286,18 @@ class Engine(EngineAdmissionMixin, EngineSyncMixin):
                     self._release(job)
                     job.on_done(exc)
                 return []
+        # Rows in LoRA group order (widest rank class first, then by adapter): the prefill's rows are
+        # then already each adapter's segment, and the layers gather and scatter no activations.
+        new.sort(key=lambda j: (-rank_class(j.rank) if j.rank else 1, j.slot))
         return new
 
-    def _prefill(self, new: list[Job]) -> None:
+    def _prefill(self, start: int, new: list[Job]) -> None:
+        """Prefill `new`, already running as rows [start, start + len(new))."""
         uploads = self.uploads.count
         now = time.perf_counter()
-        start = len(self._active)
         for job in new:
             job.admitted = now
         self._set_rows(start, new)
-        self._active += new  # before the forward pass: if it fails, these requests fail with the batch
         logits = self.runner.prefill(start, [j.prompt_ids for j in new])
         tokens = self._sample(new, logits)
         self.runner.tokens[start : start + len(new)] = tokens

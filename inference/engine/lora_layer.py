@@ -4,11 +4,12 @@ Pool layout (per wrapped layer): A `[pages, in]` and Bt `[pages, out]`, one rank
 compute dtype, the adapter's scale folded into Bt when it was prepared (fp32 product, then cast). An
 adapter of rank r owns r pages (`pages.py`); pages of a layer it does not target are zero.
 
-A forward pass follows the plan of `LoraBatch` (`lora_plan.py`): per rank class, the rows of that class
-are multiplied by the pages of the class's distinct adapters: read in place when those pages form one
-contiguous run (e.g. a batch on one adapter), else gathered once per plan into a copy that lives only
-while a plan uses it (counted in `workspace_bytes`). No per-row copies of A or B: memory is the pool plus
-at most the distinct adapters of the current batch.
+A forward pass follows the plan of `LoraBatch` (`lora_plan.py`): per rank class, a decode step multiplies
+the rows of that class by the pages of the class's distinct adapters in one masked GEMM pair, a prefill
+(compute-bound) each adapter's rows by its own pages only (SGMV segments). Pages are read in place
+when they form one contiguous run (e.g. a batch on one adapter), else gathered once per plan into a copy
+that lives only while a plan uses it (counted in `workspace_bytes`). No per-row copies of A or B: memory
+is the pool plus at most the distinct adapters of the current batch.
 """
 
 from __future__ import annotations
@@ -88,17 +89,36 @@ class MultiLoraLinear(nn.Module):
             y = y.contiguous()
         x2 = x.reshape(-1, self.in_features)
         y2 = y.view(-1, self.out_features)
+        perm = b.perm_for(t)
+        whole = perm is None and b.prefix == x.shape[0] and len(b.groups) == 1
+        if whole and (t == 1 or len(b.groups[0].segments) == 1):
+            (g,) = b.groups  # one group over every row of the window, in order: straight into y
+            a, bt = self._weights(g)
+            h = x2 @ a.t()
+            if g.mask is not None:
+                h.mul_(g.mask_for(t))
+            y2.addmm_(h, bt)  # in place: y is ours, no second output buffer
+            return y
+        # adapter rows, in group order: a prefix of the window already, or gathered
+        xs = x2[: b.prefix * t] if perm is None else x2.index_select(0, perm)
+        delta = xs.new_empty(xs.shape[0], self.out_features)
         for g in b.groups:
             a, bt = self._weights(g)
-            idx, mask = g.for_tokens(t)
-            xs = x2 if idx is None else x2.index_select(0, idx)
-            h = xs @ a.t()
-            if mask is not None:
-                h.mul_(mask)
-            if idx is None:
-                y2.addmm_(h, bt)  # in place: y is ours, no second output buffer
-            else:
-                y2.index_add_(0, idx, h @ bt)
+            if t == 1:  # decode: one masked GEMM pair over the group's distinct adapters
+                rows = slice(g.first, g.first + g.n_rows)
+                h = xs[rows] @ a.t()
+                if g.mask is not None:
+                    h.mul_(g.mask)
+                torch.mm(h, bt, out=delta[rows])
+                continue
+            for first, n, col, rank in g.segments:  # prefill: compute-bound, each adapter at its own rank
+                rows = slice((g.first + first) * t, (g.first + first + n) * t)
+                h = xs[rows] @ a[col : col + rank].t()
+                torch.mm(h, bt[col : col + rank], out=delta[rows])
+        if perm is None:
+            y2[: b.prefix * t].add_(delta)
+        else:
+            y2.index_add_(0, perm, delta)
         return y
 
     def _weights(self, g: Group) -> tuple[torch.Tensor, torch.Tensor]:
