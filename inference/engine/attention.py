@@ -39,6 +39,20 @@ def pick_attention(mode: str, device: torch.device, dtype: torch.dtype) -> str:
     return mode
 
 
+_QUERY_PAD: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _query_pad(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[1, 1, 1, PAD]: 1 against the keys' bias column, 0 against the padding (made once per device)."""
+    key = (device, dtype)
+    if key not in _QUERY_PAD:
+        with torch.inference_mode(False):
+            pad = torch.zeros(1, 1, 1, PAD, device=device, dtype=dtype)
+            pad[..., 0] = 1.0
+        _QUERY_PAD[key] = pad
+    return _QUERY_PAD[key]
+
+
 def _grouped_queries(q: torch.Tensor, kv_heads: int) -> torch.Tensor:
     """[n, heads, 1, d] -> [n, kv_heads, heads // kv_heads, d]: query heads sharing a KV head become its
     queries (head h uses KV head h // group, as transformers' repeat_kv)."""
@@ -63,8 +77,7 @@ def decode_sdpa(
     kv_heads = keys.shape[1]
     qg = _grouped_queries(q, kv_heads)
     if mode == "sdpa":
-        one = q.new_zeros(1, 1, 1, PAD)
-        one[..., 0] = 1.0
+        one = _query_pad(q.device, q.dtype)
         qg = torch.cat([qg, one.expand(n, kv_heads, heads // kv_heads, PAD)], dim=-1)
         out = F.scaled_dot_product_attention(qg, keys, values, scale=scale)[..., :d]
     else:
