@@ -115,6 +115,11 @@ def test_one_adapter_is_read_in_place_and_scattered_pages_are_gathered() -> None
         model(x[:, :1])[:, 0], _reference(x[:, 0], layer.base.weight, [1, 0, 1], adapters)
     )
     assert layer.workspace_bytes == 8 * (IN + OUT) * 4  # two rank-4 adapters, once each (not per row)
+    prefill = torch.randn(3, 4, IN)  # a prefill through the same plan: per-adapter segments
+    want = torch.stack(
+        [_reference(prefill[:, t], layer.base.weight, [1, 0, 1], adapters) for t in range(4)], 1
+    )
+    torch.testing.assert_close(model(prefill), want)
 
     _set(batch, [NO_ADAPTER] * 3, adapters)
     assert batch.groups == []

@@ -103,6 +103,12 @@ class MultiLoraLinear(nn.Module):
         xs = x2[: b.prefix * t] if perm is None else x2.index_select(0, perm)
         delta = xs.new_empty(xs.shape[0], self.out_features)
         for g in b.groups:
+            if t > 1 and all(seg[4] >= 0 for seg in g.segments):  # prefill, each adapter one page run
+                for first, n, _, rank, page in g.segments:  # read in place: nothing gathered
+                    rows = slice((g.first + first) * t, (g.first + first + n) * t)
+                    h = xs[rows] @ self.lora_a[page : page + rank].t()
+                    torch.mm(h, self.lora_b[page : page + rank], out=delta[rows])
+                continue
             a, bt = self._weights(g)
             if t == 1:  # decode: one masked GEMM pair over the group's distinct adapters
                 rows = slice(g.first, g.first + g.n_rows)
@@ -111,7 +117,7 @@ class MultiLoraLinear(nn.Module):
                     h.mul_(g.mask)
                 torch.mm(h, bt, out=delta[rows])
                 continue
-            for first, n, col, rank in g.segments:  # prefill: compute-bound, each adapter at its own rank
+            for first, n, col, rank, _ in g.segments:  # prefill: compute-bound, each adapter at its rank
                 rows = slice((g.first + first) * t, (g.first + first + n) * t)
                 h = xs[rows] @ a[col : col + rank].t()
                 torch.mm(h, bt[col : col + rank], out=delta[rows])

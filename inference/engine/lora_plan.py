@@ -39,8 +39,9 @@ class Group:
     mask: torch.Tensor | None  # [n_rows, width]; None: one distinct adapter (every column is the row's)
     key: tuple[tuple[int, int], ...]  # (handle, generation) of the distinct adapters: the gather cache key
     width: int
-    # per distinct adapter: (first row in the group, rows, first column of A_g / B_g, rank)
-    segments: tuple[tuple[int, int, int, int], ...] = ()
+    # per distinct adapter: (first row in the group, rows, first column of A_g / B_g, rank, first pool
+    # page when its pages are one run, else -1)
+    segments: tuple[tuple[int, int, int, int, int], ...] = ()
     _per_t: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def mask_for(self, t: int) -> torch.Tensor | None:
@@ -136,7 +137,9 @@ class LoraBatch:
             for i, h in enumerate(distinct):
                 n = sum(1 for _, m in members if m == h)
                 first_row = segments[-1][0] + segments[-1][1] if segments else 0
-                segments.append((first_row, n, col, len(self.handle_pages[h])))
+                own = self.handle_pages[h]
+                run = own[0] if own == list(range(own[0], own[0] + len(own))) else -1
+                segments.append((first_row, n, col, len(own), run))
                 col += len(self.handle_pages[h])
                 assert where[h] == i
             mask = None
