@@ -248,3 +248,23 @@ def test_dtype_setting() -> None:
         Engine(tiny_llama(0), EngineConfig(max_slots=1, max_rank=4, attention="flash_attn"))
     with pytest.raises(ValueError, match="pool_budget_bytes"):
         Engine(tiny_llama(0), EngineConfig(max_rank=64, pool_budget_bytes=1000))
+
+
+def test_a_failed_swap_in_leaves_nothing_resident(dirs: dict[str, Path]) -> None:
+    """A copy that fails after pages were reserved fails its requests and does not leave the adapter
+    marked resident over unfilled pages: the next request copies it in and equals PEFT's output."""
+    engine = _engine(dirs)
+    layer = next(iter(engine.layers.values()))
+    real = layer.write_pages
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("copy failed")
+
+    layer.write_pages = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="copy failed"):
+        engine.generate_batch_sync([GenerationRequest(PROMPTS[0], "r16-all", max_tokens=4)])
+    assert engine.slots.lookup("r16-all") is None and engine.slots.free_pages == engine.slots.num_pages
+    layer.write_pages = real  # type: ignore[method-assign]
+    [again] = engine.generate_batch_sync([GenerationRequest(PROMPTS[0], "r16-all", max_tokens=4)])
+    [alone] = _engine(dirs).generate_batch_sync([GenerationRequest(PROMPTS[0], "r16-all", max_tokens=4)])
+    assert again.token_ids == alone.token_ids

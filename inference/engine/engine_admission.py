@@ -148,6 +148,9 @@ class EngineAdmissionMixin:
     def _release(self: Engine, job: Job) -> None:
         if job.slot != NO_ADAPTER:
             with self._cv:
+                if job.copy_pending and job.key is not None:  # pages reserved, never filled: not resident
+                    self.slots.forget(job.key)
+                    job.copy_pending = False
                 self.slots.release(job.slot)
             job.slot = NO_ADAPTER
 
