@@ -20,10 +20,15 @@ if [ "${1:-}" = "--dry-run" ]; then
   exec "${PYTHON:-$ROOT/.venv/bin/python}" scripts/gpu_check.py --dry-run
 fi
 
+has_cuda_torch() { "$1" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; }
 PY="${PYTHON:-}"
+if [ -z "$PY" ] && [ -x "$ROOT/.venv/bin/python" ] && has_cuda_torch "$ROOT/.venv/bin/python"; then
+  PY="$ROOT/.venv/bin/python"  # the project's venv already has torch's CUDA build (scripts/setup.sh on a GPU host)
+fi
 if [ -z "$PY" ]; then
   VENV="${GPU_CHECK_VENV:-$ROOT/.venv-gpu}"
-  if ! "$VENV/bin/python" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  # Offline machine: PIP_NO_INDEX=1 PIP_FIND_LINKS=/path/to/wheels (pip reads both from the environment).
+  if ! has_cuda_torch "$VENV/bin/python"; then
     log "creating $VENV with torch's CUDA build (requirements/cuda.txt)"
     python3 -m venv "$VENV"
     "$VENV/bin/pip" install -q --upgrade pip >&2
