@@ -106,6 +106,8 @@ class EngineSection:
     max_tokens_cap: int = 512
     device: str = "auto"  # "auto", "cpu", "cuda"
     cpu_threads: int = 0  # torch intra-op threads (process-wide); 0 = torch's default
+    dtype: str = "auto"  # "auto" (bf16 on CUDA, else float32), "bfloat16", "float16", "float32"
+    pool_budget_mb: int = 0  # device memory for resident adapters; 0 = max_slots adapters of max_rank
     backend: str = "builtin"  # "builtin" (the swap engine), "vllm" (optional extra, CUDA), "naive" (baseline)
     tensor_parallel_size: int = 1  # vllm backend only
 
@@ -312,6 +314,12 @@ def _check(c: NodeConfig) -> None:
         raise ConfigError("[engine].cpu_threads must be >= 0 (0 leaves torch's default)")
     if c.engine.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"[engine].device: expected auto, cpu or cuda, got {c.engine.device!r}")
+    if c.engine.dtype not in ("auto", "bfloat16", "float16", "float32"):
+        raise ConfigError(
+            f"[engine].dtype: expected auto, bfloat16, float16 or float32, got {c.engine.dtype!r}"
+        )
+    if c.engine.pool_budget_mb < 0:
+        raise ConfigError("[engine].pool_budget_mb must be >= 0 (0 sizes the pool from max_slots x max_rank)")
     if not 0 < c.api.port < 65536:
         raise ConfigError(f"[api].port: {c.api.port} is not a TCP port")
     if c.engine.backend not in ("builtin", "vllm", "naive"):

@@ -76,12 +76,13 @@ class StepRecord:
     kind: str  # "prefill" | "decode"
     request_ids: tuple[int, ...]
     adapters: tuple[str | None, ...]
+    uploads: int = 0  # host -> device tensors built for this pass (0 while the batch composition holds)
 
 
 @dataclass
 class EngineStats:
     slots: list[SlotInfo]
-    pool_bytes: int  # device memory held by the slot pool (fixed at start-up)
+    pool_bytes: int  # device memory held by the adapter page pool (fixed at start-up)
     host_bytes: int
     host_budget_bytes: int
     host_count: int

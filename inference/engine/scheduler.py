@@ -37,7 +37,8 @@ class Job:
     submitted: float = field(default_factory=time.perf_counter)
     admitted: float = 0.0
     swap_s: float = 0.0
-    slot: int = NO_ADAPTER
+    slot: int = NO_ADAPTER  # adapter handle in the page pool
+    copy_pending: bool = False  # pages pinned, adapter not copied in yet
     output: list[int] = field(default_factory=list)
     text: str = ""  # set when a stop string cut the output
     cut_at_stop: bool = False
