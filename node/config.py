@@ -139,6 +139,9 @@ class P2PSection:
 class VerifySection:
     # "auto": build a TOPLOC proof with every result when toploc is installed; "on": required; "off": never
     prove: str = "auto"
+    # where the evidence blocks go (a flatfs block store): default <data_dir>/evidence, served at the API's
+    # /ipfs; point it at the store your IPFS gateway or Kubo node serves to pin proofs where adapters live
+    evidence_dir: Path | None = None
     # TEST HOOK (end-to-end tests of disputes only): "edit-output" posts an output other than the one the
     # proof covers. Never set it on a real node: its results will be disputed and its stake slashed.
     test_cheat: str = ""
@@ -160,7 +163,7 @@ class NodeConfig:
 
     @property
     def evidence_dir(self) -> Path:
-        return self.node.data_dir / "evidence"
+        return self.verify.evidence_dir or self.node.data_dir / "evidence"
 
     @property
     def cache_dir(self) -> Path:

@@ -273,6 +273,10 @@ gateways = ["{gateway}"]
 [api]
 port = {api_port}
 completions = true   # try an adapter locally: POST /v1/completions (127.0.0.1 only)
+
+[verify]
+# the proofs go where the devnet gateway serves the adapters' blocks: anyone can `openlora job verify`
+evidence_dir = "{workdir / "blocks"}"
 """
 
 
