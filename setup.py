@@ -20,7 +20,7 @@ from setuptools.command.build_py import build_py
 from setuptools.command.sdist import sdist
 
 ROOT = Path(__file__).resolve().parent
-CONTRACT_NAMES = ("AdapterRegistry", "NodeRegistry", "JobMarket")  # as chain/artifacts.py
+CONTRACT_NAMES = ("AdapterRegistry", "NodeRegistry", "JobMarket", "ValidatorArbiter")  # as chain/artifacts.py
 FORGE_OUT = ROOT / "contracts" / "out"
 UNIT = ("scripts/openlora-node.service", "node/share/openlora-node.service")
 

@@ -12,7 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FORGE_OUT = REPO_ROOT / "contracts" / "out"
 PACKAGED_ABI = Path(__file__).resolve().parent / "abi"
 
-CONTRACT_NAMES = ("AdapterRegistry", "NodeRegistry", "JobMarket")
+CONTRACT_NAMES = ("AdapterRegistry", "NodeRegistry", "JobMarket", "ValidatorArbiter")
 
 
 class ArtifactMissingError(RuntimeError):

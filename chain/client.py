@@ -7,112 +7,39 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
 from eth_account.signers.local import LocalAccount
-from eth_utils import keccak
 from web3 import Web3
 from web3.contract import Contract
 
+from chain.client_types import (
+    ContractCallError,
+    Earnings,
+    JobInfo,
+    JobResult,
+    SignatureCheck,
+    SubmittedJob,
+    UnknownJobError,
+    VerifiedResult,
+)
 from chain.deployment import Deployment
 from chain.errors import describe_revert
-from chain.protocol import AdapterInfo, JobStatus, adapter_info
-from chain.signing import ResultClaim
+from chain.protocol import AdapterInfo, JobStatus, adapter_info, decode_state
+from chain.results import batch_of, decode_results
+from chain.terms import Terms
 
-ZERO_ADDRESS = "0x" + "00" * 20
+__all__ = [
+    "ContractCallError",
+    "Earnings",
+    "JobInfo",
+    "JobResult",
+    "ProtocolClient",
+    "SignatureCheck",
+    "SubmittedJob",
+    "UnknownJobError",
+    "VerifiedResult",
+]
 LOG_RANGE = 10_000  # blocks per eth_getLogs request; public RPC providers cap the range
-
-
-class ContractCallError(RuntimeError):
-    pass
-
-
-class UnknownJobError(ContractCallError):
-    def __init__(self, job_id: int) -> None:
-        super().__init__(f"job {job_id} does not exist on this deployment (check --deployment and --rpc)")
-        self.job_id = job_id
-
-
-@dataclass(frozen=True)
-class JobInfo:
-    """A job as the market stores it now."""
-
-    job_id: int
-    submitter: str
-    node: str | None  # None until claimed
-    adapter_id: int
-    adapter_hash: bytes
-    input_hash: bytes
-    price_wei: int
-    adapter_fee_wei: int
-    protocol_fee_bps: int
-    max_tokens: int
-    deadline: int
-    status: JobStatus
-
-
-@dataclass(frozen=True)
-class SubmittedJob:
-    job_id: int
-    tx_hash: str
-    block_number: int
-    price_wei: int
-    deadline: int
-
-
-@dataclass(frozen=True)
-class Earnings:
-    """What an account earned, from the market's payment events, and what it can withdraw now."""
-
-    account: str
-    withdrawable_wei: int
-    node_wei: int  # as a node operator (ResultSubmitted.nodeAmount)
-    jobs_served: int
-    adapter_wei: dict[int, int] = field(default_factory=dict)  # adapter id -> fees (as its publisher)
-    adapter_jobs: dict[int, int] = field(default_factory=dict)
-
-    @property
-    def adapter_total_wei(self) -> int:
-        return sum(self.adapter_wei.values())
-
-
-@dataclass(frozen=True)
-class JobResult:
-    job_id: int
-    node: str
-    output: bytes
-    output_hash: bytes
-    node_amount: int
-    adapter_amount: int
-    protocol_amount: int
-    tx_hash: str
-    block_number: int
-
-    @property
-    def text(self) -> str:
-        return self.output.decode("utf-8", errors="replace")
-
-
-@dataclass(frozen=True)
-class SignatureCheck:
-    """The result's EIP-712 signature, recovered here, against the signer the node registered."""
-
-    recovered: str
-    registered: str
-
-    @property
-    def valid(self) -> bool:
-        return self.recovered == self.registered
-
-
-@dataclass(frozen=True)
-class VerifiedResult:
-    result: JobResult
-    signature: SignatureCheck
-
-    @property
-    def text(self) -> str:
-        return self.result.text
 
 
 class ProtocolClient:
@@ -123,6 +50,7 @@ class ProtocolClient:
         self.adapters: Contract = deployment.contract(w3.eth, "AdapterRegistry")
         self.nodes: Contract = deployment.contract(w3.eth, "NodeRegistry")
         self.market: Contract = deployment.contract(w3.eth, "JobMarket")
+        self._terms: dict[int, Terms] = {}
 
     @property
     def address(self) -> str | None:
@@ -182,9 +110,9 @@ class ProtocolClient:
         adapter_jobs: dict[int, int] = {}
         for listing in self.list_adapters(address):
             submitted = self._logs(self.market.events.JobSubmitted, {"adapterId": listing.adapter_id})
-            job_ids = [e["args"]["jobId"] for e in submitted]
-            paid = self._logs(self.market.events.ResultSubmitted, {"jobId": job_ids}) if job_ids else []
-            adapter_wei[listing.adapter_id] = sum(e["args"]["adapterAmount"] for e in paid)
+            fees = {e["args"]["jobId"]: Terms.from_abi(e["args"]["terms"]).adapters[0].fee for e in submitted}
+            paid = self._logs(self.market.events.ResultSubmitted, {"jobId": list(fees)}) if fees else []
+            adapter_wei[listing.adapter_id] = sum(fees[e["args"]["jobId"]] for e in paid)
             adapter_jobs[listing.adapter_id] = len(paid)
         return Earnings(
             account=address,
@@ -209,10 +137,32 @@ class ProtocolClient:
         return self.transact(self.nodes.functions.register(signer, base_model, peer_id), value=stake_wei)
 
     def withdraw(self) -> dict:
-        return self.transact(self.market.functions.withdraw())
+        """Withdraw everything this account can: its adapters' matured fees are credited first (one
+        withdrawAdapterFees per adapter with any), then the pull balance is sent."""
+        receipt = None
+        for listing in self.list_adapters(self._require_address(None)):
+            if self.market.functions.adapterFees(listing.adapter_id).call()[0]:
+                receipt = self.transact(self.market.functions.withdrawAdapterFees(listing.adapter_id))
+        if self.market.functions.balanceOf(self._require_address(None)).call() or receipt is None:
+            receipt = self.transact(self.market.functions.withdraw())
+        return receipt
 
     def withdrawable(self, account: str | None = None) -> int:
-        return self.market.functions.balanceOf(self._require_address(account)).call()
+        """Wei `account` can withdraw now: its balance, its earnings past the challenge window, and the
+        matured fees of the adapters it publishes."""
+        address = self._require_address(account)
+        adapters = sum(
+            self.market.functions.adapterFees(a.adapter_id).call()[0] for a in self.list_adapters(address)
+        )
+        return self.market.functions.balanceOf(address).call() + adapters
+
+    def held(self, account: str | None = None) -> int:
+        """Wei of `account`'s earnings still in their challenge window (node payments, adapter fees)."""
+        address = self._require_address(account)
+        adapters = sum(
+            self.market.functions.adapterFees(a.adapter_id).call()[1] for a in self.list_adapters(address)
+        )
+        return self.market.functions.heldOf(address).call() + adapters
 
     def node_signer(self, operator: str) -> str:
         """The result-signing key `operator` registered (the zero address if it is not registered)."""
@@ -246,10 +196,17 @@ class ProtocolClient:
         price_wei: int | None = None,
         deadline: int | None = None,
         ttl_s: int = 600,
+        max_adapter_fee_wei: int | None = None,
     ) -> int:
         """The new job's id (see `submit` for the tx hash and deadline too)."""
         return self.submit(
-            adapter_id, prompt, max_tokens=max_tokens, price_wei=price_wei, deadline=deadline, ttl_s=ttl_s
+            adapter_id,
+            prompt,
+            max_tokens=max_tokens,
+            price_wei=price_wei,
+            deadline=deadline,
+            ttl_s=ttl_s,
+            max_adapter_fee_wei=max_adapter_fee_wei,
         ).job_id
 
     def submit(
@@ -261,13 +218,17 @@ class ProtocolClient:
         price_wei: int | None = None,
         deadline: int | None = None,
         ttl_s: int = 600,
+        max_adapter_fee_wei: int | None = None,
     ) -> SubmittedJob:
-        """Submit a job with its escrow (default: `suggested_price`, what nodes take at today's gas)."""
+        """Submit a job with its escrow (default: `suggested_price`, what nodes take at today's gas). The
+        adapter fee accepted defaults to the fee read now: a publisher raising it before the submission is
+        mined makes the submission revert (AdapterFeeAboveMax) instead of eating the node's share."""
         data = prompt.encode() if isinstance(prompt, str) else prompt
         price = self.suggested_price(adapter_id, max_tokens) if price_wei is None else price_wei
         deadline = deadline or int(self.w3.eth.get_block("latest")["timestamp"]) + ttl_s
+        max_fee = self.adapter(adapter_id).fee_per_job if max_adapter_fee_wei is None else max_adapter_fee_wei
         receipt = self.transact(
-            self.market.functions.submitJob(adapter_id, data, max_tokens, deadline), value=price
+            self.market.functions.submitJob(adapter_id, max_fee, data, max_tokens, deadline), value=price
         )
         (event,) = self.market.events.JobSubmitted().process_receipt(receipt)
         return SubmittedJob(
@@ -278,25 +239,55 @@ class ProtocolClient:
             deadline,
         )
 
-    def job(self, job_id: int) -> JobInfo:
-        j = self.market.functions.getJob(job_id).call()
-        status = JobStatus(j[10])
-        if status == JobStatus.NONE:
+    def terms(self, job_id: int) -> Terms:
+        """The job's terms, from its JobSubmitted event (hash-checked by the market on every call)."""
+        found = self._terms.get(job_id)
+        if found is None:
+            logs = self._logs(self.market.events.JobSubmitted, {"jobId": job_id})
+            if not logs:
+                raise UnknownJobError(job_id)
+            found = self._terms[job_id] = Terms.from_abi(logs[-1]["args"]["terms"])
+        return found
+
+    def job_input(self, job_id: int) -> tuple[bytes, str]:
+        """The job's inline input bytes and input CID (one of them empty), from JobSubmitted."""
+        logs = self._logs(self.market.events.JobSubmitted, {"jobId": job_id})
+        if not logs:
             raise UnknownJobError(job_id)
+        return bytes(logs[-1]["args"]["input"]), logs[-1]["args"]["inputCid"]
+
+    def job(self, job_id: int) -> JobInfo:
+        state = decode_state(self.market.functions.jobState(job_id).call())
+        if state.status == JobStatus.NONE:
+            raise UnknownJobError(job_id)
+        t = self.terms(job_id)
         return JobInfo(
             job_id=job_id,
-            submitter=j[0],
-            node=None if j[1] == ZERO_ADDRESS else j[1],
-            adapter_id=j[2],
-            adapter_hash=bytes(j[3]),
-            input_hash=bytes(j[4]),
-            price_wei=j[5],
-            adapter_fee_wei=j[6],
-            protocol_fee_bps=j[7],
-            max_tokens=j[8],
-            deadline=j[9],
-            status=status,
+            submitter=t.submitter,
+            node=state.node,
+            adapter_id=t.adapter_id,
+            adapter_hash=t.adapter_hash,
+            input_hash=t.input_hash,
+            price_wei=t.price,
+            adapter_fee_wei=t.adapter_fees,
+            protocol_fee_bps=t.protocol_fee_bps,
+            max_tokens=t.max_tokens,
+            deadline=t.deadline,
+            status=state.status,
+            terms=t,
         )
+
+    def cancel(self, job_id: int) -> dict:
+        """Cancel an open job of yours; its escrow becomes withdrawable."""
+        return self.transact(self.market.functions.cancel(self.terms(job_id).as_abi()))
+
+    def expire(self, job_id: int) -> dict:
+        """Close a job past its deadline without a result (anyone): escrow back to its submitter."""
+        return self.transact(self.market.functions.expire(self.terms(job_id).as_abi()))
+
+    def reclaim(self, job_id: int) -> dict:
+        """Reclaim a job whose claimant did not answer within the service window (anyone): it reopens."""
+        return self.transact(self.market.functions.reclaim(self.terms(job_id).as_abi()))
 
     def jobs(self, submitter: str | None = None) -> list[JobInfo]:
         """Jobs `submitter` (default: this client's account) submitted, oldest first, as they stand now."""
@@ -307,43 +298,41 @@ class ProtocolClient:
         return [self.job(i) for i in job_ids]
 
     def verify_signature(self, result: JobResult) -> SignatureCheck:
-        """Recover the EIP-712 signer from the result transaction's own input and compare it with the
-        signing key the node registered: the check a submitter can make without trusting anyone."""
+        """Recover the EIP-712 signer of the batch the result was posted in, from the transaction's own
+        input, and compare it with the signing key the node registered: the check a submitter can make
+        without trusting anyone (the batch names this job's terms hash and output hash)."""
         tx = self.w3.eth.get_transaction(result.tx_hash)
-        _fn, params = self.market.decode_function_input(tx["input"])
-        job = self.job(result.job_id)
-        output_hash = keccak(params["output"]) if "output" in params else bytes(params["outputHash"])
-        claim = ResultClaim(
-            self.w3.eth.chain_id,
-            self.market.address,
-            result.job_id,
-            job.input_hash,
-            job.adapter_hash,
-            output_hash,
-        )
-        return SignatureCheck(claim.recover(bytes(params["signature"])), self.node_signer(result.node))
+        items, signature = decode_results(self.market, tx["input"])
+        batch = batch_of(self.w3.eth.chain_id, self.market.address, items)
+        return SignatureCheck(batch.recover(signature), self.node_signer(result.node))
 
     def wait_verified(self, job_id: int, *, timeout: float = 300.0, poll_s: float = 0.5) -> VerifiedResult:
         result = self.wait_result(job_id, timeout=timeout, poll_s=poll_s)
         return VerifiedResult(result, self.verify_signature(result))
 
     def result(self, job_id: int, from_block: int | None = None) -> JobResult | None:
-        """The job's result event, if one was posted (searched from the deployment's start block)."""
+        """The job's result, if one was posted: the ResultSubmitted event, and the output from the
+        transaction's calldata (where v2 keeps it)."""
         logs = self._logs(self.market.events.ResultSubmitted, {"jobId": job_id}, from_block)
         if not logs:
             return None
         e = logs[-1]
         a = e["args"]
+        tx_hash = e["transactionHash"].to_0x_hex()
+        items, _sig = decode_results(self.market, self.w3.eth.get_transaction(tx_hash)["input"])
+        item = next(i for i in items if i.terms.job_id == job_id)
         return JobResult(
             job_id,
             a["node"],
-            bytes(a["output"]),
+            item.output,
             bytes(a["outputHash"]),
             a["nodeAmount"],
-            a["adapterAmount"],
-            a["protocolAmount"],
-            e["transactionHash"].to_0x_hex(),
+            item.terms.adapter_fees,
+            item.terms.protocol_amount,
+            tx_hash,
             e["blockNumber"],
+            bytes(a["proofHash"]),
+            item.output_cid,
         )
 
     def wait_result(self, job_id: int, *, timeout: float = 300.0, poll_s: float = 0.5) -> JobResult:

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from eth_account.signers.local import LocalAccount
+from eth_utils import keccak
 from web3 import Web3
 
 from chain.artifacts import load_artifact
@@ -21,6 +22,7 @@ class Deployment:
     node_registry: str
     job_market: str
     start_block: int
+    arbiter: str = ""
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -35,6 +37,7 @@ class Deployment:
             "AdapterRegistry": self.adapter_registry,
             "NodeRegistry": self.node_registry,
             "JobMarket": self.job_market,
+            "ValidatorArbiter": self.arbiter,
         }[name]
         return eth.contract(address=address, abi=load_artifact(name).abi)
 
@@ -50,24 +53,100 @@ class Deployment:
         return cls(**data)
 
 
+CREATE2_DEPLOYER = "0x4e59b44847b379578588920cA78FbF26c0B4956C"  # the standard deterministic deployer
+SALTS = {
+    name: keccak(text=f"openlora.v2.{name}") for name in ("AdapterRegistry", "JobMarket", "ValidatorArbiter")
+}
+
+
 @dataclass(frozen=True)
 class ProtocolParams:
+    """JobMarket v2 deployment parameters (devnet defaults; docs/deploy.md gives L2 values)."""
+
+    protocol_fee_bps: int = 100
+    min_claim_stake_wei: int = Web3.to_wei(0.01, "ether")
+    claim_stake_bps: int = 15_000
+    compensation_bps: int = 1_000
+    release_penalty_wei: int = Web3.to_wei(0.001, "ether")
+    default_service_window_s: int = 300
+    min_service_window_s: int = 10
+    challenge_window_s: int = 60
+    dispute_bond_wei: int = Web3.to_wei(0.05, "ether")
+    challenger_reward_bps: int = 5_000
+    dispute_timeout_s: int = 600
     min_stake_wei: int = Web3.to_wei(1, "ether")
     unstake_delay_s: int = 3600
-    protocol_fee_bps: int = 100
-    claim_stake_wei: int = Web3.to_wei(0.1, "ether")
-    slash_to_submitter_bps: int = 5000
+    arbiter_quorum: int = 1
     treasury: str | None = None  # defaults to the deployer
 
+    def config(self, owner: str, adapter_registry: str) -> tuple:
+        """MarketBase.Config as the constructor's tuple argument."""
+        return (
+            owner,
+            adapter_registry,
+            self.treasury or owner,
+            self.protocol_fee_bps,
+            self.min_claim_stake_wei,
+            self.claim_stake_bps,
+            self.compensation_bps,
+            self.release_penalty_wei,
+            self.default_service_window_s,
+            self.min_service_window_s,
+            self.challenge_window_s,
+            self.dispute_bond_wei,
+            self.challenger_reward_bps,
+            self.dispute_timeout_s,
+            self.min_stake_wei,
+            self.unstake_delay_s,
+        )
 
-def _deploy_one(w3: Web3, account: LocalAccount, name: str, *args: object) -> str:
+
+def create2_address(salt: bytes, init_code: bytes) -> str:
+    raw = keccak(b"\xff" + bytes.fromhex(CREATE2_DEPLOYER[2:]) + salt + keccak(init_code))[12:]
+    return Web3.to_checksum_address(raw)
+
+
+def _init_code(w3: Web3, name: str, *args: object) -> bytes:
     art = load_artifact(name)
-    contract = w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
-    tx = contract.constructor(*args).build_transaction(
-        {"from": account.address, "nonce": w3.eth.get_transaction_count(account.address, "pending")}
+    tx = (
+        w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
+        .constructor(*args)
+        .build_transaction({"from": CREATE2_DEPLOYER, "gas": 0, "gasPrice": 0, "nonce": 0, "chainId": 1})
     )
-    receipt = _send(w3, account, tx)
-    return receipt["contractAddress"]
+    return bytes.fromhex(tx["data"][2:])
+
+
+def _deploy2(w3: Web3, account: LocalAccount, name: str, *args: object) -> str:
+    """Deploy through the deterministic deployer (same address on every chain for the same code and args);
+    a contract already there is reused."""
+    if not w3.eth.get_code(CREATE2_DEPLOYER):
+        raise RuntimeError(
+            f"no deterministic deployer at {CREATE2_DEPLOYER} on this chain: deploy it first "
+            "(https://github.com/Arachnid/deterministic-deployment-proxy) or use a chain that has it"
+        )
+    init = _init_code(w3, name, *args)
+    address = create2_address(SALTS[name], init)
+    if w3.eth.get_code(address):
+        return address
+    tx = {
+        "from": account.address,
+        "to": CREATE2_DEPLOYER,
+        "data": "0x" + (SALTS[name] + init).hex(),
+        "nonce": w3.eth.get_transaction_count(account.address, "pending"),
+        "chainId": w3.eth.chain_id,
+    }
+    tx["gas"] = int(w3.eth.estimate_gas(tx) * 1.2)
+    tx.update(_fees(w3))
+    _send(w3, account, tx)
+    if not w3.eth.get_code(address):
+        raise RuntimeError(f"{name} was not created at {address}")
+    return address
+
+
+def _fees(w3: Web3) -> dict:
+    base = w3.eth.get_block("latest")["baseFeePerGas"]
+    tip = w3.to_wei(1, "gwei")
+    return {"maxFeePerGas": 2 * base + tip, "maxPriorityFeePerGas": tip}
 
 
 def _send(w3: Web3, account: LocalAccount, tx: dict) -> dict:
@@ -79,32 +158,84 @@ def _send(w3: Web3, account: LocalAccount, tx: dict) -> dict:
     return receipt
 
 
-def deploy(w3: Web3, deployer: LocalAccount, params: ProtocolParams | None = None) -> Deployment:
-    """Deploy AdapterRegistry, NodeRegistry and JobMarket and wire them together."""
+def _call(w3: Web3, account: LocalAccount, fn) -> dict:
+    tx = fn.build_transaction(
+        {"from": account.address, "nonce": w3.eth.get_transaction_count(account.address, "pending")}
+    )
+    return _send(w3, account, tx)
+
+
+def deploy(
+    w3: Web3, deployer: LocalAccount, params: ProtocolParams | None = None, validators: list[str] = ()
+) -> Deployment:
+    """Deploy AdapterRegistry, JobMarket (which creates its NodeRegistry) and the ValidatorArbiter at
+    deterministic CREATE2 addresses, the same ones contracts/script/Deploy.s.sol uses; allow `validators`."""
     p = params or ProtocolParams()
     start_block = w3.eth.block_number
-    adapters = _deploy_one(w3, deployer, "AdapterRegistry")
-    nodes = _deploy_one(w3, deployer, "NodeRegistry", p.min_stake_wei, p.unstake_delay_s)
-    market = _deploy_one(
-        w3,
-        deployer,
-        "JobMarket",
-        adapters,
-        nodes,
-        p.treasury or deployer.address,
-        p.protocol_fee_bps,
-        p.claim_stake_wei,
-        p.slash_to_submitter_bps,
-    )
-    registry = w3.eth.contract(address=nodes, abi=load_artifact("NodeRegistry").abi)
-    tx = registry.functions.setMarket(market).build_transaction(
-        {"from": deployer.address, "nonce": w3.eth.get_transaction_count(deployer.address, "pending")}
-    )
-    _send(w3, deployer, tx)
+    owner = deployer.address
+    adapters = _deploy2(w3, deployer, "AdapterRegistry", owner)
+    market = _deploy2(w3, deployer, "JobMarket", p.config(owner, adapters))
+    arbiter = _deploy2(w3, deployer, "ValidatorArbiter", market, adapters, p.arbiter_quorum)
+    market_c = w3.eth.contract(address=market, abi=load_artifact("JobMarket").abi)
+    if market_c.functions.arbiter().call() != arbiter:
+        _call(w3, deployer, market_c.functions.setArbiter(arbiter))
+    registry = w3.eth.contract(address=adapters, abi=load_artifact("AdapterRegistry").abi)
+    for v in validators:
+        if not registry.functions.isValidator(v).call():
+            _call(w3, deployer, registry.functions.setValidator(v, True))
     return Deployment(
         chain_id=w3.eth.chain_id,
         adapter_registry=adapters,
-        node_registry=nodes,
+        node_registry=market_c.functions.nodeRegistry().call(),
         job_market=market,
+        arbiter=arbiter,
         start_block=start_block,
     )
+
+
+def deploy_with_forge_script(
+    rpc_url: str, private_key: str, params: ProtocolParams | None = None, validators: list[str] = ()
+) -> Deployment:
+    """Deploy with the project's forge script (contracts/script/Deploy.s.sol via scripts/deploy.sh), as an
+    operator deploys to a real chain; returns what it wrote to deployments/<chainId>.json. Same contracts,
+    salts and addresses as `deploy`."""
+    import os
+    import subprocess
+
+    from chain.artifacts import REPO_ROOT
+
+    p = params or ProtocolParams()
+    env = {
+        **os.environ,
+        "PROTOCOL_FEE_BPS": str(p.protocol_fee_bps),
+        "MIN_CLAIM_STAKE": str(p.min_claim_stake_wei),
+        "CLAIM_STAKE_BPS": str(p.claim_stake_bps),
+        "COMPENSATION_BPS": str(p.compensation_bps),
+        "RELEASE_PENALTY": str(p.release_penalty_wei),
+        "DEFAULT_SERVICE_WINDOW": str(p.default_service_window_s),
+        "MIN_SERVICE_WINDOW": str(p.min_service_window_s),
+        "CHALLENGE_WINDOW": str(p.challenge_window_s),
+        "DISPUTE_BOND": str(p.dispute_bond_wei),
+        "CHALLENGER_REWARD_BPS": str(p.challenger_reward_bps),
+        "DISPUTE_TIMEOUT": str(p.dispute_timeout_s),
+        "MIN_STAKE": str(p.min_stake_wei),
+        "UNSTAKE_DELAY": str(p.unstake_delay_s),
+        "ARBITER_QUORUM": str(p.arbiter_quorum),
+    }
+    if p.treasury:
+        env["TREASURY"] = p.treasury
+    if validators:
+        env["VALIDATORS"] = ",".join(validators)
+    script = REPO_ROOT / "scripts" / "deploy.sh"
+    done = subprocess.run(
+        [str(script), "--rpc-url", rpc_url, "--private-key", private_key],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"scripts/deploy.sh failed ({done.returncode}): {done.stderr[-2000:] or done.stdout[-2000:]}"
+        )
+    chain_id = Web3(Web3.HTTPProvider(rpc_url)).eth.chain_id
+    return Deployment.load(REPO_ROOT / "deployments" / f"{chain_id}.json")

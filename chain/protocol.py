@@ -1,4 +1,7 @@
-"""Typed access to the three protocol contracts of one deployment (AsyncWeb3)."""
+"""Typed access to the protocol contracts of one deployment (AsyncWeb3), protocol v2.
+
+A job's terms come from its JobSubmitted event (chain/terms.py); the market stores only their hash with the
+status and claimant, which `job_state` reads. Calls that act on a job re-supply its terms."""
 
 from __future__ import annotations
 
@@ -8,17 +11,35 @@ from enum import IntEnum
 from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 
-from chain.artifacts import load_artifact
 from chain.deployment import Deployment
+from chain.signing import ZERO32
+from chain.terms import Terms
+
+ZERO_ADDRESS = "0x" + "00" * 20
 
 
 class JobStatus(IntEnum):
     NONE = 0
     OPEN = 1
     CLAIMED = 2
-    COMPLETED = 3
-    EXPIRED = 4
-    CANCELLED = 5
+    RESULTED = 3  # answered; final once the challenge window passes
+    DISPUTED = 4
+    FINAL = 5  # a dispute found no fraud
+    CANCELLED = 6
+    EXPIRED = 7
+    REFUNDED = 8  # a dispute found fraud
+
+
+PAID_STATUSES = frozenset({JobStatus.RESULTED, JobStatus.DISPUTED, JobStatus.FINAL})
+
+
+@dataclass(frozen=True)
+class JobState:
+    """What the market stores for a job now."""
+
+    status: JobStatus
+    node: str | None  # claimant's operator address
+    offset_s: int  # seconds after submittedAt of the claim (Claimed) or the result (Resulted, ...)
 
 
 @dataclass(frozen=True)
@@ -40,16 +61,14 @@ def adapter_info(adapter_id: int, a: tuple) -> AdapterInfo:
     return AdapterInfo(adapter_id, a[0], bytes(a[1]), bytes(a[2]), a[3], a[4], a[5], a[6], a[7])
 
 
-@dataclass(frozen=True)
-class JobTerms:
-    """What the market will pay out for a job, as it stands on chain (getJob)."""
+def result_item(terms: Terms, output: bytes, proof_hash: bytes = ZERO32) -> tuple:
+    """A ResultItem tuple for submitResult(s) with an inline output."""
+    return (terms.as_abi(), output, "", ZERO32, proof_hash)
 
-    price: int
-    adapter_fee: int  # snapshotted at submission: a later setFee does not change it
-    protocol_fee_bps: int
-    deadline: int
-    status: JobStatus
-    node: str
+
+def decode_state(raw: tuple | list) -> JobState:
+    status, node, offset, _prefix = raw
+    return JobState(JobStatus(status), None if node == ZERO_ADDRESS else node, offset)
 
 
 class Protocol:
@@ -59,6 +78,7 @@ class Protocol:
         self.adapters: AsyncContract = deployment.contract(w3.eth, "AdapterRegistry")
         self.nodes: AsyncContract = deployment.contract(w3.eth, "NodeRegistry")
         self.market: AsyncContract = deployment.contract(w3.eth, "JobMarket")
+        self._stake_params: tuple[int, int] | None = None
 
     @property
     def contracts(self) -> list[AsyncContract]:
@@ -71,36 +91,26 @@ class Protocol:
         a = await self.adapters.functions.getAdapter(adapter_id).call()
         return adapter_info(adapter_id, a)
 
+    async def job_state(self, job_id: int) -> JobState:
+        return decode_state(await self.market.functions.jobState(job_id).call())
+
     async def job_status(self, job_id: int) -> JobStatus:
-        job = await self.market.functions.getJob(job_id).call()
-        return JobStatus(_field(job, "status"))
+        return (await self.job_state(job_id)).status
 
-    async def job_terms(self, job_id: int) -> JobTerms:
-        job = await self.market.functions.getJob(job_id).call()
-        return JobTerms(
-            price=_field(job, "price"),
-            adapter_fee=_field(job, "adapterFee"),
-            protocol_fee_bps=_field(job, "protocolFeeBps"),
-            deadline=_field(job, "deadline"),
-            status=JobStatus(_field(job, "status")),
-            node=_field(job, "node"),
-        )
+    async def job_node(self, job_id: int) -> str | None:
+        return (await self.job_state(job_id)).node
 
-    async def job_node(self, job_id: int) -> str:
-        return _field(await self.market.functions.getJob(job_id).call(), "node")
+    async def claim_stake_for(self, price: int) -> int:
+        """What a claim on a job of this price locks: max(minClaimStake, price x claimStakeBps) (immutables,
+        read once)."""
+        if self._stake_params is None:
+            m = self.market.functions
+            self._stake_params = (await m.minClaimStake().call(), await m.claimStakeBps().call())
+        minimum, bps = self._stake_params
+        return max(minimum, price * bps // 10_000)
 
     async def attestations(self, adapter_id: int) -> int:
         return await self.adapters.functions.attestationCount(adapter_id).call()
 
     async def withdrawable(self, account: str) -> int:
         return await self.market.functions.balanceOf(account).call()
-
-
-def _field(struct: object, name: str) -> object:
-    """web3 returns structs as tuples; read a field by its ABI name via the JobMarket ABI."""
-    if isinstance(struct, dict):
-        return struct[name]
-    comps = next(o for o in load_artifact("JobMarket").abi if o.get("name") == "getJob")["outputs"][0][
-        "components"
-    ]
-    return struct[[c["name"] for c in comps].index(name)]

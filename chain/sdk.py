@@ -79,6 +79,45 @@ class OpenLoRA(ProtocolClient):
             )
         return cls(w3, d, _account(account))
 
+    def verify_result(
+        self,
+        job_id: int,
+        *,
+        gateways: list[str],
+        model: str | None = None,
+        cache_dir: Path | None = None,
+    ):
+        """Re-check job `job_id`'s posted result against its TOPLOC proof: fetch the adapter (verified as a
+        node does) and the node's evidence from `gateways`, run one prefill over prompt + output, and
+        return a ResultVerdict (`.passed`, `.check.reason`, `.check.first_failing_chunk`). Loads the base
+        model (`model`, default: the one whose id the job's terms name). CPU is enough for the embedded
+        model. Do not call it from a running event loop (use `AsyncOpenLoRA.verify_result`)."""
+        import tempfile
+
+        from chain.verify import verify_job
+        from inference.ipfs.sources import GatewaySource
+        from inference.models import SMOLLM2, TINY_LLAMA, base_model_id, load_base_model
+
+        terms = self.terms(job_id)
+        names = [model] if model else [SMOLLM2, TINY_LLAMA]
+        name = next((n for n in names if base_model_id(n) == terms.base_model), None)
+        if name is None:
+            raise ContractCallError(f"job {job_id}'s base model is none of {names}: pass model=NAME")
+        base = load_base_model(name)
+
+        async def run(cache: Path):
+            sources = [GatewaySource(url) for url in gateways]
+            try:
+                return await verify_job(self, job_id, base=base, sources=sources, cache_dir=cache)
+            finally:
+                for src in sources:
+                    await src.close()
+
+        if cache_dir is not None:
+            return asyncio.run(run(Path(cache_dir)))
+        with tempfile.TemporaryDirectory() as tmp:
+            return asyncio.run(run(Path(tmp)))
+
 
 class AsyncOpenLoRA:
     """The SDK as coroutines, with the same names and results as `OpenLoRA`."""
@@ -132,6 +171,10 @@ class AsyncOpenLoRA:
 
     async def verify_signature(self, result: JobResult) -> SignatureCheck:
         return await self._call(self.sync.verify_signature, result)
+
+    async def verify_result(self, job_id: int, **kwargs):
+        """`OpenLoRA.verify_result` in a worker thread (it runs its own event loop)."""
+        return await asyncio.to_thread(self.sync.verify_result, job_id, **kwargs)
 
     async def wait_verified(
         self, job_id: int, *, timeout: float = 300.0, poll_s: float = 0.5

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from inference.ipfs.gateway_server import TrustlessGateway
 from node.metrics import metrics_registry, render
 
 if TYPE_CHECKING:
@@ -140,6 +141,9 @@ def build_app(daemon: NodeDaemon) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/status", status)
+    # the evidence (proof + token ids) of this node's results, as a trustless gateway serves raw blocks
+    evidence = TrustlessGateway(daemon.evidence.store)
+    app.router.add_get("/ipfs/{cid}", evidence._get)
     from node.completions import add_completion_routes
 
     add_completion_routes(app, daemon)

@@ -40,12 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--jobs-per-adapter", type=int, default=1)
     dev.set_defaults(func=_cmd_dev)
 
-    from node.commands import adapter, doctor, jobs, node_ops
+    from node.commands import adapter, doctor, jobs, node_ops, validator
 
     node_ops.register(sub)
     adapter.register(sub)
     jobs.register(sub)
     doctor.register(sub)
+    validator.register(sub)
     return parser
 
 

@@ -42,6 +42,8 @@ class ChainSection:
     max_lag_blocks: int = 10  # an endpoint this far behind the best one leaves the rotation
     head_tag: str = "latest"  # "latest" (with confirmations), "safe" or "finalized" where the chain has them
     stuck_after_s: float = 120.0  # a tx pending this long counts as stuck (no new claims, not ready)
+    batch_window_s: float = 0.25  # jobs ready to claim / post within this window share one transaction
+    max_batch: int = 32  # most jobs in one claimJobs / submitResults transaction (the market allows 256)
 
 
 @dataclass
@@ -104,6 +106,8 @@ class EngineSection:
     max_tokens_cap: int = 512
     device: str = "auto"  # "auto", "cpu", "cuda"
     cpu_threads: int = 0  # torch intra-op threads (process-wide); 0 = torch's default
+    dtype: str = "auto"  # "auto" (bf16 on CUDA, else float32), "bfloat16", "float16", "float32"
+    pool_budget_mb: int = 0  # device memory for resident adapters; 0 = max_slots adapters of max_rank
     backend: str = "builtin"  # "builtin" (the swap engine), "vllm" (optional extra, CUDA), "naive" (baseline)
     tensor_parallel_size: int = 1  # vllm backend only
 
@@ -132,6 +136,18 @@ class P2PSection:
 
 
 @dataclass
+class VerifySection:
+    # "auto": build a TOPLOC proof with every result when toploc is installed; "on": required; "off": never
+    prove: str = "auto"
+    # where the evidence blocks go (a flatfs block store): default <data_dir>/evidence, served at the API's
+    # /ipfs; point it at the store your IPFS gateway or Kubo node serves to pin proofs where adapters live
+    evidence_dir: Path | None = None
+    # TEST HOOK (end-to-end tests of disputes only): "edit-output" posts an output other than the one the
+    # proof covers. Never set it on a real node: its results will be disputed and its stake slashed.
+    test_cheat: str = ""
+
+
+@dataclass
 class NodeConfig:
     node: NodeSection = field(default_factory=NodeSection)
     chain: ChainSection = field(default_factory=ChainSection)
@@ -142,7 +158,12 @@ class NodeConfig:
     health: HealthSection = field(default_factory=HealthSection)
     api: ApiSection = field(default_factory=ApiSection)
     p2p: P2PSection = field(default_factory=P2PSection)
+    verify: VerifySection = field(default_factory=VerifySection)
     source: Path | None = None
+
+    @property
+    def evidence_dir(self) -> Path:
+        return self.verify.evidence_dir or self.node.data_dir / "evidence"
 
     @property
     def cache_dir(self) -> Path:
@@ -266,6 +287,14 @@ def _check(c: NodeConfig) -> None:
         raise ConfigError("[policy].claim_gas, result_gas and result_gas_per_byte must be > 0")
     if c.chain.max_log_range < 1 or c.chain.max_lag_blocks < 0 or c.chain.stuck_after_s <= 0:
         raise ConfigError("[chain].max_log_range must be >= 1, max_lag_blocks >= 0, stuck_after_s > 0")
+    if c.chain.batch_window_s < 0 or not 1 <= c.chain.max_batch <= 256:
+        raise ConfigError("[chain].batch_window_s must be >= 0 and max_batch between 1 and 256")
+    if c.verify.prove not in ("auto", "on", "off"):
+        raise ConfigError(f"[verify].prove must be auto, on or off, not {c.verify.prove!r}")
+    if c.verify.test_cheat not in ("", "edit-output"):
+        raise ConfigError(
+            f'[verify].test_cheat must be empty (or "edit-output" in tests), not {c.verify.test_cheat!r}'
+        )
     if c.chain.head_tag not in ("latest", "safe", "finalized"):
         raise ConfigError(f"[chain].head_tag: expected latest, safe or finalized, got {c.chain.head_tag!r}")
     h = c.health
@@ -288,6 +317,12 @@ def _check(c: NodeConfig) -> None:
         raise ConfigError("[engine].cpu_threads must be >= 0 (0 leaves torch's default)")
     if c.engine.device not in ("auto", "cpu", "cuda"):
         raise ConfigError(f"[engine].device: expected auto, cpu or cuda, got {c.engine.device!r}")
+    if c.engine.dtype not in ("auto", "bfloat16", "float16", "float32"):
+        raise ConfigError(
+            f"[engine].dtype: expected auto, bfloat16, float16 or float32, got {c.engine.dtype!r}"
+        )
+    if c.engine.pool_budget_mb < 0:
+        raise ConfigError("[engine].pool_budget_mb must be >= 0 (0 sizes the pool from max_slots x max_rank)")
     if not 0 < c.api.port < 65536:
         raise ConfigError(f"[api].port: {c.api.port} is not a TCP port")
     if c.engine.backend not in ("builtin", "vllm", "naive"):

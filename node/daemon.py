@@ -16,12 +16,17 @@ from eth_utils import keccak
 from web3 import AsyncWeb3
 
 from chain.protocol import Protocol
+from chain.terms import Terms
 from chain.tx import TxManager
 from chain.watcher import Batch, ChainEvent, EventWatcher
+from inference.ipfs.blockstore import BlockStore
 from inference.service import InferenceService
 from node.admission import AdmissionController, AdmissionPolicy
+from node.batcher import Batcher
+from node.chain_steps import ChainSteps, job_ids_of_key
 from node.config import NodeConfig
 from node.driver import CAPACITY_NOTE, JobDriver
+from node.evidence import EvidenceKeeper
 from node.gatekeeper import TRANSIENT_KINDS, Gatekeeper
 from node.jobs import Job, JobBook, JobState
 from node.readiness import Readiness
@@ -68,7 +73,7 @@ class NodeMetrics:
         del self.claim_latency_s[:-keep]  # bounded: a long-running node keeps the recent window
 
 
-class NodeDaemon(JobDriver, ReorgReconciler):
+class NodeDaemon(JobDriver, ChainSteps, ReorgReconciler):
     def __init__(
         self,
         config: NodeConfig,
@@ -113,6 +118,10 @@ class NodeDaemon(JobDriver, ReorgReconciler):
             )
         )
         self.gatekeeper = Gatekeeper(self, inline_limit=16 * 1024)
+        self.evidence = EvidenceKeeper(BlockStore(config.evidence_dir), config.verify.prove)
+        c = config.chain
+        self.claim_batcher = Batcher(self._send_claims, window_s=c.batch_window_s, max_items=c.max_batch)
+        self.result_batcher = Batcher(self._send_results, window_s=c.batch_window_s, max_items=c.max_batch)
         self.readiness = Readiness(self)
         self.notifier = SystemdNotifier()
         self.progress: dict[str, float] = {}  # daemon loop -> time.monotonic() of its last iteration
@@ -283,21 +292,23 @@ class NodeDaemon(JobDriver, ReorgReconciler):
         a = e.args
         job_id = a.get("jobId")
         if e.name == "JobSubmitted":
-            adapter = self.registry.adapter(a["adapterId"])
+            terms = Terms.from_abi(a["terms"])
+            adapter = self.registry.adapter(terms.adapter_id)
             job = Job(
                 job_id=job_id,
                 state=JobState.SEEN,
-                submitter=a["submitter"],
-                adapter_id=a["adapterId"],
-                adapter_hash=bytes(a["adapterHash"]),
+                submitter=terms.submitter,
+                adapter_id=terms.adapter_id,
+                adapter_hash=terms.adapter_hash,
                 input=bytes(a["input"]),
                 input_cid=a["inputCid"],
-                input_hash=bytes(a["inputHash"]),
-                max_tokens=a["maxTokens"],
-                deadline=a["deadline"],
-                price=a["price"],
+                input_hash=terms.input_hash,
+                max_tokens=terms.max_tokens,
+                deadline=terms.deadline,
+                price=terms.price,
                 seen_block=e.block_number,
                 adapter_cid=adapter.cid if adapter else "",
+                terms=terms.to_json(),
             )
             if not self.jobs.add(job) or self._stopping.is_set():
                 return
@@ -322,10 +333,16 @@ class NodeDaemon(JobDriver, ReorgReconciler):
         if e.name == "JobClaimed" and not mine and (not job.terminal or job.state == JobState.SKIPPED):
             self._cancel_driver(job_id)
             self.jobs.transition(job_id, JobState.LOST, f"claimed by {a['node']}")
-            if self.tx.store.get(f"claim:{job_id}") is not None:  # ours is pending: it can only revert now
-                task = asyncio.create_task(
-                    self._cancel_tx(f"claim:{job_id}", f"job {job_id} was claimed by {a['node']}")
+            key = job.claim_key
+            if (
+                key
+                and self.tx.store.get(key) is not None
+                and all(
+                    (other := self.jobs.get(i)) is not None and other.state == JobState.LOST
+                    for i in job_ids_of_key(key)
                 )
+            ):  # ours is pending and every job it names is lost: it can only revert now
+                task = asyncio.create_task(self._cancel_tx(key, f"jobs of {key} were claimed by others"))
                 self._side_tasks.add(task)
                 task.add_done_callback(self._side_tasks.discard)
         elif e.name == "ResultSubmitted" and mine:
@@ -344,9 +361,40 @@ class NodeDaemon(JobDriver, ReorgReconciler):
                     job.error or "no error recorded",
                 )
             self._end(job_id, JobState.EXPIRED, f"expired on chain, slashed {a['slashed']}")
+        elif e.name in ("JobReclaimed", "JobReleased"):
+            self._on_reopened(job, a, slashed=e.name == "JobReclaimed")
         elif e.name == "JobCancelled" and self.jobs.can(job_id, JobState.CANCELLED):
             self._cancel_driver(job_id)
             self.jobs.transition(job_id, JobState.CANCELLED, "cancelled by submitter")
+
+    def _on_reopened(self, job: Job, a: dict, *, slashed: bool) -> None:
+        """A claim ended without a result: reclaimed after its service window (claimant slashed) or released
+        by its claimant. Ours: counted and logged. The job reopens (if its deadline allows) for every node,
+        this one included when the claim was a rival's."""
+        ours = a["node"] == self.operator.address
+        if ours and slashed:
+            self.metrics.slashes += 1
+            self.metrics.slashed_wei += a["slashed"]
+            log.error(
+                "job %d reclaimed after its service window: our claim SLASHED %d wei (was %s: %s)",
+                job.job_id,
+                a["slashed"],
+                job.state.value,
+                job.error or "no error recorded",
+            )
+        if not a["reopened"]:
+            return  # refunded past the deadline: JobExpired follows in the same transaction
+        if ours:
+            self._cancel_driver(job.job_id)
+            if self.jobs.can(job.job_id, JobState.LOST):
+                self.jobs.transition(
+                    job.job_id, JobState.LOST, "our claim ended without a result: job reopened"
+                )
+        elif job.state == JobState.LOST and not self._stopping.is_set():
+            self.jobs.transition(
+                job.job_id, JobState.SEEN, f"reopened: {a['node']}'s claim ended without a result"
+            )
+            self._spawn(job.job_id)
 
     async def _cancel_tx(self, key: str, reason: str) -> None:
         try:

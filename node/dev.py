@@ -23,7 +23,7 @@ from rich.text import Text
 from web3 import HTTPProvider, Web3
 
 from chain.client import JobResult, ProtocolClient
-from chain.deployment import ProtocolParams, deploy
+from chain.deployment import ProtocolParams, deploy_with_forge_script
 from chain.devnet import Anvil, dev_private_key, free_port
 from node.identity import node_peer_id
 from node.keys import write_keystore
@@ -106,7 +106,8 @@ class DevStack:
         w3 = Web3(HTTPProvider(self.anvil.url))
         keys = {role: dev_private_key(i) for role, i in ROLES.items()}
         accounts = {role: w3.eth.account.from_key(k) for role, k in keys.items()}
-        deployment = deploy(w3, accounts["deployer"], ProtocolParams())
+        # the operator's way: the forge script (deterministic CREATE2 addresses, deployments/<chainId>.json)
+        deployment = deploy_with_forge_script(self.anvil.url, keys["deployer"], ProtocolParams())
         deployment.save(self.dir / "deployment.json")
         console.print(
             f"[bold]anvil[/] {self.anvil.url} (chain {deployment.chain_id}); "
@@ -200,16 +201,19 @@ class DevStack:
             for job_id, name, prompt in jobs:
                 r = submitter.wait_result(job_id, timeout=600)
                 console.print(_job_panel(job_id, name, adapter_ids[name], prompt, r))
+        roles = (
+            ("operator", "node operator"),
+            ("publisher", "adapter publisher"),
+            ("deployer", "protocol treasury"),
+        )
         console.print(
             "withdrawable now: "
-            + ", ".join(
-                f"{label} {_eth(submitter.withdrawable(accounts[role].address))}"
-                for role, label in (
-                    ("operator", "node operator"),
-                    ("publisher", "adapter publisher"),
-                    ("deployer", "protocol treasury"),
-                )
-            )
+            + ", ".join(f"{label} {_eth(submitter.withdrawable(accounts[r].address))}" for r, label in roles)
+        )
+        window = submitter.market.functions.challengeWindow().call()
+        console.print(
+            f"held for the {window} s challenge window (then withdrawable, no transaction needed): "
+            + ", ".join(f"{label} {_eth(submitter.held(accounts[r].address))}" for r, label in roles[:2])
         )
         if self.opts.once:
             return 0
@@ -269,6 +273,10 @@ gateways = ["{gateway}"]
 [api]
 port = {api_port}
 completions = true   # try an adapter locally: POST /v1/completions (127.0.0.1 only)
+
+[verify]
+# the proofs go where the devnet gateway serves the adapters' blocks: anyone can `openlora job verify`
+evidence_dir = "{workdir / "blocks"}"
 """
 
 

@@ -1,7 +1,8 @@
 """Driving one job through its state machine: admission, fetch, claim, run, post, paid.
 
 The steps of `NodeDaemon` (node/daemon.py) that move a job forward one persisted state at a time; the
-state machine itself is node/jobs.py, admission node/gatekeeper.py, transactions chain/tx.py."""
+state machine itself is node/jobs.py, admission node/gatekeeper.py, the on-chain steps (batched claims and
+results) node/chain_steps.py, transactions chain/tx.py."""
 
 from __future__ import annotations
 
@@ -10,10 +11,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from chain.protocol import JobStatus
-from chain.signing import ResultClaim
-from chain.tx import SimulationError, TxFailedError
-from chain.tx_store import TxState
 from inference.prompt import PromptRejected
 from inference.validate import AdapterRejected
 from node.gatekeeper import AdmissionRefused
@@ -24,7 +21,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("openlora.node")
 CAPACITY_NOTE = "node at capacity"
-NEVER_MINED = (TxState.FAILED, TxState.CANCELLED)  # the tx's nonce went to something else: send again
 
 
 class JobDriver:
@@ -84,9 +80,8 @@ class JobDriver:
 
     def _committed_on_chain(self, job: Job) -> bool:
         """True once a claim for this job was signed: from then on draining finishes the job."""
-        return (
-            job.state not in (JobState.SEEN, JobState.FETCHING, JobState.CLAIMING)
-            or self.tx.store.get(f"claim:{job.job_id}") is not None
+        return job.state not in (JobState.SEEN, JobState.FETCHING, JobState.CLAIMING) or (
+            bool(job.claim_key) and self.tx.store.get(job.claim_key) is not None
         )
 
     def _admit_from_backlog(self) -> None:
@@ -165,57 +160,12 @@ class JobDriver:
             self.admission.observe_cold_start(time.monotonic() - started)
         self.jobs.transition(job.job_id, JobState.CLAIMING, f"adapter ready (rank {prepared.rank})")
 
-    async def _claim(self, job: Job) -> None:
-        started = time.monotonic()
-        key = f"claim:{job.job_id}"
-        data = self.protocol.calldata(self.protocol.market, "claimJob", job.job_id)
-        try:
-            record = await self.tx.send(key, self.protocol.market.address, data)
-            self.jobs.transition(job.job_id, JobState.CLAIMING, claim_tx=record.hashes[-1])
-            record = await self.tx.wait(key, timeout=max(10.0, job.deadline - time.time()))
-        except SimulationError as e:
-            status = await self.protocol.job_status(job.job_id)
-            if status == JobStatus.OPEN and "NodeNotEligible" in e.reason:
-                # our free stake is locked in other claims right now: left for later, not lost
-                note = f"stake: claim not sent ({e.reason}): free stake is locked in other claims"
-                self.jobs.transition(job.job_id, JobState.SKIPPED, note, error=note)
-                return
-            to = {JobStatus.EXPIRED: JobState.EXPIRED, JobStatus.CANCELLED: JobState.CANCELLED}.get(
-                status, JobState.LOST
-            )
-            self.jobs.transition(job.job_id, to, f"claim not sent: {e.reason}")
-            return
-        except TxFailedError as e:
-            status = await self.protocol.job_status(job.job_id)
-            if e.record.state in NEVER_MINED and status == JobStatus.OPEN:
-                log.warning("job %d: claim tx never mined (%s): claiming again", job.job_id, e)
-                return  # still CLAIMING: the next step sends a new claim with a fresh nonce
-            if status == JobStatus.OPEN:  # reverted, yet the job is open: our stake was locked meanwhile
-                note = f"stake: claim reverted with the job still open ({e}): decided again when stake frees"
-                log.warning("job %d: %s", job.job_id, note)
-                self.jobs.transition(job.job_id, JobState.SKIPPED, note, error=note)
-                return
-            if not (
-                status == JobStatus.CLAIMED
-                and await self.protocol.job_node(job.job_id) == self.operator.address
-            ):
-                self.jobs.transition(job.job_id, JobState.LOST, f"claim failed on chain: {e}")
-                return
-            log.warning("job %d: claim tx reported %s but the chain says we hold the job", job.job_id, e)
-            record = e.record
-        latency = time.monotonic() - started
-        if record.gas_used:
-            self.gatekeeper.gas.observe_claim(record.gas_used)
-        self.metrics.observe_claim_latency(latency)
-        self.admission.observe_chain_round_trip(2 * latency)  # a result is one more mined tx, like the claim
-        self.jobs.transition(
-            job.job_id, JobState.CLAIMED, f"claimed in tx {record.mined_hash}", claim_tx=record.mined_hash
-        )
-
     async def _run(self, job: Job) -> None:
         prompt = job.input.decode("utf-8", errors="replace")  # admission refused non-UTF-8 input
         try:
-            result = await self.service.generate(job.adapter_cid, job.adapter_hash, prompt, job.max_tokens)
+            result = await self.service.generate(
+                job.adapter_cid, job.adapter_hash, prompt, job.max_tokens, record_hidden=self.evidence.enabled
+            )
         except (PromptRejected, AdapterRejected) as e:
             # deterministic: the same input and adapter are refused every time, so retrying only waits for
             # the slash. Admission makes this unreachable; it is terminal at once if it happens anyway.
@@ -225,75 +175,15 @@ class JobDriver:
             )
             return
         self.metrics.tokens_generated += len(result.token_ids)
+        proof_hash = await asyncio.to_thread(self.evidence.publish, result)
         output = result.text.encode("utf-8")
-        claim = ResultClaim.for_output(
-            await self.tx.chain_id(),
-            self.protocol.market.address,
-            job.job_id,
-            job.input_hash,
-            job.adapter_hash,
-            output,
-        )
-        signature = claim.sign(self.signer.key)
+        if self.config.verify.test_cheat == "edit-output":  # TEST HOOK: a dishonest node, for dispute tests
+            output = output[::-1] or b"?"
         self.jobs.transition(
             job.job_id,
             JobState.POSTING,
-            f"{len(result.token_ids)} tokens in {result.total_s:.2f}s",
+            f"{len(result.token_ids)} tokens in {result.total_s:.2f}s"
+            + (", proof published" if proof_hash else ""),
             output=output,
-            signature=signature,
+            proof_hash=proof_hash,
         )
-
-    async def _post(self, job: Job) -> None:
-        key = f"result:{job.job_id}"
-        data = self.protocol.calldata(
-            self.protocol.market, "submitResult", job.job_id, job.output, job.signature
-        )
-        try:
-            await self.tx.send(key, self.protocol.market.address, data)
-            record = await self.tx.wait(key, timeout=max(10.0, job.deadline - self.chain_time() + 30))
-        except SimulationError as e:
-            status = await self.protocol.job_status(job.job_id)
-            if status == JobStatus.COMPLETED:
-                return  # already paid: the watcher will record it
-            if status == JobStatus.EXPIRED:
-                self._end(job.job_id, JobState.EXPIRED, f"result not sent: {e.reason}")
-            elif status == JobStatus.CLAIMED and self.chain_time() < job.deadline:
-                raise  # e.g. a node on a lagging view: the market still takes the result, retry
-            else:
-                self._end(
-                    job.job_id, JobState.FAILED, f"result not sent: {e.reason}", reason="result-refused"
-                )
-            return
-        except TxFailedError as e:
-            status = await self.protocol.job_status(job.job_id)
-            if status == JobStatus.COMPLETED:
-                return  # paid after all (the watcher records it)
-            if e.record.state in NEVER_MINED and status == JobStatus.CLAIMED:
-                log.warning("job %d: result tx never mined (%s): posting again", job.job_id, e)
-                return  # still POSTING: the next step sends it again with a fresh nonce
-            self._end(job.job_id, JobState.FAILED, f"result tx failed: {e}", reason="result-reverted")
-            return
-        if record.gas_used:
-            self.gatekeeper.gas.observe_result(record.gas_used, len(job.output or b""))
-        receipt = await self.w3.eth.get_transaction_receipt(record.mined_hash)
-        for event in self.protocol.market.events.ResultSubmitted().process_receipt(receipt):
-            self._mark_paid(job.job_id, event["args"], record.mined_hash)
-
-    def _mark_paid(self, job_id: int, args: dict, tx_hash: str) -> None:
-        """Both the result receipt and the watcher's event land here; the first one records the payment."""
-        job = self.jobs.get(job_id)
-        if job is None or job.state == JobState.PAID or not self.jobs.can(job_id, JobState.PAID):
-            return
-        first_time = job.node_amount is None  # a result re-posted after a reorg is not new earnings
-        self.jobs.transition(
-            job_id,
-            JobState.PAID,
-            f"paid {args['nodeAmount']} wei in tx {tx_hash}",
-            node_amount=args["nodeAmount"],
-            adapter_amount=args["adapterAmount"],
-            protocol_amount=args["protocolAmount"],
-            result_tx=tx_hash,
-        )
-        if first_time:
-            self.metrics.jobs_paid += 1
-            self.metrics.earned_wei += args["nodeAmount"]

@@ -65,7 +65,6 @@ class Gatekeeper:
         self.inline_limit = inline_limit
         self.tip_wei = int(daemon.config.chain.max_priority_fee_gwei * 10**9)  # until the RPC suggests one
         self.refused: dict[str, int] = {}
-        self._claim_stake: int | None = None
 
     @property
     def cap_wei(self) -> int:
@@ -126,13 +125,13 @@ class Gatekeeper:
         blocked = self.chain_blocked()
         if blocked is not None:
             raise blocked
-        await self._check_stake()
-        terms = await d.protocol.job_terms(job.job_id)
+        await self._check_stake(job)
+        terms = d.terms_of(job)  # the terms the claim will name (hash-bound on chain: no read needed)
         q = quote(
             self.pricing,
             self.gas,
             price=terms.price,
-            adapter_fee=terms.adapter_fee,
+            adapter_fee=terms.adapter_fees,
             protocol_fee_bps=terms.protocol_fee_bps,
             prompt_tokens=prompt_tokens,
             max_tokens=job.max_tokens,
@@ -156,25 +155,27 @@ class Gatekeeper:
             raise AdmissionRefused(decision.reason, decision.kind)
         return Admitted(prompt_tokens, q)
 
-    async def claim_stake(self) -> int:
-        """The market's claim stake (immutable in the contract: read once)."""
-        if self._claim_stake is None:
-            self._claim_stake = await self.d.protocol.market.functions.claimStake().call()
-        return self._claim_stake
+    async def claim_stake(self, price: int = 0) -> int:
+        """What a claim on a job of this price locks (the market's minimum for price 0)."""
+        return await self.d.protocol.claim_stake_for(price)
 
-    async def _check_stake(self) -> None:
-        """A claim locks `claimStake`: with the claims we have in flight, is there enough free stake left?"""
+    async def _check_stake(self, job: Job) -> None:
+        """A claim locks claimStakeFor(price): with our claims in flight, is there enough free stake?"""
         d = self.d
-        claim_stake = await self.claim_stake()
-        if not claim_stake:
-            return
+        need = await self.claim_stake(job.price)
         free = await d.protocol.nodes.functions.freeStake(d.operator.address).call()
         # every job between admission and a mined claim will lock stake: reserve it now
-        unmined = len(d.jobs.in_states((JobState.FETCHING, JobState.CLAIMING)))
-        if free - unmined * claim_stake < claim_stake:
+        unmined = [
+            j for j in d.jobs.in_states((JobState.FETCHING, JobState.CLAIMING)) if j.job_id != job.job_id
+        ]
+        reserved = 0
+        for other in unmined:
+            reserved += await self.claim_stake(other.price)
+        if free - reserved < need:
             raise AdmissionRefused(
-                f"free stake {free} wei (less {unmined} claim(s) on the way) does not cover a claim stake of "
-                f"{claim_stake} wei: waiting for claimed jobs to settle, or add stake",
+                f"free stake {free} wei (less {reserved} wei for {len(unmined)} claim(s) on the way) does "
+                f"not cover this job's claim stake of {need} wei: waiting for claimed jobs to settle, or "
+                "add stake",
                 "stake",
             )
 

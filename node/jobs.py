@@ -92,6 +92,10 @@ class Job:
     signature: bytes | None = None
     claim_tx: str | None = None
     result_tx: str | None = None
+    terms: dict | None = None  # chain.terms.Terms.to_json(): what every call on this job re-supplies
+    claim_key: str | None = None  # tx key of the (batched) claim that covers this job
+    result_key: str | None = None  # tx key of the (batched) result that covers this job
+    proof_hash: bytes | None = None  # hash of the verification proof signed with the result
     node_amount: int | None = None
     adapter_amount: int | None = None
     protocol_amount: int | None = None
@@ -252,7 +256,7 @@ def _encode(job: Job) -> str:
     return json.dumps(data)
 
 
-_BYTES_FIELDS = {"adapter_hash", "input", "input_hash", "output", "signature"}
+_BYTES_FIELDS = {"adapter_hash", "input", "input_hash", "output", "signature", "proof_hash"}
 
 
 def _decode(body: str) -> Job:

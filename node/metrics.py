@@ -72,6 +72,21 @@ class NodeCollector(Collector):
             "openlora_txs_resent_after_reorg", "Transactions re-sent after a reorg.", m.txs_resent_after_reorg
         )
         yield _counter("openlora_jobs_resumed", "Jobs resumed from their persisted state.", m.jobs_resumed)
+        batchers = {"claim": d.claim_batcher, "result": d.result_batcher}
+        yield _labelled(
+            CounterMetricFamily,
+            "openlora_tx_batches",
+            "Claim and result transactions sent (each may carry several jobs).",
+            "kind",
+            {k: b.batches_sent for k, b in batchers.items()},
+        )
+        yield _labelled(
+            CounterMetricFamily,
+            "openlora_tx_batched_jobs",
+            "Jobs carried by claim and result transactions (divide by openlora_tx_batches: jobs per tx).",
+            "kind",
+            {k: b.items_sent for k, b in batchers.items()},
+        )
         refused = dict(d.gatekeeper.refused)
         refused["capacity"] = refused.get("capacity", 0) + m.jobs_skipped_capacity
         yield _labelled(

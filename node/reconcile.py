@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 from chain.protocol import JobStatus
+from node.chain_steps import job_ids_of_key
 from node.jobs import JobState
 
 log = logging.getLogger("openlora.node")
@@ -34,7 +35,7 @@ class ReorgReconciler:
             )
         # Only jobs the dropped blocks can have touched: those in flight, those whose claim or result we
         # had mined there, and lost ones recent enough for the rival's claim to have been in them.
-        resent_ids = {int(r.key.split(":")[1]) for r in resent if r.key.startswith(("claim:", "result:"))}
+        resent_ids = {i for r in resent for i in job_ids_of_key(r.key)}
         in_flight = (JobState.CLAIMING, JobState.CLAIMED, JobState.RUNNING, JobState.POSTING)
         candidates = {j.job_id: j for j in self.jobs.in_states(in_flight)}
         for job in self.jobs.in_states((JobState.LOST, JobState.PAID)):

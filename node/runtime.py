@@ -48,6 +48,8 @@ def engine_config(config: NodeConfig) -> EngineConfig:
         max_queue=e.max_queue,
         device=device,
         cpu_threads=e.cpu_threads,
+        dtype=e.dtype,
+        pool_budget_bytes=e.pool_budget_mb << 20,
     )
 
 

@@ -30,6 +30,7 @@ from aiohttp import ClientSession  # noqa: E402
 from web3 import Web3  # noqa: E402
 
 from chain.devnet import free_port  # noqa: E402
+from chain.protocol import JobStatus  # noqa: E402
 from node.jobs import CRASH_HOOK_ENV, JobState  # noqa: E402
 from node.keys import write_keystore  # noqa: E402
 
@@ -197,8 +198,25 @@ class TcpProxy:
             self._server = None
 
 
+# batched calls count once per job they name, under the single-job name
+_CALL_NAMES = {"claimJobs": "claimJob", "submitResults": "submitResult"}
+
+
+def _job_ids(name: str, params: dict) -> list[int | None]:
+    if name == "claimJobs":
+        return [t["jobId"] for t in params["terms"]]
+    if name == "submitResults":
+        return [i["terms"]["jobId"] for i in params["items"]]
+    if name == "submitResult":
+        return [params["item"]["terms"]["jobId"]]
+    if "t" in params:
+        return [params["t"]["jobId"]]
+    return [None]
+
+
 def operator_calls(w3: Web3, market, operator: str, from_block: int) -> dict[str, list[tuple[int, int]]]:
-    """Every transaction the operator got mined on the canonical chain, by function: [(jobId, status)]."""
+    """Every transaction the operator got mined on the canonical chain, by function: [(jobId, status)], one
+    entry per job a batched call names."""
     calls: dict[str, list[tuple[int, int]]] = {}
     for n in range(from_block, w3.eth.block_number + 1):
         for tx in w3.eth.get_block(n, full_transactions=True)["transactions"]:
@@ -206,7 +224,8 @@ def operator_calls(w3: Web3, market, operator: str, from_block: int) -> dict[str
                 continue
             fn, params = market.decode_function_input(tx["input"])
             status = w3.eth.get_transaction_receipt(tx["hash"])["status"]
-            calls.setdefault(fn.fn_name, []).append((params.get("jobId"), status))
+            for job_id in _job_ids(fn.fn_name, params):
+                calls.setdefault(_CALL_NAMES.get(fn.fn_name, fn.fn_name), []).append((job_id, status))
     return calls
 
 
@@ -229,10 +248,10 @@ def settlement(stack, job_ids: list[int]) -> dict:
         results = market.events.ResultSubmitted.get_logs(
             from_block=stack.deployment.start_block, argument_filters={"jobId": job_id}
         )
-        status = market.functions.getJob(job_id).call()[-1]
-        if status == 3 and len(results) == 1:
+        status = stack.status(job_id)
+        if status in (JobStatus.RESULTED, JobStatus.FINAL) and len(results) == 1:
             report["paid"].append(job_id)
-        elif status == 4:
+        elif status in (JobStatus.EXPIRED, JobStatus.REFUNDED):
             report["refunded"].append(job_id)
         else:
             report["unsettled"].append({"job": job_id, "status": status, "results": len(results)})
@@ -254,8 +273,7 @@ async def wait_until(predicate, timeout: float, what: str, poll_s: float = 0.3):
 
 
 def all_paid(stack, job_ids: list[int]) -> bool:
-    market = stack.contract("JobMarket")
-    return all(market.functions.getJob(j).call()[-1] == 3 for j in job_ids)
+    return all(stack.status(j) in (JobStatus.RESULTED, JobStatus.FINAL) for j in job_ids)
 
 
 async def crash_at_every_state(
@@ -277,7 +295,10 @@ def _claim_record(work: Path, job_id: int) -> dict:
 
     conn = sqlite3.connect(work / "node" / "node.sqlite")
     try:
-        (body,) = conn.execute("SELECT body FROM txs WHERE key = ?", (f"claim:{job_id}",)).fetchone()
+        (body,) = conn.execute(
+            "SELECT body FROM txs WHERE key LIKE 'claims:%' AND (',' || substr(key, 8) || ',') LIKE ?",
+            (f"%,{job_id},%",),
+        ).fetchone()
         return json.loads(body)
     finally:
         conn.close()
@@ -360,7 +381,9 @@ async def run_long(args: argparse.Namespace) -> dict:
             s.w3.provider.make_request("evm_mine", [])  # calls are estimated against the latest block's time
             from tests.stack import send
 
-            await asyncio.to_thread(send, s.w3, s.submitter, market.functions.expire(hopeless))
+            await asyncio.to_thread(
+                send, s.w3, s.submitter, market.functions.expire(s.terms(hopeless).as_abi())
+            )
             job_ids.append(hopeless)
 
             status = await node.get_json("/status")

@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
-# Gas of one job's lifecycle (submitJob + claimJob + submitResult with a 256-byte output) in the steady
-# state, i.e. after a first job has already run, so counters and pull balances are non-zero.
+# Gas of protocol v2, in the steady state, with a 256-byte output:
+#   lifecycle_total            one job's submitJob + claimJob + submitResult;
+#   node_gas_per_job_batch10   a node's claimJobs + submitResults per job, 10 jobs a batch;
+#   node_gas_per_job_batch100  the same, 100 jobs a batch.
+# Finalization included: results are held for the challenge window and mature without a transaction of their
+# own (HeldBalance: the next credit or the withdrawal matures them), so the steady state (three warm-up rounds,
+# two challenge windows apart) has every measured result pay for maturing an older bucket of earnings.
 #
-# Two measurements, printed side by side:
-#   1. forge, isolation mode: each call runs as its own transaction (cold storage, 21,000 intrinsic gas and
-#      calldata included), from contracts/test/GasLifecycle.t.sol; plus forge's per-function gas table.
-#   2. Anvil receipts: deploys the three contracts on a throw-away Anvil, runs two lifecycles with cast, and
-#      sums gasUsed of the second one's receipts (what a node and a submitter actually pay).
-# Prints one JSON line last: {"forge_isolated_total":..,"anvil_receipts_total":..,"budget":200000,...}.
+# Calldata: on Prague chains (Anvil's default) EIP-7623 charges every transaction at least 21000 + 10 gas per
+# calldata token (40 per non-zero byte); the anvil figures include each batch's floor, and submitResults at
+# batch 100 costs exactly its floor (the 256-byte outputs and the terms), so execution savings no longer move it.
+#
+# Two measurements:
+#   1. Anvil receipts (the headline figures): deploys with scripts/deploy.sh on a throw-away Anvil and runs the
+#      rounds with the project's web3 (scripts/gas_report.py), advancing time with evm_increaseTime.
+#   2. forge --isolate figures from contracts/test/GasLifecycle.t.sol (each call its own transaction).
+# Prints, as its last line, one JSON object with both, the goals of issue 15 and whether each is met.
 # Usage: scripts/gas-report.sh [--no-anvil] [--table]
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -26,81 +34,73 @@ done
 
 forge build --quiet
 
-# ---------------------------------------------------------------- 1. forge, isolated calls
-log=$(forge test --isolate --match-test test_lifecycle_gas_steady_state -vv 2>&1) || {
-  echo "$log" >&2; echo "gas lifecycle test failed" >&2; exit 1; }
-pick() { echo "$log" | sed -n "s/^ *$1: \([0-9]*\)$/\1/p" | tail -1; }
-f_submit=$(pick submitJob); f_claim=$(pick claimJob); f_result=$(pick submitResult)
+# ---------------------------------------------------------------- forge, isolated calls
+log=$(forge test --isolate --match-contract GasLifecycleTest -vv 2>&1) || {
+  echo "$log" >&2; echo "gas lifecycle test failed (a ceiling in GasLifecycle.t.sol was exceeded?)" >&2; exit 1; }
+# pick TEST KEY: the value logged as "KEY: N" inside the block of TEST.
+pick() {
+  echo "$log" | awk -v t="$1" -v k="$2" '
+    /^\[(PASS|FAIL)/ { inblock = index($0, t "()") > 0; next }
+    inblock && $0 ~ "^ *" k ": [0-9]+$" { sub(/.*: /, ""); print; exit }'
+}
+f_submit=$(pick test_lifecycle_gas_steady_state submitJob)
+f_claim=$(pick test_lifecycle_gas_steady_state claimJob)
+f_result=$(pick test_lifecycle_gas_steady_state submitResult)
 f_total=$((f_submit + f_claim + f_result))
-echo "forge --isolate   submitJob=$f_submit claimJob=$f_claim submitResult=$f_result total=$f_total"
+f_b10=$(pick test_batch10_gas "node gas per job")
+f_b100=$(pick test_batch100_gas "node gas per job")
+echo "forge --isolate  submitJob=$f_submit claimJob=$f_claim submitResult=$f_result lifecycle=$f_total" \
+  "batch10/job=$f_b10 batch100/job=$f_b100"
 if [ "$table" = 1 ]; then
-  forge test --isolate --match-test test_lifecycle_gas_steady_state --gas-report 2>&1 | sed -n '/╭/,$p'
+  forge test --isolate --match-contract GasLifecycleTest --gas-report 2>&1 | sed -n '/╭/,$p'
 fi
 
-# ---------------------------------------------------------------- 2. Anvil receipts
-a_submit=0; a_claim=0; a_result=0; a_total=0
+# ---------------------------------------------------------------- Anvil receipts
+anvil_json='null'
 if [ "$use_anvil" = 1 ]; then
-  port=$((20000 + RANDOM % 20000))
-  rpc="http://127.0.0.1:$port"
-  anvil --port "$port" --silent &
-  anvil_pid=$!
-  trap 'kill "$anvil_pid" 2>/dev/null || true' EXIT
-  for _ in $(seq 50); do cast chain-id --rpc-url "$rpc" >/dev/null 2>&1 && break; sleep 0.1; done
-
-  # Anvil's well-known dev keys: deployer/publisher, node operator, node signer, submitter.
-  k_deployer=0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80
-  k_operator=0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d
-  k_signer=0x5de4111afa1a4b94908f83103eb1f1706367c2e68ca883dbf6a1e4f9b0a1ba8e
-  k_submitter=0x7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6
-  deployer=$(cast wallet address "$k_deployer"); signer=$(cast wallet address "$k_signer")
-
-  py=$(command -v "$ROOT/.venv/bin/python" || command -v python3)
-  field() { "$py" -c 'import json,sys; v=json.load(sys.stdin)[sys.argv[1]]; print(int(v,16) if sys.argv[2:] else v)' "$@"; }
-  bytecode() { "$py" -c 'import json,sys; print(json.load(open(sys.argv[1]))["bytecode"]["object"])' "out/$1.sol/$1.json"; }
-  deploy() { # name, constructor signature, args...
-    local name=$1 sig=$2; shift 2
-    local args=""
-    if [ $# -gt 0 ]; then args=$(cast abi-encode "$sig" "$@" | sed 's/^0x//'); fi
-    cast send --rpc-url "$rpc" --private-key "$k_deployer" --json --create "$(bytecode "$name")$args" \
-      | field contractAddress
-  }
-  send() { # key, value, to, sig, args... -> gasUsed
-    local key=$1 value=$2 to=$3 sig=$4; shift 4
-    cast send --rpc-url "$rpc" --private-key "$key" --value "$value" --json "$to" "$sig" "$@" \
-      | field gasUsed hex
-  }
-
-  adapters=$(deploy AdapterRegistry "constructor()")
-  nodes=$(deploy NodeRegistry "constructor(uint256,uint64)" 1000000000000000000 3600)
-  market=$(deploy JobMarket "constructor(address,address,address,uint16,uint256,uint16)" \
-    "$adapters" "$nodes" "$deployer" 100 100000000000000000 5000)
-  send "$k_deployer" 0 "$nodes" "setMarket(address)" "$market" >/dev/null
-  base=$(cast keccak "tiny-llama")
-  send "$k_deployer" 0 "$adapters" "register(string,bytes32,bytes32,uint16,uint64,uint96)" \
-    "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi" "$(cast keccak weights)" "$base" 8 65536 \
-    1000000000000000 >/dev/null
-  send "$k_operator" 2ether "$nodes" "register(address,bytes32,string)" "$signer" "$base" \
-    "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN" >/dev/null
-
-  input=$(cast from-utf8 'Summarise: LoRA adapters are low-rank updates to a frozen base model.')
-  output=$(cast from-utf8 "$(printf 'A%.0s' $(seq 256))")
-  for job in 1 2; do
-    deadline=$(( $(date +%s) + 3600 ))
-    a_submit=$(send "$k_submitter" 10000000000000000 "$market" "submitJob(uint256,bytes,uint32,uint64)" \
-      1 "$input" 64 "$deadline")
-    a_claim=$(send "$k_operator" 0 "$market" "claimJob(uint256)" "$job")
-    digest=$(cast call --rpc-url "$rpc" "$market" \
-      "resultDigest(uint256,bytes32,bytes32,bytes32)(bytes32)" "$job" "$(cast keccak "$input")" \
-      "$(cast keccak weights)" "$(cast keccak "$output")")
-    sig=$(cast wallet sign --no-hash --private-key "$k_signer" "$digest")
-    a_result=$(send "$k_operator" 0 "$market" "submitResult(uint256,bytes,bytes)" "$job" "$output" "$sig")
-  done
-  a_total=$((a_submit + a_claim + a_result))
-  echo "anvil receipts    submitJob=$a_submit claimJob=$a_claim submitResult=$a_result total=$a_total"
+  py="$ROOT/.venv/bin/python"
+  [ -x "$py" ] || py=$(command -v python3)
+  anvil_json=$("$py" "$ROOT/scripts/gas_report.py")
+  echo "anvil receipts   $anvil_json"
 fi
 
-printf '{"forge_isolated_total":%d,"forge":{"submitJob":%d,"claimJob":%d,"submitResult":%d},' \
-  "$f_total" "$f_submit" "$f_claim" "$f_result"
-printf '"anvil_receipts_total":%d,"anvil":{"submitJob":%d,"claimJob":%d,"submitResult":%d},' \
-  "$a_total" "$a_submit" "$a_claim" "$a_result"
-printf '"intrinsic_gas_included":%d,"budget":200000}\n' $((3 * 21000))
+"${py:-python3}" - "$anvil_json" "$f_submit" "$f_claim" "$f_result" "$f_b10" "$f_b100" <<'PY'
+import json
+import sys
+
+anvil = json.loads(sys.argv[1])
+f_submit, f_claim, f_result, f_b10, f_b100 = (int(x) for x in sys.argv[2:7])
+forge = {
+    "submitJob": f_submit,
+    "claimJob": f_claim,
+    "submitResult": f_result,
+    "lifecycle_total": f_submit + f_claim + f_result,
+    "node_gas_per_job_batch10": f_b10,
+    "node_gas_per_job_batch100": f_b100,
+}
+if anvil is not None:
+    life = anvil["lifecycle"]
+    figures = {
+        "lifecycle_total": life["submitJob"] + life["claimJob"] + life["submitResult"],
+        "node_gas_per_job_batch10": anvil["batch10"]["per_job"],
+        "node_gas_per_job_batch100": anvil["batch100"]["per_job"],
+    }
+    source = "anvil_receipts"
+else:
+    figures = {k: forge[k] for k in ("lifecycle_total", "node_gas_per_job_batch10", "node_gas_per_job_batch100")}
+    source = "forge_isolate"
+goals = {"lifecycle_total": 160000, "node_gas_per_job_batch10": 40000, "node_gas_per_job_batch100": 30000}
+out = dict(figures)
+out.update(
+    {
+        "source": source,
+        "output_bytes": 256,
+        "steady_state": "3 warm-up rounds 2 challenge windows apart; finalization (maturing) included",
+        "anvil": anvil,
+        "forge_isolate": forge,
+        "goals": goals,
+        "met": {k: figures[k] <= v for k, v in goals.items()},
+    }
+)
+print(json.dumps(out))
+PY

@@ -6,7 +6,8 @@
 # one of them with `pip install --require-hashes`. Versions already in a lock are kept unless a
 # requirement changed; pass --upgrade to move everything to the newest allowed versions.
 # Needs uv (in the dev extra). Not locked: the [cuda] extra (flash-attn ships only as an sdist that needs
-# nvcc even to report its metadata) and the [vllm] extra (it pins its own torch); see docs/operators.md.
+# nvcc even to report its metadata), the [vllm] extra (it pins its own torch); see docs/operators.md; and
+# the [verify] extra (toploc: setup.sh builds it from the sdist in requirements/toploc.txt).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 UV="${UV:-.venv/bin/uv}"

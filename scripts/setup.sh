@@ -63,4 +63,25 @@ if [ ! -f "$PY_STAMP" ] || [ "$(cat "$PY_STAMP")" != "$PY_SPEC" ]; then
   quiet_pip "$PIP" install -q --no-deps -e .
   printf '%s' "$PY_SPEC" > "$PY_STAMP"
 fi
+
+# --- toploc (TOPLOC proofs), built once against the installed torch and cached (requirements/toploc.txt) ---
+TOPLOC_REQ=requirements/toploc.txt
+TOPLOC_VERSION="$(sed -n 's/^toploc==\([^ ]*\).*/\1/p' "$TOPLOC_REQ")"
+if ! "$VENV/bin/python" -c "import toploc, sys; sys.exit(toploc.__version__ != '$TOPLOC_VERSION')" 2>/dev/null; then
+  TORCH_TAG="$("$VENV/bin/python" -c 'import sys, torch; print(f"torch-{torch.__version__}-cp{sys.version_info[0]}{sys.version_info[1]}")')"
+  WHEELS="${OPENLORA_HOME:-$HOME/.cache/openlora}/wheels/toploc-$TOPLOC_VERSION-$TORCH_TAG"
+  if ! compgen -G "$WHEELS/toploc-$TOPLOC_VERSION-*.whl" >/dev/null; then
+    log "building toploc $TOPLOC_VERSION from its sdist against $TORCH_TAG (once; a few minutes) into $WHEELS"
+    mkdir -p "$WHEELS.tmp"
+    quiet_pip "$VENV/bin/pip" wheel -q --no-deps --no-build-isolation --no-binary toploc --require-hashes \
+      -r "$TOPLOC_REQ" -w "$WHEELS.tmp"
+    rm -rf "$WHEELS" && mv "$WHEELS.tmp" "$WHEELS"
+  fi
+  log "pip install toploc from $WHEELS"
+  quiet_pip "$VENV/bin/pip" install -q --no-deps --no-index --force-reinstall "$WHEELS"/toploc-"$TOPLOC_VERSION"-*.whl
+  "$VENV/bin/python" -c "import toploc" || {
+    log "toploc from $WHEELS does not import against this torch: delete that folder and run set-up again"
+    exit 1
+  }
+fi
 log "ready: .venv and .tools/bin"

@@ -15,8 +15,11 @@ from eth_account import Account
 from eth_account.signers.local import LocalAccount
 from web3 import HTTPProvider, Web3
 
-from chain.deployment import Deployment, ProtocolParams, deploy
+from chain.deployment import Deployment, ProtocolParams, deploy, deploy_with_forge_script
 from chain.devnet import Anvil, dev_private_key, free_port
+from chain.protocol import JobStatus, decode_state
+from chain.results import decode_results
+from chain.terms import Terms
 from inference.ipfs.blockstore import BlockStore
 from inference.ipfs.gateway_server import TrustlessGateway
 from inference.models import LoadedModel, base_model_id
@@ -109,7 +112,9 @@ class Stack:
         receipt = send(
             self.w3,
             self.submitter,
-            market.functions.submitJob(adapter_id, prompt.encode(), max_tokens, deadline),
+            market.functions.submitJob(
+                adapter_id, self.max_fee(adapter_id), prompt.encode(), max_tokens, deadline
+            ),
             value=price,
         )
         (event,) = market.events.JobSubmitted().process_receipt(receipt)
@@ -120,7 +125,8 @@ class Stack:
     ) -> None:
         """Broadcast a submission without waiting for it to be mined (tests that pause mining)."""
         market = self.contract("JobMarket")
-        tx = market.functions.submitJob(adapter_id, data, max_tokens, deadline).build_transaction(
+        max_fee = self.max_fee(adapter_id)
+        tx = market.functions.submitJob(adapter_id, max_fee, data, max_tokens, deadline).build_transaction(
             {
                 "from": self.submitter.address,
                 "value": price,
@@ -130,6 +136,29 @@ class Stack:
             }
         )
         self.w3.eth.send_raw_transaction(self.submitter.sign_transaction(tx).raw_transaction)
+
+    def max_fee(self, adapter_id: int) -> int:
+        """The adapter's fee now: what a submitter accepts (a later, higher fee reverts the submission)."""
+        return self.contract("AdapterRegistry").functions.getAdapter(adapter_id).call()[5]
+
+    def terms(self, job_id: int) -> Terms:
+        """The job's terms from its JobSubmitted event (what every later call re-supplies)."""
+        (event,) = self.contract("JobMarket").events.JobSubmitted.get_logs(
+            from_block=self.deployment.start_block, argument_filters={"jobId": job_id}
+        )
+        return Terms.from_abi(event["args"]["terms"])
+
+    def status(self, job_id: int) -> JobStatus:
+        return decode_state(self.contract("JobMarket").functions.jobState(job_id).call()).status
+
+    def output(self, job_id: int) -> bytes | None:
+        """The job's posted output, read from the result transaction's calldata (where v2 keeps it)."""
+        event = self.result_event(job_id)
+        if event is None:
+            return None
+        market = self.contract("JobMarket")
+        items, _ = decode_results(market, self.w3.eth.get_transaction(event["transactionHash"])["input"])
+        return next(i.output for i in items if i.terms.job_id == job_id)
 
     def result_event(self, job_id: int):
         logs = self.contract("JobMarket").events.ResultSubmitted.get_logs(
@@ -191,11 +220,16 @@ async def wait_job_state(book: JobBook, job_id: int, states: set[JobState], time
 
 
 @contextlib.asynccontextmanager
-async def protocol_stack(workdir: Path, **anvil_kwargs):
+async def protocol_stack(workdir: Path, *, forge_script: bool = False, **anvil_kwargs):
+    """`forge_script`: deploy with contracts/script/Deploy.s.sol (what `make dev` and operators run) instead
+    of the same CREATE2 deployment from Python (faster; identical addresses)."""
     with Anvil(**anvil_kwargs) as anvil:
         w3 = Web3(HTTPProvider(anvil.url))
         accounts = [Account.from_key(dev_private_key(i)) for i in range(4)]
-        deployment = deploy(w3, accounts[0], ProtocolParams())
+        if forge_script:
+            deployment = deploy_with_forge_script(anvil.url, dev_private_key(0), ProtocolParams())
+        else:
+            deployment = deploy(w3, accounts[0], ProtocolParams())
         deployment.save(workdir / "deployment.json")
         stack = Stack(anvil, w3, deployment, *accounts, BlockStore(workdir / "published-blocks"), workdir)
         gateway = TrustlessGateway(stack.blocks)

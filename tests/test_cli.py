@@ -105,9 +105,9 @@ async def test_publish_verify_submit_wait(tmp_path: Path, tiny: LoadedModel, cap
         assert code == 0, out
         assert "signature verified locally" in out
         expected = peft_generate(tiny, adapter_dir, "hello from the CLI", 10).text
-        assert bytes(s.result_event(job_id)["args"]["output"]).decode() == expected
+        assert s.output(job_id).decode() == expected
         code, out = await asyncio.to_thread(_run, capsys, "job", "status", str(job_id), *chain)
-        assert code == 0 and "completed" in out
+        assert code == 0 and "resulted" in out
 
 
 def test_bad_input_exit_codes(tmp_path: Path, capsys) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from web3 import Web3
 
+from chain.deployment import ProtocolParams
 from chain.devnet import dev_private_key, free_port
 from inference.models import LoadedModel, tiny_llama
 from node.cli import main
@@ -111,11 +112,14 @@ async def test_operator_publisher_and_submitter_commands(
         code, out = await run("job", "list", "--mine", "--private-key-env", "SUBMITTER_KEY", "--json", *chain)
         mine = _last_json(out)
         assert code == 0 and [j["job_id"] for j in mine] == [submitted["job_id"], job], mine
-        assert {j["status"] for j in mine} == {"completed"} and {j["node"] for j in mine} == {operator}
+        assert {j["status"] for j in mine} == {"resulted"} and {j["node"] for j in mine} == {operator}
         assert mine[0]["price_wei"] == str(Web3.to_wei("0.02", "ether")) and mine[0]["deadline"] == deadline
         code, out = await run("job", "list", "--submitter", s.publisher.address, *chain)
         assert code == 0 and "no jobs submitted by" in out
 
+        # earnings are held for the challenge window, then withdrawable
+        s.w3.provider.make_request("evm_increaseTime", [2 * ProtocolParams().challenge_window_s + 1])
+        s.w3.provider.make_request("evm_mine", [])
         code, out = await run("adapter", "earnings", "--private-key-env", "PUBLISHER_KEY", "--json", *chain)
         earned = _last_json(out)
         assert code == 0 and earned["adapters"][str(adapter_id)] == {"jobs": 2, "wei": str(2 * ADAPTER_FEE)}

@@ -25,6 +25,7 @@ def test_defaults_and_relative_paths(tmp_path: Path) -> None:
         ("[chain]\nrpc_urls = ['localhost:8545']\n", "must be an http(s):// JSON-RPC endpoint"),
         ("[api]\nport = 70000\n", "not a TCP port"),
         ("[engine]\ncpu_threads = -1\n", "cpu_threads must be >= 0"),
+        ("[engine]\ndtype = 'fp8'\n", "[engine].dtype: expected auto, bfloat16"),
         ("[node\n", "not valid TOML"),
     ],
 )

@@ -162,12 +162,12 @@ async def test_doctor_all_pass_then_each_failure(tmp_path: Path, tiny: LoadedMod
         assert code != 0 and "unknown base model" in _failing(out, "engine")
         assert "another model" in _failing(out, "registration") or "other than" in out
 
-        # last, as it changes the node on chain: unstake all but 0.05 ETH, under the 0.1 ETH a claim locks
+        # last, as it changes the node on chain: unstake all but 0.05 ETH, below the 1 ETH minimum stake
         registry = s.contract("NodeRegistry")
         send(s.w3, s.operator, registry.functions.requestUnstake(Web3.to_wei(1.95, "ether")))
         code, out = await doctor()
         line = _failing(out, "registration")
-        assert code != 0 and "free stake 0.05 ETH, a claim locks 0.1 ETH" in line, line
+        assert code != 0 and "free stake 0.05 ETH, a claim locks 0.01 ETH" in line, line
     shutil.rmtree(tmp_path / "node", ignore_errors=True)
     print(f"{doctor.runs} doctor runs in {time.monotonic() - started:.1f}s")
 

@@ -47,10 +47,9 @@ async def test_policy_and_limits_leave_jobs_for_others(tmp_path: Path, tiny: Loa
         assert any("attestation" in (note or "") for *_, note in book.history(skipped_job))
         assert book.get(rejected_job).state == JobState.SKIPPED
         assert any("rank" in (note or "") for *_, note in book.history(rejected_job))
-        market = s.contract("JobMarket")
         for job_id in (skipped_job, rejected_job):
-            assert market.functions.getJob(job_id).call()[-1] == JobStatus.OPEN  # never claimed
+            assert s.status(job_id) == JobStatus.OPEN  # never claimed
             assert s.result_event(job_id) is None
-        assert market.functions.getJob(served_job).call()[-1] == JobStatus.COMPLETED
+        assert s.status(served_job) == JobStatus.RESULTED
         logged = " ".join(r.getMessage() for r in caplog.records)
         assert f"job {skipped_job} not claimed (policy)" in logged

@@ -18,15 +18,14 @@ from inference.models import LoadedModel, tiny_llama
 from inference.reference import peft_generate
 from inference.store import AdapterStore
 from tests.factories import make_peft_adapter
-from tests.stack import PRICE, TamperingGateway, protocol_stack, running_node
+from tests.stack import PRICE, TamperingGateway, protocol_stack, running_node, send
 
 PROMPT = "Write one line about swapping adapters."
 
 
-def _recover_result_signer(
-    stack, job_id: int, input_hash: bytes, adapter_hash: bytes, output: bytes, signature: bytes
-) -> str:
-    """Independent of the node's code: eth-account's EIP-712 over the contract's domain."""
+def _recover_batch_signer(stack, items: list[tuple[int, bytes, bytes, bytes]], signature: bytes) -> str:
+    """Independent of the node's code: eth-account's EIP-712 (full message form) over the contract's domain,
+    for a ResultBatch of (jobId, termsHash, outputHash, proofHash)."""
     typed = {
         "types": {
             "EIP712Domain": [
@@ -35,25 +34,23 @@ def _recover_result_signer(
                 {"name": "chainId", "type": "uint256"},
                 {"name": "verifyingContract", "type": "address"},
             ],
+            "ResultBatch": [{"name": "results", "type": "Result[]"}],
             "Result": [
                 {"name": "jobId", "type": "uint256"},
-                {"name": "inputHash", "type": "bytes32"},
-                {"name": "adapterHash", "type": "bytes32"},
+                {"name": "termsHash", "type": "bytes32"},
                 {"name": "outputHash", "type": "bytes32"},
+                {"name": "proofHash", "type": "bytes32"},
             ],
         },
-        "primaryType": "Result",
+        "primaryType": "ResultBatch",
         "domain": {
             "name": "OpenLoRA",
-            "version": "1",
+            "version": "2",
             "chainId": stack.w3.eth.chain_id,
             "verifyingContract": stack.deployment.job_market,
         },
         "message": {
-            "jobId": job_id,
-            "inputHash": input_hash,
-            "adapterHash": adapter_hash,
-            "outputHash": keccak(output),
+            "results": [{"jobId": j, "termsHash": t, "outputHash": o, "proofHash": p} for j, t, o, p in items]
         },
     }
     return Account.recover_message(encode_typed_data(full_message=typed), signature=signature)
@@ -61,7 +58,7 @@ def _recover_result_signer(
 
 async def test_job_is_served_signed_and_paid(tmp_path: Path, tiny: LoadedModel) -> None:
     adapter_dir = make_peft_adapter(tiny, tmp_path / "adapter", rank=4, seed=11)
-    async with protocol_stack(tmp_path) as s:
+    async with protocol_stack(tmp_path, forge_script=True) as s:  # deployed as an operator would
         adapter_id, pkg = s.publish(adapter_dir, tiny)
         s.register_node(tiny)
         market = s.contract("JobMarket")
@@ -77,17 +74,28 @@ async def test_job_is_served_signed_and_paid(tmp_path: Path, tiny: LoadedModel) 
         assert "openlora_jobs{" in metrics and "openlora_tokens_generated_total" in metrics
 
         args = event["args"]
-        output = bytes(args["output"])
+        # v2 keeps the output in the result transaction's calldata only; the event carries its hash
+        tx = s.w3.eth.get_transaction(event["transactionHash"])
+        fn, params = market.decode_function_input(tx["input"])
+        assert fn.fn_name == "submitResults"
+        (item,) = [i for i in params["items"] if i["terms"]["jobId"] == job_id]
+        output = bytes(item["output"])
         assert args["node"] == s.operator.address
         assert bytes(args["outputHash"]) == keccak(output)
+        terms = s.terms(job_id)
+        assert terms.input_hash == keccak(PROMPT.encode()) and terms.adapter_hash == pkg.content_hash
 
-        # the signature in the result transaction recovers to the node's registered signing key
-        tx = s.w3.eth.get_transaction(event["transactionHash"])
-        _, params = market.decode_function_input(tx["input"])
-        signer = _recover_result_signer(
-            s, job_id, keccak(PROMPT.encode()), pkg.content_hash, output, bytes(params["signature"])
-        )
-        assert signer == s.operator.address
+        # the batch signature in the result transaction recovers to the node's registered signing key
+        signed = [
+            (
+                i["terms"]["jobId"],
+                s.terms(i["terms"]["jobId"]).hash(),
+                keccak(bytes(i["output"])),
+                bytes(i["proofHash"]),
+            )
+            for i in params["items"]
+        ]
+        assert _recover_batch_signer(s, signed, bytes(params["signature"])) == s.operator.address
 
         # the output is what a direct local run of the same adapter and prompt gives (PEFT, greedy)
         expected = await asyncio.to_thread(peft_generate, tiny, adapter_dir, PROMPT, 12)
@@ -95,19 +103,23 @@ async def test_job_is_served_signed_and_paid(tmp_path: Path, tiny: LoadedModel) 
         base_only = await asyncio.to_thread(peft_generate, tiny, None, PROMPT, 12)
         assert expected.text != base_only.text  # the adapter really changed the answer
 
-        # balances moved by exactly the fee split, into pull balances
+        # balances moved by exactly the fee split: the node's and the adapter's shares are held for the
+        # challenge window, then withdrawable without any further transaction; the protocol fee at once
         params_ = ProtocolParams()
         protocol_cut = PRICE * params_.protocol_fee_bps // 10_000
         adapter_cut = 2 * 10**15  # tests.stack.ADAPTER_FEE
         node_cut = PRICE - protocol_cut - adapter_cut
-        assert (args["nodeAmount"], args["adapterAmount"], args["protocolAmount"]) == (
-            node_cut,
-            adapter_cut,
-            protocol_cut,
-        )
-        assert market.functions.balanceOf(s.operator.address).call() == node_cut
-        assert market.functions.balanceOf(s.publisher.address).call() == adapter_cut
+        assert args["nodeAmount"] == node_cut == terms.node_amount
+        assert market.functions.heldOf(s.operator.address).call() == node_cut
+        assert market.functions.balanceOf(s.operator.address).call() == 0
+        assert market.functions.adapterFees(adapter_id).call() == [0, adapter_cut]
         assert market.functions.balanceOf(s.deployer.address).call() == protocol_cut
+        s.w3.provider.make_request("evm_increaseTime", [2 * params_.challenge_window_s + 1])
+        s.w3.provider.make_request("evm_mine", [])
+        assert market.functions.balanceOf(s.operator.address).call() == node_cut
+        assert market.functions.adapterFees(adapter_id).call() == [adapter_cut, 0]
+        send(s.w3, s.publisher, market.functions.withdrawAdapterFees(adapter_id))
+        assert market.functions.balanceOf(s.publisher.address).call() == adapter_cut
         spent = submitter_before - s.w3.eth.get_balance(s.submitter.address)
         assert PRICE <= spent < PRICE + 10**16  # the price plus its own gas, nothing more
 
@@ -140,5 +152,4 @@ async def test_tampered_adapter_is_refused_and_the_node_serves_the_next_job(
         assert any(f"job {bad_job}" in m and "refused" in m and bad_pkg.cid in m for m in refusals), refusals
         store = AdapterStore(config.cache_dir, budget_bytes=1 << 30, sources=[], max_adapter_bytes=1 << 30)
         assert not store.contains(bad_pkg.cid)  # nothing unverified entered the cache
-        job = s.contract("JobMarket").functions.getJob(bad_job).call()
-        assert job[-1] == JobStatus.OPEN  # never claimed: left for other nodes, not slashed
+        assert s.status(bad_job) == JobStatus.OPEN  # never claimed: left for other nodes, not slashed

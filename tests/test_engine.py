@@ -204,9 +204,13 @@ def test_weighted_merge_equals_peft_cat(oracle_base: LoadedModel, adapter_dirs: 
 
 
 def test_pinned_slot_is_never_evicted(oracle_base: LoadedModel, adapter_dirs: dict[str, Path]) -> None:
-    """A long request pins its slot while 30 short ones cycle three other adapters through the one slot
-    left: its slot keeps its adapter and its output still equals PEFT's."""
-    engine = make_engine(adapter_dirs, max_slots=2, max_batch=2, max_queue=64)
+    """A long request pins its pages while 30 short ones cycle three other adapters through the pages
+    left (24 rank rows: the pinned rank 16 leaves 8, room for r2 + r4 or r8 alone): its adapter stays
+    resident and its output still equals PEFT's."""
+    probe = make_engine({}, max_slots=1)
+    row_bytes = probe.pool_bytes // probe.slots.num_pages
+    engine = make_engine(adapter_dirs, max_batch=2, max_queue=64, pool_budget_bytes=24 * row_bytes)
+    assert engine.slots.num_pages == 24
     long = GenerationRequest(PROMPTS[0], "r16-all", max_tokens=60)
     others = ["r2-qv", "r4-attn", "r8-mlp"]
     short = [GenerationRequest(PROMPTS[2], others[i % 3], max_tokens=1) for i in range(30)]
@@ -357,13 +361,13 @@ def test_bad_input_is_rejected_with_a_clear_error(adapter_dirs: dict[str, Path])
 
 def test_pool_is_preallocated_and_swaps_copy(adapter_dirs: dict[str, Path]) -> None:
     engine = make_engine(adapter_dirs, max_slots=2)
-    buffers = {p: (m.lora_at.data_ptr(), m.lora_bt.data_ptr()) for p, m in engine.layers.items()}
+    buffers = {p: (m.lora_a.data_ptr(), m.lora_b.data_ptr()) for p, m in engine.layers.items()}
     pool_bytes = engine.stats().pool_bytes
     engine.generate_batch_sync(
         [GenerationRequest("x", k, max_tokens=2) for k in [*adapter_dirs, *adapter_dirs]]
     )
     assert engine.stats().swaps_in >= 4
-    assert buffers == {p: (m.lora_at.data_ptr(), m.lora_bt.data_ptr()) for p, m in engine.layers.items()}
+    assert buffers == {p: (m.lora_a.data_ptr(), m.lora_b.data_ptr()) for p, m in engine.layers.items()}
     assert pool_bytes == engine.stats().pool_bytes == sum(m.pool_bytes for m in engine.layers.values())
 
 

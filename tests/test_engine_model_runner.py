@@ -1,5 +1,6 @@
 """The persistent-row model runner against the model's own (transformers) forward pass: rows of
-different lengths, rows that grow past the cache's first allocation, and rows moved into holes."""
+different lengths, rows that grow past the cache's first allocation, and rows moved into holes; each
+with both CPU-runnable decode attentions (the boolean-mask SDPA and the mask-free SDPA of CUDA)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from inference.engine.model_runner import ModelRunner, UnsupportedModelError
 from inference.models import tiny_llama
 
 ATOL = 1e-4
+MODES = pytest.mark.parametrize("attention", ["sdpa_mask", "sdpa"])
 
 
 @pytest.fixture(autouse=True)
@@ -34,9 +36,10 @@ def _greedy_rows(runner: ModelRunner, prompts: list[list[int]], steps: int) -> l
     return seqs
 
 
-def test_prefill_and_decode_equal_the_model_forward() -> None:
+@MODES
+def test_prefill_and_decode_equal_the_model_forward(attention: str) -> None:
     base = tiny_llama(0)
-    runner = ModelRunner(base.model, "cpu", max_rows=4)
+    runner = ModelRunner(base.model, "cpu", max_rows=4, attention=attention)
     prompts = [[5, 9, 20], [7] * 11, [1, 2, 3, 4, 5, 6]]  # right padding to 11 for two of them
     all_logits = runner.prefill(0, prompts, all_logits=True)
     for i, p in enumerate(prompts):
@@ -51,9 +54,10 @@ def test_prefill_and_decode_equal_the_model_forward() -> None:
         assert seq == want
 
 
-def test_rows_grow_past_the_first_allocation() -> None:
+@MODES
+def test_rows_grow_past_the_first_allocation(attention: str) -> None:
     base = tiny_llama(0)
-    runner = ModelRunner(base.model, "cpu", max_rows=2)
+    runner = ModelRunner(base.model, "cpu", max_rows=2, attention=attention)
     first = runner.cache.positions
     long_prompt = [(i * 7) % 250 for i in range(first - 2)]
     seqs = _greedy_rows(runner, [long_prompt, [3, 4]], steps=5)  # crosses the first allocation
@@ -64,10 +68,11 @@ def test_rows_grow_past_the_first_allocation() -> None:
     assert runner.cache.positions == first
 
 
-def test_a_moved_row_continues_as_before() -> None:
+@MODES
+def test_a_moved_row_continues_as_before(attention: str) -> None:
     base = tiny_llama(0)
-    runner = ModelRunner(base.model, "cpu", max_rows=3)
-    prompts = [[1, 2, 3], [9, 8, 7, 6, 5], [4, 4]]
+    runner = ModelRunner(base.model, "cpu", max_rows=3, attention=attention)
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [9, 8, 7, 6, 5], [4, 4]]  # row 0 longer than the row moved in
     logits = runner.prefill(0, prompts)
     lengths = [len(p) for p in prompts]
     tokens = logits.argmax(-1)

@@ -11,6 +11,7 @@ from pathlib import Path
 from aiohttp import ClientSession
 
 from inference.models import LoadedModel, tiny_llama
+from node.chain_steps import job_ids_of_key
 from scripts.fault_injection import TcpProxy, all_paid, settlement, wait_until
 from tests.factories import make_peft_adapter
 from tests.stack import protocol_stack, running_node
@@ -31,6 +32,11 @@ def _watcher_cursor(config) -> int:
     with sqlite3.connect(config.db_path) as conn:
         row = conn.execute("SELECT MAX(block) FROM watch_checkpoints").fetchone()
     return row[0] or -1
+
+
+def _covering(records: list[dict], kind: str, job: int) -> dict:
+    """The (batched) claim or result tx record whose key names `job` ("claims:3,4")."""
+    return next(r for r in records if job in job_ids_of_key(r["key"]) and r["key"].startswith(kind))
 
 
 async def test_reorg_that_drops_our_claim_and_result_is_repaired(
@@ -54,7 +60,7 @@ async def test_reorg_that_drops_our_claim_and_result_is_repaired(
             # the scenario: the node has *seen* its claim and result confirmed (watcher cursor at the head)
             await wait_until(lambda: _watcher_cursor(config) >= head, 30, "the watcher to reach the head")
             s.w3.provider.make_request("anvil_reorg", [depth, []])  # replaced by empty blocks
-            assert market.functions.getJob(last).call()[-1] == 1  # OPEN again: claim and result are gone
+            assert s.status(last) == 1  # OPEN again: claim and result are gone
             await wait_until(lambda: all_paid(s, jobs), 60, "the job paid again on the new chain")
             await asyncio.sleep(0.5)
         report = settlement(s, jobs)
@@ -63,12 +69,11 @@ async def test_reorg_that_drops_our_claim_and_result_is_repaired(
         messages = [r.getMessage() for r in caplog.records]
         assert any("chain reorganised" in m for m in messages)
         resent = [m for m in messages if m.startswith("recovery: reorg") and "re-sent" in m]
-        assert resent and f"claim:{last}" in resent[0] and f"result:{last}" in resent[0], messages
+        records = _tx_records(s.node_config())
+        claim, result = _covering(records, "claims", last), _covering(records, "results", last)
+        assert resent and claim["key"] in resent[0] and result["key"] in resent[0], messages
         # the same signed transactions were re-sent (same nonce), not new ones
-        records = {r["key"]: r for r in _tx_records(s.node_config())}
-        assert (
-            len(records[f"claim:{last}"]["hashes"]) == 1 and records[f"claim:{last}"]["state"] == "confirmed"
-        )
+        assert len(claim["hashes"]) == 1 and claim["state"] == "confirmed"
 
 
 async def test_rpc_outage_fails_over_and_recovers_without_crashing(tmp_path: Path, tiny: LoadedModel) -> None:
@@ -123,14 +128,12 @@ async def test_underpriced_claim_is_bumped_with_the_same_nonce(
             # the base fee jumps to 60 gwei: fees priced from the latest block (~1 gwei) are now too low
             s.w3.provider.make_request("anvil_setNextBlockBaseFeePerGas", [hex(60 * 10**9)])
             await wait_until(lambda: all_paid(s, [job]), 90, "job paid after the fee bump")
-        claim = next(r for r in _tx_records(config) if r["key"] == f"claim:{job}")
+        claim = _covering(_tx_records(config), "claims", job)
         assert claim["bumps"] >= 1 and len(claim["hashes"]) >= 2, claim
         assert claim["mined_hash"] == claim["hashes"][-1] and claim["max_fee"] >= 60 * 10**9
         report = settlement(s, [job])
         assert report["paid"] == [job] and report["calls"]["claimJob"] == 1, report
-        assert any(
-            "bumped fees" in r.getMessage() and f"claim:{job}" in r.getMessage() for r in caplog.records
-        )
+        assert any("bumped fees" in r.getMessage() and claim["key"] in r.getMessage() for r in caplog.records)
 
 
 async def test_deep_reorg_in_blocks_the_lagging_watcher_never_saw_is_repaired(
@@ -168,7 +171,7 @@ async def test_deep_reorg_in_blocks_the_lagging_watcher_never_saw_is_repaired(
             )[-1]["blockNumber"]
             assert claim_block > _watcher_cursor(config)  # the watcher never processed the claim block
             s.w3.provider.make_request("anvil_reorg", [s.w3.eth.block_number - claim_block + 1, []])
-            assert market.functions.getJob(job).call()[-1] == 1  # OPEN again
+            assert s.status(job) == 1  # OPEN again
             await wait_until(lambda: all_paid(s, [job]), 60, "the job paid again on the new chain")
             lag["stalled"] = False  # the watcher catches up over the new chain without another repair
             await wait_until(lambda: _watcher_cursor(config) >= s.w3.eth.block_number, 30, "watcher at head")
@@ -179,6 +182,6 @@ async def test_deep_reorg_in_blocks_the_lagging_watcher_never_saw_is_repaired(
         messages = [r.getMessage() for r in caplog.records]
         assert not any("chain reorganised" in m for m in messages)  # the watcher did not see this reorg
         assert any("is no longer on the chain" in m for m in messages), messages
-        records = {r["key"]: r for r in _tx_records(config)}
-        for key in (f"claim:{job}", f"result:{job}"):
-            assert len(records[key]["hashes"]) == 1 and records[key]["state"] == "confirmed", records[key]
+        records = _tx_records(config)
+        for record in (_covering(records, "claims", job), _covering(records, "results", job)):
+            assert len(record["hashes"]) == 1 and record["state"] == "confirmed", record

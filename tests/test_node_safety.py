@@ -13,6 +13,7 @@ from pathlib import Path
 
 from web3 import Web3
 
+from chain.protocol import JobStatus
 from inference.models import LoadedModel, tiny_llama
 from node.jobs import JobBook, JobState, connect
 from tests.factories import make_peft_adapter
@@ -41,7 +42,10 @@ def _submit_raw(s, adapter_id: int, data: bytes, max_tokens: int, price: int, tt
     market = s.contract("JobMarket")
     deadline = s.w3.eth.get_block("latest")["timestamp"] + ttl
     receipt = send(
-        s.w3, s.submitter, market.functions.submitJob(adapter_id, data, max_tokens, deadline), price
+        s.w3,
+        s.submitter,
+        market.functions.submitJob(adapter_id, s.max_fee(adapter_id), data, max_tokens, deadline),
+        price,
     )
     (event,) = market.events.JobSubmitted().process_receipt(receipt)
     return event["args"]["jobId"]
@@ -85,11 +89,16 @@ async def test_adversarial_corpus_never_gets_the_node_slashed(
             # a servable, paying job: the control
             corpus["honest"] = _submit_raw(s, adapter_id, b"hello there", 8, PRICE)
 
-            # the publisher raises its fee in front of a submission signed at the old fee
+            # the publisher raises its fee in front of a submission signed at the old fee: protocol v2
+            # makes the submitter state the fee it accepts, so the submission reverts instead of landing
+            # with the node's share eaten
             await asyncio.to_thread(_rpc, s, "evm_setAutomine", False)
             deadline = s.w3.eth.get_block("latest")["timestamp"] + 600
             job_id = market.functions.jobCount().call() + 1
-            submit = market.functions.submitJob(adapter_id, b"front-run me", 8, deadline).build_transaction(
+            fee_now = registry.functions.getAdapter(adapter_id).call()[5]
+            submit = market.functions.submitJob(
+                adapter_id, fee_now, b"front-run me", 8, deadline
+            ).build_transaction(
                 {
                     "from": s.submitter.address,
                     "value": PRICE,
@@ -99,8 +108,7 @@ async def test_adversarial_corpus_never_gets_the_node_slashed(
                     "maxFeePerGas": 50 * GWEI,
                 }
             )
-            fee_now = registry.functions.getAdapter(adapter_id).call()[5]
-            greedy = PRICE - PRICE // 100 - 3  # leaves the node 3 wei
+            greedy = PRICE - PRICE // 100 - 3  # would leave the node 3 wei
             raise_fee = registry.functions.setFee(adapter_id, greedy).build_transaction(
                 {
                     "from": s.publisher.address,
@@ -111,11 +119,11 @@ async def test_adversarial_corpus_never_gets_the_node_slashed(
                 }
             )
             s.w3.eth.send_raw_transaction(s.publisher.sign_transaction(raise_fee).raw_transaction)
-            s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(submit).raw_transaction)
+            front_run = s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(submit).raw_transaction)
             await asyncio.to_thread(_rpc, s, "evm_mine")
             await asyncio.to_thread(_rpc, s, "evm_setAutomine", True)
-            assert market.functions.getJob(job_id).call()[6] == greedy  # the job landed at the raised fee
-            corpus["fee-front-run"] = job_id
+            assert s.w3.eth.get_transaction_receipt(front_run)["status"] == 0  # AdapterFeeAboveMax
+            assert market.functions.jobCount().call() == job_id - 1  # no job at the raised fee exists
             send(s.w3, s.publisher, registry.functions.setFee(adapter_id, fee_now))
 
             refused = {k: v for k, v in corpus.items() if k != "honest"}
@@ -131,7 +139,6 @@ async def test_adversarial_corpus_never_gets_the_node_slashed(
                 "max-tokens": "input",
                 "output": "output",
                 "min-price": "unprofitable",
-                "fee-front-run": "unprofitable",
             }
             logged = caplog.text
             for jid in refused.values():
@@ -142,10 +149,10 @@ async def test_adversarial_corpus_never_gets_the_node_slashed(
             s.send_submit(adapter_id, b"spike", 8, deadline)
             await asyncio.to_thread(_rpc, s, "evm_mine")
             spike_id = market.functions.jobCount().call()
-            selector_claim = market.encode_abi("claimJob", args=[spike_id])[:10]
+            selector_claim = market.encode_abi("claimJobs", args=[[]])[:10]
             await _wait_pending(s, lambda tx: tx["input"].to_0x_hex().startswith(selector_claim))
             await asyncio.to_thread(_rpc, s, "evm_mine")  # the claim is mined
-            result_sel = market.encode_abi("submitResult", args=[spike_id, b"", b""])[:10]
+            result_sel = market.encode_abi("submitResults", args=[[], b""])[:10]
             await _wait_pending(s, lambda tx: tx["input"].to_0x_hex().startswith(result_sel))
             await asyncio.to_thread(_rpc, s, "anvil_setNextBlockBaseFeePerGas", hex(60 * GWEI))
             await asyncio.to_thread(_rpc, s, "evm_mine")
@@ -180,8 +187,8 @@ async def test_adversarial_corpus_never_gets_the_node_slashed(
         ours = _claims_by(s, s.operator.address)
         assert ours == {corpus["honest"], spike_id, late_id}  # nothing refused was ever claimed
         for jid in ours:
-            assert market.functions.getJob(jid).call()[10] == 3  # Completed: paid, never slashed
-        assert Web3.to_wei(0, "ether") < market.functions.balanceOf(s.operator.address).call()
+            assert s.status(jid) == JobStatus.RESULTED  # answered and paid, never slashed
+        assert Web3.to_wei(0, "ether") < market.functions.heldOf(s.operator.address).call()
 
 
 async def test_engine_refusal_after_a_claim_is_terminal_at_once(

@@ -101,7 +101,7 @@ async def test_readyz_flips_for_each_cause_and_back(tmp_path: Path, tiny: Loaded
                 s.send_submit(adapter_id, b"hold me", 8, deadline)
                 await asyncio.to_thread(_rpc, s, "evm_mine")  # the job lands; our claim will sit pending
                 body = await _until(url, ready=False, cause="tx")
-                assert "claim:" in body["reasons"]["tx"]
+                assert "claims:" in body["reasons"]["tx"]
                 await asyncio.to_thread(_rpc, s, "evm_setAutomine", True)
                 await asyncio.to_thread(_rpc, s, "evm_mine")
                 await s.wait_result(market.functions.jobCount().call())
@@ -115,10 +115,10 @@ async def test_readyz_flips_for_each_cause_and_back(tmp_path: Path, tiny: Loaded
                 await asyncio.to_thread(_rpc, s, "anvil_setBalance", s.operator.address, hex(balance))
                 await _until(url, ready=True)
 
-                # free stake below the claim stake
+                # free stake below the least claim stake (minClaimStake, 0.01 ETH on the devnet)
                 registry = s.contract("NodeRegistry")
                 free = registry.functions.freeStake(s.operator.address).call()
-                send(s.w3, s.operator, registry.functions.requestUnstake(free - Web3.to_wei(0.05, "ether")))
+                send(s.w3, s.operator, registry.functions.requestUnstake(free - Web3.to_wei(0.005, "ether")))
                 await _until(url, ready=False, cause="stake")
                 send(s.w3, s.operator, registry.functions.addStake(), value=free)
                 await _until(url, ready=True)

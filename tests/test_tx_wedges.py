@@ -251,7 +251,7 @@ async def test_claim_made_pointless_by_a_rival_is_replaced_not_mined(tmp_path, t
             assert ours is not None and ours.claim_tx
             # the base fee jumps above our cap for a moment; the rival pays more and lands first
             await asyncio.to_thread(rpc, "anvil_setNextBlockBaseFeePerGas", [hex(3 * GWEI)])
-            claim = market.functions.claimJob(job_id).build_transaction(
+            claim = market.functions.claimJob(s.terms(job_id).as_abi()).build_transaction(
                 {
                     "from": rival.address,
                     "gas": 300_000,
@@ -260,14 +260,14 @@ async def test_claim_made_pointless_by_a_rival_is_replaced_not_mined(tmp_path, t
                     "nonce": s.w3.eth.get_transaction_count(rival.address),
                 }
             )
-            s.w3.eth.send_raw_transaction(rival.sign_transaction(claim).raw_transaction)
+            claim_hash = s.w3.eth.send_raw_transaction(rival.sign_transaction(claim).raw_transaction)
             await asyncio.to_thread(rpc, "evm_mine", [])
-            assert market.functions.getJob(job_id).call()[1] == rival.address
+            assert s.status(job_id) == 2 and s.w3.eth.get_transaction_receipt(claim_hash)["status"] == 1
             await asyncio.to_thread(rpc, "evm_setAutomine", [True])
             record = None
             for _ in range(300):  # fees fall; the replacement mines in place of our claim
                 await asyncio.to_thread(rpc, "evm_mine", [])
-                rec = SqliteTxStore(connect(config.db_path)).get(f"claim:{job_id}")
+                rec = SqliteTxStore(connect(config.db_path)).get(ours.claim_key)
                 if rec is not None and rec.state == TxState.CANCELLED:
                     record = rec
                     break

@@ -110,7 +110,10 @@ def test_wheel_build_without_forge_output_fails_clearly(tmp_path: Path) -> None:
             shutil.copy2(src, tmp_path / "src" / rel)
     done = _build(tmp_path / "src", tmp_path / "dist")
     assert done.returncode != 0
-    assert "forge output for AdapterRegistry, NodeRegistry, JobMarket not found" in done.stdout + done.stderr
+    assert (
+        "forge output for AdapterRegistry, NodeRegistry, JobMarket, ValidatorArbiter not found"
+        in done.stdout + done.stderr
+    )
     assert "make contracts" in done.stdout + done.stderr
     assert not list((tmp_path / "dist").glob("*.whl"))
 
@@ -201,7 +204,7 @@ async def test_wheel_node_and_submitter_get_a_job_paid(venv: Path, tiny: LoadedM
             node_log = (tmp_path / "node.log").read_text()[-3000:]
             assert code == 0 and "signature verified" in out, out + node_log
             assert all_paid(s, [job_id])
-            assert s.contract("JobMarket").functions.balanceOf(operator).call() > 0
+            assert s.contract("JobMarket").functions.heldOf(operator).call() > 0  # held: challenge window
         finally:
             node.send_signal(signal.SIGTERM)
             rc = await asyncio.to_thread(node.wait, 60)

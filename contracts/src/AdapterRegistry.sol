@@ -2,6 +2,7 @@
 pragma solidity ^0.8.24;
 
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
 
 /// @title AdapterRegistry
 /// @notice Registry of LoRA adapters: where to fetch each one (a UnixFS directory CID), the sha256 of its
@@ -9,7 +10,7 @@ import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 ///         earns per job. Validators allowed by the owner attest that an adapter is safe to load.
 /// @dev The content hash, base model, CID and payees of an adapter never change after registration, so a
 ///      job that names an adapter id refers to exactly one file forever; only the fee and the retired flag move.
-contract AdapterRegistry is Ownable {
+contract AdapterRegistry is Ownable2Step {
     /// @notice The public view of one adapter (the ABI struct returned by `getAdapter`).
     struct Adapter {
         address publisher;
@@ -49,12 +50,15 @@ contract AdapterRegistry is Ownable {
     uint256 public constant MAX_CID_LENGTH = 128;
     /// @notice Highest fee per job (2^80 - 1 wei, about 1.2 million ether); the fee is stored in 80 bits.
     uint96 public constant MAX_FEE_PER_JOB = type(uint80).max;
+    /// @notice Most validators allowed at once (bounds attestationCount's loop).
+    uint256 public constant MAX_VALIDATORS = 64;
 
     uint256 private _count;
     mapping(uint256 adapterId => AdapterRecord) private _adapters;
     mapping(uint256 adapterId => Payee[]) private _payees;
     mapping(address validator => bool) public isValidator;
-    mapping(uint256 adapterId => uint256) private _attestations;
+    /// @dev The validators allowed now (at most MAX_VALIDATORS); attestations count only theirs.
+    address[] private _validators;
     mapping(uint256 adapterId => mapping(address validator => bool)) private _attested;
 
     event AdapterRegistered(
@@ -99,6 +103,8 @@ contract AdapterRegistry is Ownable {
     error SharesDoNotSumToWhole(uint256 sum);
     /// @notice The validator address is zero.
     error ZeroValidator();
+    /// @notice MAX_VALIDATORS are allowed already: disallow one first.
+    error TooManyValidators(uint256 maximum);
     /// @notice Only a validator allowed by the owner may attest.
     error NotValidator(address caller);
     /// @notice This validator already attests this adapter.
@@ -107,7 +113,8 @@ contract AdapterRegistry is Ownable {
     error NotAttested(uint256 adapterId, address validator);
 
     /// @notice The deployer becomes the owner, who allows and disallows validators.
-    constructor() Ownable(msg.sender) {}
+    /// @param owner_ The account that allows validators (two-step ownership transfer).
+    constructor(address owner_) Ownable(owner_) {}
 
     // ------------------------------------------------------------------ publishers
 
@@ -182,11 +189,31 @@ contract AdapterRegistry is Ownable {
 
     // ------------------------------------------------------------------ validators
 
-    /// @notice Allow or disallow a validator. Attestations already made stay counted until revoked.
+    /// @notice Allow or disallow a validator. Only validators allowed now count in attestationCount and may
+    ///         dispute results in the market; a disallowed validator's attestations stop counting at once.
     function setValidator(address validator, bool allowed) external onlyOwner {
         if (validator == address(0)) revert ZeroValidator();
+        if (isValidator[validator] == allowed) return;
         isValidator[validator] = allowed;
+        if (allowed) {
+            if (_validators.length >= MAX_VALIDATORS) revert TooManyValidators(MAX_VALIDATORS);
+            _validators.push(validator);
+        } else {
+            uint256 n = _validators.length;
+            for (uint256 i; i < n; ++i) {
+                if (_validators[i] == validator) {
+                    _validators[i] = _validators[n - 1];
+                    _validators.pop();
+                    break;
+                }
+            }
+        }
         emit ValidatorSet(validator, allowed);
+    }
+
+    /// @notice The validators allowed now.
+    function validators() external view returns (address[] memory) {
+        return _validators;
     }
 
     /// @notice Attest, as an allowed validator, that the adapter is safe to load.
@@ -196,7 +223,6 @@ contract AdapterRegistry is Ownable {
         if (a.retired) revert AdapterIsRetired(adapterId);
         if (_attested[adapterId][msg.sender]) revert AlreadyAttested(adapterId, msg.sender);
         _attested[adapterId][msg.sender] = true;
-        ++_attestations[adapterId];
         emit AdapterAttested(adapterId, msg.sender);
     }
 
@@ -205,15 +231,17 @@ contract AdapterRegistry is Ownable {
     function revoke(uint256 adapterId) external {
         if (!_attested[adapterId][msg.sender]) revert NotAttested(adapterId, msg.sender);
         _attested[adapterId][msg.sender] = false;
-        --_attestations[adapterId];
         emit AdapterAttestationRevoked(adapterId, msg.sender);
     }
 
     // ------------------------------------------------------------------ views
 
-    /// @notice How many validators currently attest the adapter.
-    function attestationCount(uint256 adapterId) external view returns (uint256) {
-        return _attestations[adapterId];
+    /// @notice How many validators allowed now attest the adapter.
+    function attestationCount(uint256 adapterId) external view returns (uint256 count) {
+        uint256 n = _validators.length;
+        for (uint256 i; i < n; ++i) {
+            if (_attested[adapterId][_validators[i]]) ++count;
+        }
     }
 
     /// @notice Whether `validator` attests the adapter.
@@ -267,6 +295,21 @@ contract AdapterRegistry is Ownable {
         AdapterRecord storage a = _adapters[adapterId];
         exists = a.publisher != address(0);
         return (exists, a.retired, a.contentHash, a.feePerJob);
+    }
+
+    /// @notice What the job market snapshots into a job's terms, in one call.
+    /// @return exists Whether the id was registered.
+    /// @return retired Whether the adapter is retired.
+    /// @return contentHash sha256 of the adapter file.
+    /// @return baseModel The base model it applies to.
+    /// @return feePerJob Current fee per job.
+    function marketTerms(uint256 adapterId)
+        external
+        view
+        returns (bool exists, bool retired, bytes32 contentHash, bytes32 baseModel, uint96 feePerJob)
+    {
+        AdapterRecord storage a = _adapters[adapterId];
+        return (a.publisher != address(0), a.retired, a.contentHash, a.baseModel, a.feePerJob);
     }
 
     /// @notice The base model id of an adapter (zero for an unknown id).

@@ -1,343 +1,200 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
-import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
-import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
-import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 
-import {AdapterRegistry} from "./AdapterRegistry.sol";
+import {IArbiter} from "./IArbiter.sol";
+import {HeldBalance} from "./lib/HeldBalance.sol";
+import {
+    AdapterRequest,
+    AdapterTerm,
+    JobRequest,
+    JobSlot,
+    JobStatus,
+    ResultItem,
+    Terms,
+    TermsAt
+} from "./lib/JobTypes.sol";
 import {NodeRegistry} from "./NodeRegistry.sol";
+import {Disputes} from "./market/Disputes.sol";
+import {MarketBase} from "./market/MarketBase.sol";
+import {MarketOps} from "./market/MarketOps.sol";
 
-/// @title JobMarket
-/// @notice Escrowed inference jobs for LoRA adapters. A submitter pays the price into escrow; one eligible
-///         node claims the job (locking part of its stake), serves it and submits the output with an EIP-712
-///         signature of its registered signer; the escrow is then split into pull balances: the adapter fee to
-///         the adapter's publisher (or its payees), the protocol fee to the treasury, the rest to the node.
-///         A job not completed by its deadline can be expired by anyone: the submitter is refunded and the
-///         claimant, if any, is slashed.
-/// @dev Every native-token movement out of this contract goes through `withdraw` (pull payments). Result
-///      signatures are bound to chainId and this contract's address by the EIP-712 domain, and to one job by
-///      its id, so they cannot be replayed on another chain, another deployment or another job.
-contract JobMarket is Ownable, ReentrancyGuardTransient, EIP712 {
-    enum JobStatus {
-        None,
-        Open,
-        Claimed,
-        Completed,
-        Expired,
-        Cancelled
-    }
+/// @title JobMarket (protocol v2)
+/// @notice Escrowed inference jobs for LoRA adapters. A job's terms are emitted once and kept on chain only as
+///         a hash packed with its status and claimant in one storage word; every later call re-supplies the
+///         terms. Nodes claim and post results in batches (one stake update, one EIP-712 signature per batch).
+///         A claim unanswered within the job's service window can be reclaimed by anyone (claimant slashed, job
+///         reopened); a claimant may release a job it cannot serve for a small fixed penalty. Payments are held
+///         for a challenge window during which a validator may dispute a result (see Disputes).
+/// @dev Pull payments only. Result signatures are bound to chainId and this contract by the EIP-712 domain and
+///      to the exact batch (job ids, terms hashes, output and proof hashes) by the signed struct.
+contract JobMarket is Disputes {
+    using JobSlot for uint256;
 
-    /// @notice The public view of one job (the ABI struct returned by `getJob`).
-    struct Job {
-        address submitter;
-        address node;
-        uint256 adapterId;
-        bytes32 adapterHash;
-        bytes32 inputHash;
-        uint256 price;
-        uint256 adapterFee;
-        uint16 protocolFeeBps;
-        uint32 maxTokens;
-        uint64 deadline;
-        JobStatus status;
-    }
-
-    /// @dev Storage layout: three slots, all written by submitJob, so a claim and a result only overwrite the
-    ///      non-zero slot 1. The claimant is kept as its NodeRegistry id (32 bits) rather than its address,
-    ///      and the adapter hash is not stored at all: the registry never changes an adapter's content hash,
-    ///      so reading it back by id yields exactly the value the submitter saw.
-    struct JobRecord {
-        address submitter; // slot 0
-        uint96 price; // slot 0
-        uint96 adapterFee; // slot 1
-        uint40 deadline; // slot 1
-        uint32 adapterId; // slot 1
-        uint32 nodeId; // slot 1
-        uint16 protocolFeeBps; // slot 1
-        JobStatus status; // slot 1
-        uint32 maxTokens; // slot 1
-        bytes32 inputHash; // slot 2
-    }
-
-    /// @notice EIP-712 type of the statement a node's signer signs for each result.
+    /// @notice EIP-712 types: a batch of results, each naming its job, terms, output and proof.
     bytes32 public constant RESULT_TYPEHASH =
-        keccak256("Result(uint256 jobId,bytes32 inputHash,bytes32 adapterHash,bytes32 outputHash)");
-    /// @notice Basis points in one whole.
-    uint16 public constant BPS = 10_000;
-    /// @notice Highest protocol fee the owner can set: 10%.
-    uint16 public constant MAX_PROTOCOL_FEE_BPS = 1_000;
-    /// @notice Longest time from submission to deadline; bounds how long escrow and claim stake stay locked.
-    uint64 public constant MAX_JOB_DURATION = 30 days;
-    /// @notice Largest inline input or output; larger payloads go by CID (submitJobByCid, submitResultByCid).
-    uint256 public constant MAX_INLINE_BYTES = 16 * 1024;
-    /// @notice Longest CID string accepted, in bytes.
-    uint256 public constant MAX_CID_LENGTH = 128;
-
-    AdapterRegistry public immutable adapterRegistry;
-    NodeRegistry public immutable nodeRegistry;
-    /// @notice Stake a node must have free to claim a job; locked until the job completes or expires.
-    uint256 public immutable claimStake;
-    /// @notice Share, in basis points, of a slashed claim stake credited to the submitter (rest: treasury).
-    uint16 public immutable slashToSubmitterBps;
-
-    /// @notice Account credited with protocol fees and the treasury share of slashes.
-    address public treasury;
-    /// @dev Treasury income not yet withdrawn. It sits in the treasury's slot so that crediting the protocol fee
-    ///      rewrites a slot the result already read instead of a cold mapping slot; balanceOf and withdraw add it in.
-    uint96 private _treasuryAccrued;
-    /// @notice Protocol fee in basis points of the price, snapshotted into each job at submission.
-    uint16 public protocolFeeBps;
-    /// @notice Number of jobs submitted so far (also the highest job id).
-    uint64 public jobCount;
-
-    mapping(uint256 jobId => JobRecord) private _jobs;
-    mapping(address account => uint256) private _balances;
-
-    event JobSubmitted(
-        uint256 indexed jobId,
-        address indexed submitter,
-        uint256 indexed adapterId,
-        bytes32 adapterHash,
-        bytes32 inputHash,
-        bytes input,
-        string inputCid,
-        uint32 maxTokens,
-        uint64 deadline,
-        uint256 price
+        keccak256("Result(uint256 jobId,bytes32 termsHash,bytes32 outputHash,bytes32 proofHash)");
+    bytes32 public constant BATCH_TYPEHASH = keccak256(
+        "ResultBatch(Result[] results)Result(uint256 jobId,bytes32 termsHash,bytes32 outputHash,bytes32 proofHash)"
     );
-    event JobClaimed(uint256 indexed jobId, address indexed node);
-    event ResultSubmitted(
-        uint256 indexed jobId,
-        address indexed node,
-        bytes32 outputHash,
-        bytes output,
-        string outputCid,
-        uint256 nodeAmount,
-        uint256 adapterAmount,
-        uint256 protocolAmount
-    );
-    event JobCancelled(uint256 indexed jobId);
-    event JobExpired(uint256 indexed jobId, uint256 refund, uint256 slashed);
-    event Withdrawn(address indexed account, uint256 amount);
-    event ProtocolFeeUpdated(uint16 protocolFeeBps);
-    event TreasuryUpdated(address indexed treasury);
 
-    /// @notice A constructor or setter address argument is zero.
-    error ZeroAddress();
-    /// @notice The protocol fee is above MAX_PROTOCOL_FEE_BPS.
-    error ProtocolFeeTooHigh(uint16 bps, uint16 maximum);
-    /// @notice The slash share is above 10000 basis points.
-    error SlashShareTooHigh(uint16 bps);
-    /// @notice No adapter has this id.
-    error UnknownAdapter(uint256 adapterId);
-    /// @notice The adapter is retired and takes no new jobs.
-    error AdapterRetired(uint256 adapterId);
-    /// @notice The deadline must be after the current block's timestamp.
-    error DeadlineInPast(uint64 deadline, uint256 nowTs);
-    /// @notice The deadline is more than MAX_JOB_DURATION ahead.
-    error DeadlineTooFar(uint64 deadline, uint256 latest);
-    /// @notice maxTokens must be positive.
-    error ZeroMaxTokens();
-    /// @notice Inline input is empty: send the prompt bytes, or use submitJobByCid.
-    error EmptyInput();
-    /// @notice An inline payload is larger than MAX_INLINE_BYTES: use the ByCid variant.
-    error PayloadTooLarge(uint256 length, uint256 maximum);
-    /// @notice The CID is empty or longer than MAX_CID_LENGTH bytes.
-    error InvalidCid();
-    /// @notice A content hash given with a CID is zero.
-    error ZeroHash();
-    /// @notice The price must cover the adapter fee, the protocol fee and leave a non-zero node fee.
-    error PriceTooLow(uint256 price, uint256 adapterFee, uint256 protocolAmount);
-    /// @notice The price does not fit in 96 bits.
-    error PriceTooHigh(uint256 price);
-    /// @notice No job has this id.
-    error UnknownJob(uint256 jobId);
-    /// @notice The job is not in the status this call needs.
-    error WrongStatus(uint256 jobId, JobStatus status);
-    /// @notice Only the job's submitter may cancel it.
-    error NotSubmitter(uint256 jobId, address caller);
-    /// @notice The job's deadline has passed: it can only be expired.
-    error DeadlinePassed(uint256 jobId, uint64 deadline);
-    /// @notice The job's deadline has not passed yet.
-    error DeadlineNotReached(uint256 jobId, uint64 deadline);
-    /// @notice The caller is not an active node serving the adapter's base model with claimStake free.
-    error NodeNotEligible(address operator);
-    /// @notice Only the node that claimed the job may submit its result.
-    error NotClaimant(uint256 jobId, address caller);
-    /// @notice The signature is malformed (not 65 bytes, or a high-s / invalid value).
-    error MalformedSignature();
-    /// @notice The result was signed by another key than the node's registered signer.
-    error WrongSigner(address recovered, address expected);
-    /// @notice The caller has no balance to withdraw.
-    error NothingToWithdraw();
-    /// @notice The native-token transfer failed (the receiver reverted).
-    error TransferFailed(address to, uint256 amount);
-    /// @notice Native tokens are accepted only from the node registry (slashed stake).
-    error UnexpectedPayment(address from);
+    /// @dev MarketOps, created here: cancel, releaseJob, reclaim, expire, withdrawAdapterFees, dispute and
+    ///      settleDispute delegatecall it (see MarketOps: keeps this contract under the EIP-170 size limit).
+    address private immutable _ops;
 
-    /// @param adapterRegistry_ The AdapterRegistry jobs name their adapter in.
-    /// @param nodeRegistry_ The NodeRegistry nodes stake in (its market must be set to this contract).
-    /// @param treasury_ Account credited with protocol fees.
-    /// @param protocolFeeBps_ Protocol fee in basis points, at most MAX_PROTOCOL_FEE_BPS.
-    /// @param claimStake_ Stake, in wei, a claim locks and a missed deadline forfeits.
-    /// @param slashToSubmitterBps_ Share of a forfeited claim stake credited to the job's submitter.
-    constructor(
-        address adapterRegistry_,
-        address nodeRegistry_,
-        address treasury_,
-        uint16 protocolFeeBps_,
-        uint256 claimStake_,
-        uint16 slashToSubmitterBps_
-    ) Ownable(msg.sender) EIP712("OpenLoRA", "1") {
-        if (adapterRegistry_ == address(0) || nodeRegistry_ == address(0) || treasury_ == address(0)) {
-            revert ZeroAddress();
-        }
-        if (protocolFeeBps_ > MAX_PROTOCOL_FEE_BPS) revert ProtocolFeeTooHigh(protocolFeeBps_, MAX_PROTOCOL_FEE_BPS);
-        if (slashToSubmitterBps_ > BPS) revert SlashShareTooHigh(slashToSubmitterBps_);
-        adapterRegistry = AdapterRegistry(adapterRegistry_);
-        nodeRegistry = NodeRegistry(nodeRegistry_);
-        treasury = treasury_;
-        protocolFeeBps = protocolFeeBps_;
-        claimStake = claimStake_;
-        slashToSubmitterBps = slashToSubmitterBps_;
-    }
-
-    /// @notice Accepts slashed stake from the node registry; `expire` credits it to pull balances.
-    receive() external payable {
-        if (msg.sender != address(nodeRegistry)) revert UnexpectedPayment(msg.sender);
+    /// @param c Deployment parameters; the NodeRegistry is created here, so its market is fixed at deployment.
+    ///        The NodeRegistry is this contract's first CREATE (nonce 1), MarketOps its second (nonce 2).
+    constructor(Config memory c) MarketBase(c, new NodeRegistry(c.minStake, c.unstakeDelay)) {
+        _validate(c);
+        _ops = address(new MarketOps(c, nodeRegistry));
     }
 
     // ------------------------------------------------------------------ submitters
 
-    /// @notice Submit a job with an inline input; msg.value is the price, held in escrow.
-    /// @param adapterId Adapter to serve the job with (must exist and not be retired).
-    /// @param input Prompt bytes (UTF-8 text or a chat JSON the node understands), at most MAX_INLINE_BYTES.
+    /// @notice Submit a single-adapter job with an inline input; msg.value is the price, held in escrow.
+    /// @param adapterId Adapter to serve the job with.
+    /// @param maxAdapterFee The highest adapter fee the submitter accepts (a higher registry fee reverts).
+    /// @param input Prompt bytes, at most MAX_INLINE_BYTES.
     /// @param maxTokens Most tokens the node should generate.
-    /// @param deadline Unix time by which the result must be on chain (after now, within MAX_JOB_DURATION).
-    /// @return jobId The new job's id (ids start at 1).
-    function submitJob(uint256 adapterId, bytes calldata input, uint32 maxTokens, uint64 deadline)
+    /// @param deadline Unix time by which the result must be on chain.
+    /// @return jobId The new job's id.
+    function submitJob(uint256 adapterId, uint96 maxAdapterFee, bytes calldata input, uint32 maxTokens, uint64 deadline)
         external
         payable
         nonReentrant
         returns (uint256 jobId)
     {
-        if (input.length == 0) revert EmptyInput();
-        if (input.length > MAX_INLINE_BYTES) revert PayloadTooLarge(input.length, MAX_INLINE_BYTES);
-        bytes32 inputHash = keccak256(input);
-        bytes32 adapterHash;
-        (jobId, adapterHash) = _open(adapterId, inputHash, maxTokens, deadline);
-        emit JobSubmitted(
-            jobId, msg.sender, adapterId, adapterHash, inputHash, input, "", maxTokens, deadline, msg.value
-        );
+        if (adapterId > type(uint32).max) revert UnknownAdapter(adapterId);
+        AdapterRequest[] memory one = new AdapterRequest[](1);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        one[0] = AdapterRequest({id: uint32(adapterId), weightBps: BPS, maxFee: maxAdapterFee});
+        return _submit(one, maxTokens, deadline, defaultServiceWindow, input, "", bytes32(0));
     }
 
-    /// @notice Submit a job whose input is stored off chain (IPFS); msg.value is the price.
-    /// @param inputCid CID of the input.
-    /// @param inputHash keccak256 of the input bytes; the node checks the fetched input against it and signs it.
+    /// @notice Submit a job naming up to MAX_ADAPTERS adapters with merge weights, its own service window, and
+    ///         its input inline (`input`) or by CID (`inputCid` + `inputHash`, with `input` empty).
     /// @return jobId The new job's id.
-    function submitJobByCid(
-        uint256 adapterId,
-        string calldata inputCid,
-        bytes32 inputHash,
-        uint32 maxTokens,
-        uint64 deadline
-    ) external payable nonReentrant returns (uint256 jobId) {
-        _checkCid(inputCid);
-        if (inputHash == bytes32(0)) revert ZeroHash();
-        bytes32 adapterHash;
-        (jobId, adapterHash) = _open(adapterId, inputHash, maxTokens, deadline);
-        emit JobSubmitted(
-            jobId, msg.sender, adapterId, adapterHash, inputHash, "", inputCid, maxTokens, deadline, msg.value
-        );
+    function submitRequest(JobRequest calldata req, bytes calldata input, string calldata inputCid, bytes32 inputHash)
+        external
+        payable
+        nonReentrant
+        returns (uint256 jobId)
+    {
+        uint32 window = req.serviceWindow == 0 ? defaultServiceWindow : req.serviceWindow;
+        return _submit(req.adapters, req.maxTokens, req.deadline, window, input, inputCid, inputHash);
     }
 
-    /// @notice Cancel an open (unclaimed) job and credit its price back to the submitter's pull balance.
-    function cancel(uint256 jobId) external nonReentrant {
-        JobRecord storage job = _jobs[jobId];
-        JobStatus status = job.status;
-        if (status != JobStatus.Open) _revertStatus(jobId, status);
-        if (job.submitter != msg.sender) revert NotSubmitter(jobId, msg.sender);
-        job.status = JobStatus.Cancelled;
-        _balances[msg.sender] += job.price;
-        emit JobCancelled(jobId);
+    /// @notice Cancel an open (unclaimed) job; its price is credited back to the submitter.
+    function cancel(Terms calldata t) external {
+        _delegateToOps();
     }
 
     // ------------------------------------------------------------------ nodes
 
-    /// @notice Claim an open job before its deadline. The caller (the node's operator key) must be an active
-    ///         node serving the adapter's base model with at least claimStake free; that stake is locked until
-    ///         the job completes (unlocked) or expires (slashed). Exactly one node can claim a job.
-    function claimJob(uint256 jobId) external nonReentrant {
-        JobRecord storage job = _jobs[jobId];
-        JobStatus status = job.status;
-        if (status != JobStatus.Open) _revertStatus(jobId, status);
-        uint64 deadline = job.deadline;
-        if (block.timestamp >= deadline) revert DeadlinePassed(jobId, deadline);
-        bytes32 baseModel = adapterRegistry.baseModelOf(job.adapterId);
-        uint32 nodeId = nodeRegistry.eligibleNodeId(msg.sender, baseModel, claimStake);
+    /// @notice Claim one open job (reverts with the reason when it cannot be claimed). Locks claimStakeFor(price).
+    function claimJob(Terms calldata t) external nonReentrant {
+        (uint32 nodeId, bytes32 baseModel) = nodeRegistry.claimer(msg.sender);
         if (nodeId == 0) revert NodeNotEligible(msg.sender);
-        job.nodeId = nodeId;
-        job.status = JobStatus.Claimed;
-        emit JobClaimed(jobId, msg.sender);
-        if (claimStake != 0) nodeRegistry.lockStake(msg.sender, claimStake);
+        uint256 stake = _claimItem(t, nodeId, baseModel);
+        if (stake == 0) {
+            // Say why (the checks of _claimItem, in order).
+            (uint256 slot,) = _slotFor(t);
+            _requireStatus(t, slot, JobStatus.Open);
+            if (block.timestamp >= t.deadline) revert DeadlinePassed(t.jobId, t.deadline);
+            revert NodeNotEligible(msg.sender);
+        }
+        nodeRegistry.lockStake(msg.sender, stake);
     }
 
-    /// @notice Submit the output of a claimed job inline and get paid.
-    /// @param output The generated bytes (at most MAX_INLINE_BYTES); outputHash = keccak256(output).
-    /// @param signature 65-byte EIP-712 signature of Result(jobId, inputHash, adapterHash, outputHash) by the
-    ///        node's registered signer; see resultDigest().
-    function submitResult(uint256 jobId, bytes calldata output, bytes calldata signature) external nonReentrant {
-        if (output.length > MAX_INLINE_BYTES) revert PayloadTooLarge(output.length, MAX_INLINE_BYTES);
-        bytes32 outputHash = keccak256(output);
-        (uint256 nodeAmount, uint256 adapterAmount, uint256 protocolAmount) = _settle(jobId, outputHash, signature);
-        emit ResultSubmitted(jobId, msg.sender, outputHash, output, "", nodeAmount, adapterAmount, protocolAmount);
+    /// @notice Claim a batch of jobs. Jobs that are no longer open, past their deadline, for another base model
+    ///         or whose terms do not match are skipped (a rival got there first); reverts if none was claimed.
+    /// @return claimed How many were claimed.
+    function claimJobs(Terms[] calldata terms) external nonReentrant returns (uint256 claimed) {
+        _checkBatch(terms.length);
+        (uint32 nodeId, bytes32 baseModel) = nodeRegistry.claimer(msg.sender);
+        if (nodeId == 0) revert NodeNotEligible(msg.sender);
+        uint256 stake;
+        for (uint256 i; i < terms.length; ++i) {
+            uint256 s = _claimItem(terms[i], nodeId, baseModel);
+            if (s != 0) {
+                stake += s;
+                ++claimed;
+            }
+        }
+        if (claimed == 0) revert NothingClaimed();
+        nodeRegistry.lockStake(msg.sender, stake);
     }
 
-    /// @notice Submit the output of a claimed job by CID (for outputs larger than MAX_INLINE_BYTES).
-    /// @param outputCid CID of the output.
-    /// @param outputHash keccak256 of the output bytes (what the signature covers).
-    /// @param signature As for submitResult.
-    function submitResultByCid(uint256 jobId, string calldata outputCid, bytes32 outputHash, bytes calldata signature)
+    /// @notice Post one result (a batch of one); the signature is over ResultBatch with this one Result
+    ///         (see resultDigest).
+    function submitResult(ResultItem calldata item, bytes calldata signature) external nonReentrant {
+        (uint32 nodeId, address signer) = nodeRegistry.claimantInfo(msg.sender);
+        Payout memory p = _newPayout(1);
+        (bytes32 leaf, bool ok) = _settleItem(item, nodeId, p);
+        if (!ok) {
+            (uint256 slot,) = _slotFor(item.terms);
+            _requireStatus(item.terms, slot, JobStatus.Claimed);
+            if (block.timestamp >= item.terms.deadline) revert DeadlinePassed(item.terms.jobId, item.terms.deadline);
+            revert NotClaimant(item.terms.jobId, msg.sender);
+        }
+        bytes32[] memory leaves = new bytes32[](1);
+        leaves[0] = leaf;
+        _checkSignature(leaves, signature, signer);
+        _pay(p);
+    }
+
+    /// @notice Post a batch of results with one EIP-712 signature by the node's registered signer over
+    ///         ResultBatch(Result[]) (see batchDigest). Items whose job the caller no longer holds (reclaimed,
+    ///         past deadline, already answered) are skipped; reverts if none settled. Payments are held for the
+    ///         challenge window, then withdrawable.
+    /// @return settled How many results were accepted.
+    function submitResults(ResultItem[] calldata items, bytes calldata signature)
         external
         nonReentrant
+        returns (uint256 settled)
     {
-        _checkCid(outputCid);
-        if (outputHash == bytes32(0)) revert ZeroHash();
-        (uint256 nodeAmount, uint256 adapterAmount, uint256 protocolAmount) = _settle(jobId, outputHash, signature);
-        emit ResultSubmitted(jobId, msg.sender, outputHash, "", outputCid, nodeAmount, adapterAmount, protocolAmount);
+        _checkBatch(items.length);
+        (uint32 nodeId, address signer) = nodeRegistry.claimantInfo(msg.sender);
+        Payout memory p = _newPayout(items.length);
+        bytes32[] memory leaves = new bytes32[](items.length);
+        for (uint256 i; i < items.length; ++i) {
+            bool ok;
+            (leaves[i], ok) = _settleItem(items[i], nodeId, p);
+            if (ok) ++settled;
+        }
+        if (settled == 0) revert NothingSettled();
+        _checkSignature(leaves, signature, signer);
+        _pay(p);
+    }
+
+    /// @notice Give back a claimed job the caller cannot serve: releasePenalty of its claim stake goes to the
+    ///         treasury, the rest is unlocked, and the job reopens for other nodes (or is refunded past its
+    ///         deadline). The submitter gets nothing from a release.
+    function releaseJob(Terms calldata t) external {
+        _delegateToOps();
     }
 
     // ------------------------------------------------------------------ anyone
 
-    /// @notice Close a job whose deadline has passed without a result: the price is credited back to the
-    ///         submitter; if a node had claimed it, its claim stake is slashed, slashToSubmitterBps of it
-    ///         credited to the submitter and the rest to the treasury.
-    function expire(uint256 jobId) external nonReentrant {
-        JobRecord storage job = _jobs[jobId];
-        JobStatus status = job.status;
-        if (status != JobStatus.Open && status != JobStatus.Claimed) _revertStatus(jobId, status);
-        uint64 deadline = job.deadline;
-        if (block.timestamp < deadline) revert DeadlineNotReached(jobId, deadline);
-        job.status = JobStatus.Expired;
-        address submitter = job.submitter;
-        uint256 refund = job.price;
-        uint256 slashed;
-        if (status == JobStatus.Claimed && claimStake != 0) {
-            slashed = claimStake;
-            uint256 toSubmitter = slashed * slashToSubmitterBps / BPS;
-            refund += toSubmitter;
-            _creditTreasury(slashed - toSubmitter);
-        }
-        _balances[submitter] += refund;
-        emit JobExpired(jobId, refund, slashed);
-        if (slashed != 0) nodeRegistry.slash(nodeRegistry.operatorOf(job.nodeId), slashed);
+    /// @notice Reclaim a job whose claimant did not post a result within the job's service window: the claim
+    ///         stake is slashed (the submitter gets at most compensationBps of the price, once per job; the rest
+    ///         goes to the treasury) and the job reopens for other nodes, or is refunded past its deadline.
+    function reclaim(Terms calldata t) external {
+        _delegateToOps();
     }
 
-    /// @notice Send the caller its whole pull balance (refunds, fees, node payments, slash shares).
+    /// @notice Close a job whose deadline passed without a result: the price goes back to the submitter; a
+    ///         claimant's stake is slashed as in reclaim.
+    function expire(Terms calldata t) external {
+        _delegateToOps();
+    }
+
+    /// @notice Send the caller its pull balance plus its earnings whose challenge window has passed.
     function withdraw() external nonReentrant {
-        uint256 amount = _balances[msg.sender];
+        (uint256 rest, uint256 matured) = HeldBalance.release(_heldNode[msg.sender], _epoch(block.timestamp));
+        if (matured != 0) _heldNode[msg.sender] = rest;
+        uint256 amount = _balances[msg.sender] + matured;
         if (msg.sender == treasury) {
             amount += _treasuryAccrued;
             _treasuryAccrued = 0;
@@ -349,6 +206,27 @@ contract JobMarket is Ownable, ReentrancyGuardTransient, EIP712 {
         if (!ok) revert TransferFailed(msg.sender, amount);
     }
 
+    /// @notice Credit an adapter's matured fees to its publisher (or split among its payees); anyone may call.
+    function withdrawAdapterFees(uint256 adapterId) external {
+        _delegateToOps();
+    }
+
+    // ------------------------------------------------------------------ validators
+
+    /// @notice Dispute a result inside its challenge window. The caller must be a validator the AdapterRegistry
+    ///         allows now and must send exactly disputeBond. The job's held payments are set aside until settled.
+    /// @param t The job's terms (from JobSubmitted).
+    /// @param evidenceCid CID of the evidence (for TOPLOC: the recomputed proof), passed on to the arbiter.
+    function dispute(Terms calldata t, string calldata evidenceCid) external payable {
+        _delegateToOps();
+    }
+
+    /// @notice Carry out a ruling (anyone), or, when the arbiter has not ruled within disputeTimeout, close the
+    ///         dispute as "no fraud".
+    function settleDispute(Terms calldata t) external {
+        _delegateToOps();
+    }
+
     // ------------------------------------------------------------------ owner
 
     /// @notice Set the protocol fee for jobs submitted from now on (at most MAX_PROTOCOL_FEE_BPS).
@@ -358,8 +236,7 @@ contract JobMarket is Ownable, ReentrancyGuardTransient, EIP712 {
         emit ProtocolFeeUpdated(bps);
     }
 
-    /// @notice Set the account future protocol fees and slash shares are credited to. Balances already
-    ///         credited to the old treasury stay withdrawable by it.
+    /// @notice Set the account future protocol fees and slash shares go to.
     function setTreasury(address treasury_) external onlyOwner {
         if (treasury_ == address(0)) revert ZeroAddress();
         _balances[treasury] += _treasuryAccrued;
@@ -368,49 +245,84 @@ contract JobMarket is Ownable, ReentrancyGuardTransient, EIP712 {
         emit TreasuryUpdated(treasury_);
     }
 
+    /// @notice Set the arbiter new disputes go to (open disputes keep theirs).
+    function setArbiter(address arbiter_) external onlyOwner {
+        if (arbiter_ == address(0)) revert ZeroAddress();
+        arbiter = IArbiter(arbiter_);
+        emit ArbiterUpdated(arbiter_);
+    }
+
     // ------------------------------------------------------------------ views
 
-    /// @notice Wei the account can withdraw now.
+    /// @notice Wei the account can withdraw now (pull balance + matured earnings + treasury income).
     function balanceOf(address account) external view returns (uint256) {
-        return _balances[account] + (account == treasury ? _treasuryAccrued : 0);
+        (, uint256 matured) = HeldBalance.release(_heldNode[account], _epoch(block.timestamp));
+        return _balances[account] + matured + (account == treasury ? _treasuryAccrued : 0);
     }
 
-    /// @notice Everything about one job (all zero, status None, for an unknown id).
-    function getJob(uint256 jobId) external view returns (Job memory) {
-        JobRecord storage j = _jobs[jobId];
-        return Job({
-            submitter: j.submitter,
-            node: j.nodeId == 0 ? address(0) : nodeRegistry.operatorOf(j.nodeId),
-            adapterId: j.adapterId,
-            adapterHash: j.status == JobStatus.None ? bytes32(0) : adapterRegistry.contentHashOf(j.adapterId),
-            inputHash: j.inputHash,
-            price: j.price,
-            adapterFee: j.adapterFee,
-            protocolFeeBps: j.protocolFeeBps,
-            maxTokens: j.maxTokens,
-            deadline: j.deadline,
-            status: j.status
-        });
+    /// @notice Earnings of `account` still inside their challenge window.
+    function heldOf(address account) external view returns (uint256) {
+        (uint256 rest,) = HeldBalance.release(_heldNode[account], _epoch(block.timestamp));
+        return HeldBalance.total(rest);
     }
 
-    /// @notice The EIP-712 digest a node's signer signs for a result (for clients to check their signing).
-    function resultDigest(uint256 jobId, bytes32 inputHash, bytes32 adapterHash, bytes32 outputHash)
-        public
+    /// @notice An adapter's fees: withdrawable now (via withdrawAdapterFees) and still held.
+    function adapterFees(uint256 adapterId) external view returns (uint256 withdrawable, uint256 held) {
+        (uint256 rest, uint256 matured) = HeldBalance.release(_heldAdapter[adapterId], _epoch(block.timestamp));
+        return (_adapterBalance[adapterId] + matured, HeldBalance.total(rest));
+    }
+
+    /// @notice A job's stored state: status, claimant operator, and the time of its claim or result.
+    /// @return status Stored status (a Resulted job is final once `finalAt` has passed).
+    /// @return node Claimant's operator address (zero when none).
+    /// @return at Claim time while Claimed, result time while Resulted/Disputed/Final (0 otherwise).
+    /// @return termsHashPrefix The stored 192-bit prefix of the terms hash (shifted left by 64 bits).
+    function jobState(uint256 jobId)
+        external
+        view
+        returns (JobStatus status, address node, uint256 at, bytes32 termsHashPrefix)
+    {
+        uint256 slot = _jobs[jobId];
+        if (slot == 0) return (JobStatus.None, address(0), 0, bytes32(0));
+        status = slot.status();
+        uint32 nodeId = slot.nodeId();
+        node = nodeId == 0 ? address(0) : nodeRegistry.operatorOf(nodeId);
+        at = slot.offset();
+        termsHashPrefix = bytes32(slot & JobSlot.HASH_MASK);
+    }
+
+    /// @notice Whether `t` are the job's terms as stored.
+    function termsMatch(Terms calldata t) external view returns (bool) {
+        uint256 slot = _jobs[t.jobId];
+        return slot != 0 && slot.matches(JobSlot.hashOf(t));
+    }
+
+    /// @notice keccak256 of the terms' ABI encoding (abi.encode(terms) without its leading offset word): what
+    ///         results sign as termsHash.
+    function hashTerms(Terms calldata t) external pure returns (bytes32) {
+        return JobSlot.hashOf(t);
+    }
+
+    /// @notice The EIP-712 digest of a batch of one result.
+    function resultDigest(uint256 jobId, bytes32 termsHash_, bytes32 outputHash, bytes32 proofHash)
+        external
         view
         returns (bytes32)
     {
-        return _hashTypedDataV4(keccak256(abi.encode(RESULT_TYPEHASH, jobId, inputHash, adapterHash, outputHash)));
+        bytes32[] memory leaves = new bytes32[](1);
+        leaves[0] = keccak256(abi.encode(RESULT_TYPEHASH, jobId, termsHash_, outputHash, proofHash));
+        return _batchDigest(leaves);
     }
 
-    /// @notice The EIP-712 domain separator (name "OpenLoRA", version "1", this chain, this contract).
+    /// @notice The EIP-712 domain separator (name "OpenLoRA", version "2", this chain, this contract).
     function domainSeparator() external view returns (bytes32) {
         return _domainSeparatorV4();
     }
 
-    /// @notice A price that is enough for a job on this adapter now: covers the adapter fee and protocol fee
-    ///         and leaves at least 1 wei for the node. Offer more to attract nodes.
+    /// @notice The least price a single-adapter job on this adapter needs now: its fee plus the protocol fee,
+    ///         leaving 1 wei for the node. Nodes want more (docs/submitters.md).
     function minPrice(uint256 adapterId) external view returns (uint256) {
-        (bool exists,,, uint96 fee) = adapterRegistry.jobTerms(adapterId);
+        (bool exists,,,, uint96 fee) = adapterRegistry.marketTerms(adapterId);
         if (!exists) revert UnknownAdapter(adapterId);
         uint256 keep = BPS - protocolFeeBps;
         return ((uint256(fee) + 1) * BPS + keep - 1) / keep;
@@ -418,127 +330,285 @@ contract JobMarket is Ownable, ReentrancyGuardTransient, EIP712 {
 
     // ------------------------------------------------------------------ internals
 
-    function _open(uint256 adapterId, bytes32 inputHash, uint32 maxTokens, uint64 deadline)
-        private
-        returns (uint256 jobId, bytes32 adapterHash)
-    {
+    /// @dev What one batch of results pays out, accumulated in memory and written once per payee.
+    struct Payout {
+        uint256 nodeAmount;
+        uint256 protocolAmount;
+        uint256 stake;
+        uint256 nAdapters;
+        uint256[] adapterIds;
+        uint256[] adapterAmounts;
+    }
+
+    function _newPayout(uint256 items) private pure returns (Payout memory p) {
+        p.adapterIds = new uint256[](items * MAX_ADAPTERS);
+        p.adapterAmounts = new uint256[](items * MAX_ADAPTERS);
+    }
+
+    function _submit(
+        AdapterRequest[] memory reqs,
+        uint32 maxTokens,
+        uint64 deadline,
+        uint32 serviceWindow,
+        bytes calldata input,
+        string memory inputCid,
+        bytes32 inputHash
+    ) private returns (uint256 jobId) {
         if (maxTokens == 0) revert ZeroMaxTokens();
         if (deadline <= block.timestamp) revert DeadlineInPast(deadline, block.timestamp);
         if (deadline > block.timestamp + MAX_JOB_DURATION) {
             revert DeadlineTooFar(deadline, block.timestamp + MAX_JOB_DURATION);
         }
+        if (serviceWindow < minServiceWindow) revert ServiceWindowTooShort(serviceWindow, minServiceWindow);
         if (msg.value > type(uint96).max) revert PriceTooHigh(msg.value);
-        if (adapterId > type(uint32).max) revert UnknownAdapter(adapterId);
-        (bool exists, bool retired, bytes32 contentHash, uint96 fee) = adapterRegistry.jobTerms(adapterId);
-        if (!exists) revert UnknownAdapter(adapterId);
-        if (retired) revert AdapterRetired(adapterId);
+        if (input.length != 0) {
+            if (input.length > MAX_INLINE_BYTES) revert PayloadTooLarge(input.length, MAX_INLINE_BYTES);
+            if (bytes(inputCid).length != 0) revert InvalidCid();
+            inputHash = keccak256(input);
+        } else {
+            if (bytes(inputCid).length == 0) revert EmptyInput();
+            if (bytes(inputCid).length > MAX_CID_LENGTH) revert InvalidCid();
+            if (inputHash == bytes32(0)) revert ZeroHash();
+        }
+        (AdapterTerm[] memory terms, bytes32 baseModel, uint256 fees) = _adapterTerms(reqs);
         uint16 bps = protocolFeeBps;
         uint256 protocolAmount = msg.value * bps / BPS;
-        if (msg.value <= uint256(fee) + protocolAmount) revert PriceTooLow(msg.value, fee, protocolAmount);
-
+        if (msg.value <= fees + protocolAmount) revert PriceTooLow(msg.value, fees, protocolAmount);
         jobId = ++jobCount;
-        // The casts are exact: price < 2^96 and adapterId < 2^32 are checked above, and the deadline is at
-        // most MAX_JOB_DURATION after now, far below 2^40 seconds (year 36812).
-        _jobs[jobId] = JobRecord({
+        // Casts are exact: price < 2^96 is checked; timestamps and windows fit their widths for millennia.
+        Terms memory t = Terms({
+            jobId: uint64(jobId),
             submitter: msg.sender,
             // forge-lint: disable-next-line(unsafe-typecast)
             price: uint96(msg.value),
-            adapterFee: fee,
+            // forge-lint: disable-next-line(unsafe-typecast)
+            submittedAt: uint40(block.timestamp),
             // forge-lint: disable-next-line(unsafe-typecast)
             deadline: uint40(deadline),
-            // forge-lint: disable-next-line(unsafe-typecast)
-            adapterId: uint32(adapterId),
-            nodeId: 0,
-            protocolFeeBps: bps,
-            status: JobStatus.Open,
+            serviceWindow: serviceWindow,
             maxTokens: maxTokens,
-            inputHash: inputHash
+            protocolFeeBps: bps,
+            baseModel: baseModel,
+            inputHash: inputHash,
+            adapters: terms
         });
-        adapterHash = contentHash;
+        _record(t, input, inputCid);
     }
 
-    function _settle(uint256 jobId, bytes32 outputHash, bytes calldata signature)
-        private
-        returns (uint256 nodeAmount, uint256 adapterAmount, uint256 protocolAmount)
-    {
-        (JobRecord storage job, address signer) = _claimedByCaller(jobId);
-        (address publisher, address[] memory payees, uint16[] memory shares) =
-            _verifyResult(jobId, job, signer, outputHash, signature);
-
-        job.status = JobStatus.Completed;
-        uint256 price = job.price;
-        protocolAmount = price * job.protocolFeeBps / BPS;
-        adapterAmount = job.adapterFee;
-        nodeAmount = price - adapterAmount - protocolAmount;
-        _balances[msg.sender] += nodeAmount;
-        if (protocolAmount != 0) _creditTreasury(protocolAmount);
-        if (adapterAmount != 0) _creditAdapterFee(adapterAmount, publisher, payees, shares);
-        if (claimStake != 0) nodeRegistry.unlockStake(msg.sender, claimStake);
+    /// @dev Stores the new job's slot and emits JobSubmitted; one encoding of the terms serves both the stored
+    ///      hash (JobSlot.hashOfMemory's definition) and the event.
+    function _record(Terms memory t, bytes calldata input, string memory inputCid) private {
+        bytes memory enc = abi.encode(t);
+        bytes32 h;
+        assembly ("memory-safe") {
+            h := keccak256(add(enc, 0x40), sub(mload(enc), 0x20))
+        }
+        _jobs[t.jobId] = JobSlot.pack(h, JobStatus.Open, 0, 0, 0);
+        _emitSubmitted(t.jobId, t.adapters[0].id, enc, input, inputCid);
     }
 
-    /// @dev Checks the job is claimed, still in time and that the caller is its claimant; returns the
-    ///      claimant's current signer.
-    function _claimedByCaller(uint256 jobId) private view returns (JobRecord storage job, address signer) {
-        job = _jobs[jobId];
-        JobStatus status = job.status;
-        if (status != JobStatus.Claimed) _revertStatus(jobId, status);
-        uint64 deadline = job.deadline;
-        if (block.timestamp >= deadline) revert DeadlinePassed(jobId, deadline);
-        address operator;
-        (operator, signer) = nodeRegistry.claimantOf(job.nodeId);
-        if (operator != msg.sender) revert NotClaimant(jobId, msg.sender);
-    }
-
-    /// @dev Checks the signature against the claimant's registered signer and returns who gets the adapter fee.
-    function _verifyResult(
+    /// @dev emit JobSubmitted(jobId, msg.sender, adapterId, t, input, inputCid), with the terms' data copied from
+    ///      `enc` = abi.encode(t) instead of encoding them a second time. Data: three offsets, the terms' body,
+    ///      then input and inputCid as length-prefixed, zero-padded bytes (the ABI encoding of the event's data).
+    function _emitSubmitted(
         uint256 jobId,
-        JobRecord storage job,
-        address signer,
-        bytes32 outputHash,
-        bytes calldata signature
-    ) private view returns (address publisher, address[] memory payees, uint16[] memory shares) {
-        bytes32 adapterHash;
-        (adapterHash, publisher, payees, shares) = adapterRegistry.settlementTerms(job.adapterId);
-        bytes32 digest = resultDigest(jobId, job.inputHash, adapterHash, outputHash);
-        (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecover(digest, signature);
+        uint256 adapterId,
+        bytes memory enc,
+        bytes calldata input,
+        string memory inputCid
+    ) private {
+        bytes32 topic = JobSubmitted.selector;
+        assembly ("memory-safe") {
+            let termsLen := sub(mload(enc), 0x20)
+            let inLen := input.length
+            let inPadded := and(add(inLen, 31), not(31))
+            let cidLen := mload(inputCid)
+            let cidPadded := and(add(cidLen, 31), not(31))
+            let d := mload(0x40)
+            let inAt := add(0x60, termsLen)
+            let cidAt := add(inAt, add(0x20, inPadded))
+            mstore(d, 0x60)
+            mstore(add(d, 0x20), inAt)
+            mstore(add(d, 0x40), cidAt)
+            mcopy(add(d, 0x60), add(enc, 0x40), termsLen)
+            let p := add(d, inAt)
+            mstore(p, inLen)
+            mstore(add(p, inPadded), 0) // zero the last (partial) word before copying over it
+            calldatacopy(add(p, 0x20), input.offset, inLen)
+            p := add(d, cidAt)
+            mstore(p, cidLen)
+            mstore(add(p, cidPadded), 0)
+            mcopy(add(p, 0x20), add(inputCid, 0x20), cidLen)
+            let size := add(cidAt, add(0x20, cidPadded))
+            log4(d, size, topic, jobId, caller(), adapterId)
+        }
+    }
+
+    /// @dev Checks each requested adapter against the registry and snapshots its fee and content hash.
+    function _adapterTerms(AdapterRequest[] memory reqs)
+        private
+        view
+        returns (AdapterTerm[] memory terms, bytes32 baseModel, uint256 fees)
+    {
+        uint256 n = reqs.length;
+        if (n == 0 || n > MAX_ADAPTERS) revert BadAdapterList();
+        terms = new AdapterTerm[](n);
+        for (uint256 i; i < n; ++i) {
+            AdapterRequest memory r = reqs[i];
+            if (r.weightBps == 0) revert BadAdapterList();
+            for (uint256 j; j < i; ++j) {
+                if (reqs[j].id == r.id) revert BadAdapterList();
+            }
+            (bool exists, bool retired, bytes32 contentHash, bytes32 model, uint96 fee) =
+                adapterRegistry.marketTerms(r.id);
+            if (!exists) revert UnknownAdapter(r.id);
+            if (retired) revert AdapterRetired(r.id);
+            if (fee > r.maxFee) revert AdapterFeeAboveMax(r.id, fee, r.maxFee);
+            if (i == 0) baseModel = model;
+            else if (model != baseModel) revert BaseModelMismatch(r.id);
+            terms[i] = AdapterTerm({id: r.id, weightBps: r.weightBps, fee: fee, contentHash: contentHash});
+            fees += fee;
+        }
+    }
+
+    /// @dev Claims one job if it is open, in time, for the caller's base model and its terms match; returns the
+    ///      stake to lock (0 when skipped). Fields are read with one calldataload each (no ABI re-validation):
+    ///      once the hash of the raw bytes matched the stored hash of the canonical encoding, the bytes are
+    ///      canonical, so every field sits at its fixed offset (TermsAt). Before the match only the jobId word
+    ///      is read, to find the slot; a dirty one finds no job.
+    function _claimItem(Terms calldata t, uint32 nodeId, bytes32 baseModel) private returns (uint256 stake) {
+        bytes32 termsHash_ = JobSlot.hashOf(t);
+        uint256 jobId = TermsAt.jobId(t);
+        uint256 slot = _jobs[jobId];
+        if (!slot.matches(termsHash_) || slot.status() != JobStatus.Open) return 0;
+        if (block.timestamp >= TermsAt.deadline(t) || TermsAt.baseModel(t) != baseModel) return 0;
+        unchecked {
+            // submittedAt <= now: it is the block time of the submission, and time does not go back.
+            _jobs[jobId] =
+                JobSlot.pack(termsHash_, JobStatus.Claimed, nodeId, slot, block.timestamp - TermsAt.submittedAt(t));
+        }
+        stake = claimStakeFor(TermsAt.price(t));
+        emit JobClaimed(jobId, msg.sender);
+    }
+
+    /// @dev Accepts one result if the caller holds its job in time; adds its payments to `p`. Returns the
+    ///      EIP-712 struct hash of the item (signed whether or not it is accepted) and whether it was. Reads the
+    ///      terms' fields as _claimItem does (after the hash matched) and hashes in scratch memory, so a batch
+    ///      does not grow memory per item.
+    function _settleItem(ResultItem calldata it, uint32 nodeId, Payout memory p)
+        private
+        returns (bytes32 leaf, bool ok)
+    {
+        Terms calldata t = it.terms;
+        bytes32 termsHash_ = JobSlot.hashOf(t);
+        bytes32 outputHash = _outputHash(it);
+        bytes32 proofHash = it.proofHash;
+        uint256 jobId = TermsAt.jobId(t);
+        bytes32 typeHash = RESULT_TYPEHASH;
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            mstore(m, typeHash)
+            mstore(add(m, 0x20), jobId)
+            mstore(add(m, 0x40), termsHash_)
+            mstore(add(m, 0x60), outputHash)
+            mstore(add(m, 0x80), proofHash)
+            leaf := keccak256(m, 0xa0)
+        }
+        uint256 slot = _jobs[jobId];
+        if (!slot.matches(termsHash_) || slot.status() != JobStatus.Claimed || slot.nodeId() != nodeId) {
+            return (leaf, false);
+        }
+        if (block.timestamp >= TermsAt.deadline(t)) return (leaf, false);
+        unchecked {
+            _jobs[jobId] =
+                JobSlot.pack(termsHash_, JobStatus.Resulted, nodeId, slot, block.timestamp - TermsAt.submittedAt(t));
+        }
+        uint256 nodeAmount = _accrue(t, p);
+        emit ResultSubmitted(jobId, msg.sender, outputHash, proofHash, nodeAmount);
+        return (leaf, true);
+    }
+
+    /// @dev Adds an accepted result's payments to the batch: node, adapters, protocol, stake to unlock.
+    function _accrue(Terms calldata t, Payout memory p) private view returns (uint256 nodeAmount) {
+        uint256 price = TermsAt.price(t);
+        uint256 protocolAmount = price * TermsAt.protocolFeeBps(t) / BPS;
+        uint256 fees;
+        uint256 n = TermsAt.adapterCount(t);
+        for (uint256 i; i < n; ++i) {
+            uint256 fee = TermsAt.adapterFee(t, i);
+            fees += fee;
+            _addAdapter(p, TermsAt.adapterId(t, i), fee);
+        }
+        // The market accepted these terms with price > fees + protocolAmount.
+        nodeAmount = price - fees - protocolAmount;
+        p.nodeAmount += nodeAmount;
+        p.protocolAmount += protocolAmount;
+        p.stake += claimStakeFor(price);
+    }
+
+    function _outputHash(ResultItem calldata it) private pure returns (bytes32 h) {
+        bytes calldata out = it.output;
+        uint256 len = out.length;
+        if (len != 0) {
+            if (len > MAX_INLINE_BYTES) revert PayloadTooLarge(len, MAX_INLINE_BYTES);
+            assembly ("memory-safe") {
+                let m := mload(0x40)
+                calldatacopy(m, out.offset, len)
+                h := keccak256(m, len)
+            }
+            return h;
+        }
+        _checkCid(it.outputCid);
+        h = it.outputHash;
+        if (h == bytes32(0)) revert ZeroHash();
+    }
+
+    function _addAdapter(Payout memory p, uint256 id, uint256 fee) private pure {
+        for (uint256 k; k < p.nAdapters; ++k) {
+            if (p.adapterIds[k] == id) {
+                p.adapterAmounts[k] += fee;
+                return;
+            }
+        }
+        p.adapterIds[p.nAdapters] = id;
+        p.adapterAmounts[p.nAdapters] = fee;
+        ++p.nAdapters;
+    }
+
+    /// @dev Writes a batch's payments: once for the node, once per adapter, once for the treasury; unlocks stake.
+    function _pay(Payout memory p) private {
+        _holdForNode(msg.sender, p.nodeAmount);
+        for (uint256 k; k < p.nAdapters; ++k) {
+            if (p.adapterAmounts[k] != 0) _holdForAdapter(p.adapterIds[k], p.adapterAmounts[k]);
+        }
+        if (p.protocolAmount != 0) _creditTreasury(p.protocolAmount);
+        nodeRegistry.unlockStake(msg.sender, p.stake);
+    }
+
+    function _checkSignature(bytes32[] memory leaves, bytes calldata signature, address signer) private view {
+        (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecover(_batchDigest(leaves), signature);
         if (err != ECDSA.RecoverError.NoError) revert MalformedSignature();
         if (recovered != signer) revert WrongSigner(recovered, signer);
     }
 
-    function _creditAdapterFee(uint256 amount, address publisher, address[] memory payees, uint16[] memory shares)
-        private
-    {
-        uint256 n = payees.length;
-        if (n == 0) {
-            _balances[publisher] += amount;
-            return;
-        }
-        uint256 paid;
-        for (uint256 i; i < n - 1; ++i) {
-            uint256 part = amount * shares[i] / BPS;
-            _balances[payees[i]] += part;
-            paid += part;
-        }
-        _balances[payees[n - 1]] += amount - paid;
+    function _batchDigest(bytes32[] memory leaves) private view returns (bytes32) {
+        return _hashTypedDataV4(keccak256(abi.encode(BATCH_TYPEHASH, keccak256(abi.encodePacked(leaves)))));
     }
 
-    function _creditTreasury(uint256 amount) private {
-        uint256 accrued = uint256(_treasuryAccrued) + amount;
-        if (accrued > type(uint96).max) {
-            _balances[treasury] += amount;
-        } else {
-            // Exact: accrued <= type(uint96).max.
-            // forge-lint: disable-next-line(unsafe-typecast)
-            _treasuryAccrued = uint96(accrued);
+    /// @dev Runs the current call in MarketOps on this contract's state and returns or reverts with its result.
+    function _delegateToOps() private {
+        address ops = _ops;
+        assembly {
+            calldatacopy(0, 0, calldatasize())
+            let ok := delegatecall(gas(), ops, 0, calldatasize(), 0, 0)
+            returndatacopy(0, 0, returndatasize())
+            if iszero(ok) { revert(0, returndatasize()) }
+            return(0, returndatasize())
         }
     }
 
-    function _revertStatus(uint256 jobId, JobStatus status) private pure {
-        if (status == JobStatus.None) revert UnknownJob(jobId);
-        revert WrongStatus(jobId, status);
-    }
-
-    function _checkCid(string calldata cid) private pure {
-        if (bytes(cid).length == 0 || bytes(cid).length > MAX_CID_LENGTH) revert InvalidCid();
+    function _checkBatch(uint256 n) private pure {
+        if (n == 0) revert EmptyBatch();
+        if (n > MAX_BATCH) revert BatchTooLarge(n, MAX_BATCH);
     }
 }

@@ -1,16 +1,18 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
-import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 
 /// @title NodeRegistry
 /// @notice Compute nodes stake native tokens here, name the key that signs their results, the base model they
 ///         serve and their libp2p peer id. The job market locks part of a node's stake while it holds a claim
-///         and slashes it when the node misses a deadline. Leaving takes an unstake request and a delay.
+///         and slashes it when the node misses a service window or a dispute finds a result fraudulent. Leaving
+///         takes an unstake request and a delay longer than the market's challenge window and dispute timeout.
+///         The registry is created by its JobMarket, so the market allowed to lock and slash is fixed at
+///         deployment: nobody can point it at another market later.
 /// @dev Stake accounting: `stake` is bonded stake (slashable) and includes `locked`; `pendingUnstake` has left
 ///      the bond and waits for its delay. This contract's balance always equals the sum of stake + pending.
-contract NodeRegistry is Ownable, ReentrancyGuardTransient {
+contract NodeRegistry is ReentrancyGuardTransient {
     /// @notice The public view of one node (the ABI struct returned by `getNode`).
     struct Node {
         address signer;
@@ -44,8 +46,8 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
     uint256 public immutable minStake;
     /// @notice Seconds between an unstake request and the withdrawal it allows.
     uint64 public immutable unstakeDelay;
-    /// @notice The JobMarket allowed to lock, unlock and slash stake (set once by the owner).
-    address public market;
+    /// @notice The JobMarket allowed to lock, unlock and slash stake: the contract that created this one.
+    address public immutable market;
 
     /// @notice Number of nodes ever registered (also the highest node id; ids start at 1).
     uint32 public nodeCount;
@@ -62,12 +64,7 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
     event StakeWithdrawn(address indexed operator, uint256 amount);
     event NodeSlashed(address indexed operator, uint256 amount);
     /// @notice Emitted once, when the owner wires the registry to its job market.
-    event MarketSet(address indexed market);
 
-    /// @notice The market address is zero.
-    error ZeroMarket();
-    /// @notice The market can be set only once.
-    error MarketAlreadySet(address market);
     /// @notice Only the job market may lock, unlock or slash stake.
     error NotMarket(address caller);
     /// @notice This operator already has a node; use update() or addStake().
@@ -86,8 +83,6 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
     error ZeroAmount();
     /// @notice Not enough stake that is neither locked by a claim nor pending withdrawal.
     error InsufficientFreeStake(uint256 requested, uint256 free);
-    /// @notice The market tried to unlock or slash more than is locked.
-    error InsufficientLockedStake(uint256 requested, uint256 locked);
     /// @notice Nothing is pending withdrawal; call requestUnstake() first.
     error NothingToWithdraw();
     /// @notice The unstake delay has not passed yet.
@@ -99,22 +94,15 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
 
     /// @param minStake_ Least stake, in wei, to register and stay active.
     /// @param unstakeDelay_ Seconds an unstake request waits before it can be withdrawn.
-    constructor(uint256 minStake_, uint64 unstakeDelay_) Ownable(msg.sender) {
+    constructor(uint256 minStake_, uint64 unstakeDelay_) {
         minStake = minStake_;
         unstakeDelay = unstakeDelay_;
+        market = msg.sender;
     }
 
     modifier onlyMarket() {
-        if (msg.sender != market || msg.sender == address(0)) revert NotMarket(msg.sender);
+        if (msg.sender != market) revert NotMarket(msg.sender);
         _;
-    }
-
-    /// @notice Wire the registry to its job market. Owner only, once.
-    function setMarket(address market_) external onlyOwner {
-        if (market_ == address(0)) revert ZeroMarket();
-        if (market != address(0)) revert MarketAlreadySet(market);
-        market = market_;
-        emit MarketSet(market_);
     }
 
     // ------------------------------------------------------------------ operators
@@ -205,28 +193,47 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
         n.locked += uint104(amount);
     }
 
-    /// @notice Release `amount` of the operator's locked stake after a completed claim. Job market only.
+    /// @notice Release up to `amount` of the operator's locked stake after a claim ends. Job market only.
     function unlockStake(address operator, uint256 amount) external onlyMarket {
         NodeRecord storage n = _nodes[operator];
-        if (amount > n.locked) revert InsufficientLockedStake(amount, n.locked);
-        // amount <= locked < 2^120.
         // forge-lint: disable-next-line(unsafe-typecast)
-        n.locked -= uint104(amount);
+        n.locked = amount >= n.locked ? 0 : n.locked - uint104(amount);
     }
 
-    /// @notice Take `amount` of the operator's locked stake and send it to the job market, which credits it
-    ///         to pull balances. Job market only.
-    function slash(address operator, uint256 amount) external onlyMarket nonReentrant {
+    /// @notice Take up to `amount` of the operator's locked stake (a claim it did not serve in time) and send it
+    ///         to the job market. Returns what was taken. Job market only.
+    function slashLocked(address operator, uint256 amount) external onlyMarket nonReentrant returns (uint256 taken) {
         NodeRecord storage n = _nodes[operator];
-        if (amount > n.locked) revert InsufficientLockedStake(amount, n.locked);
-        // amount <= locked <= stake < 2^120.
+        taken = amount > n.locked ? n.locked : amount;
+        // taken <= locked <= stake < 2^104.
         // forge-lint: disable-next-line(unsafe-typecast)
-        n.locked -= uint104(amount);
+        n.locked -= uint104(taken);
         // forge-lint: disable-next-line(unsafe-typecast)
-        n.stake -= uint104(amount);
-        if (n.stake < minStake) n.active = false;
-        emit NodeSlashed(operator, amount);
-        _send(msg.sender, amount);
+        n.stake -= uint104(taken);
+        _afterSlash(operator, n, taken);
+    }
+
+    /// @notice Take up to `amount` of the operator's stake wherever it is (free, waiting to be unstaked, then
+    ///         locked) for a fraudulent result, and send it to the job market. Returns what was taken.
+    function slashAny(address operator, uint256 amount) external onlyMarket nonReentrant returns (uint256 taken) {
+        NodeRecord storage n = _nodes[operator];
+        uint256 left = amount;
+        uint256 free = uint256(n.stake) - n.locked;
+        uint256 part = left > free ? free : left;
+        // forge-lint: disable-next-line(unsafe-typecast)
+        n.stake -= uint104(part);
+        left -= part;
+        part = left > n.pendingUnstake ? n.pendingUnstake : left;
+        n.pendingUnstake -= part;
+        left -= part;
+        part = left > n.locked ? n.locked : left;
+        // forge-lint: disable-next-line(unsafe-typecast)
+        n.locked -= uint104(part);
+        // forge-lint: disable-next-line(unsafe-typecast)
+        n.stake -= uint104(part);
+        left -= part;
+        taken = amount - left;
+        _afterSlash(operator, n, taken);
     }
 
     // ------------------------------------------------------------------ views
@@ -273,18 +280,23 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
         return _operators[nodeId];
     }
 
-    /// @notice The node id of `operator` if it may claim a job for `baseModel` locking `amount`, else 0.
-    /// @dev One call for the market's claim path; same rule as isEligible.
-    function eligibleNodeId(address operator, bytes32 baseModel, uint256 amount) external view returns (uint32) {
-        NodeRecord storage n = _nodes[operator];
-        if (n.active && n.baseModel == baseModel && uint256(n.stake) - n.locked >= amount) return n.nodeId;
-        return 0;
-    }
-
-    /// @notice Operator and current signer of a node id, for the market's result path.
+    /// @notice Operator and current signer of a node id.
     function claimantOf(uint32 nodeId) external view returns (address operator, address signer) {
         operator = _operators[nodeId];
         signer = _nodes[operator].signer;
+    }
+
+    /// @notice For the market's claim path: the operator's node id (0 unless active) and its base model.
+    function claimer(address operator) external view returns (uint32 nodeId, bytes32 baseModel) {
+        NodeRecord storage n = _nodes[operator];
+        if (!n.active) return (0, bytes32(0));
+        return (n.nodeId, n.baseModel);
+    }
+
+    /// @notice For the market's result path: the operator's node id and the signer its results must carry.
+    function claimantInfo(address operator) external view returns (uint32 nodeId, address signer) {
+        NodeRecord storage n = _nodes[operator];
+        return (n.nodeId, n.signer);
     }
 
     // ------------------------------------------------------------------ internals
@@ -298,6 +310,13 @@ contract NodeRegistry is Ownable, ReentrancyGuardTransient {
         if (signer == address(0)) revert ZeroSigner();
         if (baseModel == bytes32(0)) revert ZeroBaseModel();
         if (bytes(peerId).length == 0 || bytes(peerId).length > MAX_PEER_ID_LENGTH) revert InvalidPeerId();
+    }
+
+    function _afterSlash(address operator, NodeRecord storage n, uint256 taken) private {
+        if (n.stake < minStake) n.active = false;
+        if (taken == 0) return;
+        emit NodeSlashed(operator, taken);
+        _send(msg.sender, taken);
     }
 
     function _send(address to, uint256 amount) private {

@@ -17,7 +17,7 @@ contract AdapterRegistryTest is Test {
     address internal other = makeAddr("other");
 
     function setUp() public {
-        reg = new AdapterRegistry();
+        reg = new AdapterRegistry(address(this));
     }
 
     function _register() internal returns (uint256) {
@@ -269,5 +269,105 @@ contract AdapterRegistryTest is Test {
     function test_getAdapter_reverts_for_unknown() public {
         vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.UnknownAdapter.selector, 0));
         reg.getAdapter(0);
+    }
+
+    // ---------------------------------------------------------------- v2: validator list, market terms, owner
+
+    function test_constructor_sets_owner() public {
+        assertEq(reg.owner(), address(this), "owner");
+        AdapterRegistry r2 = new AdapterRegistry(other);
+        assertEq(r2.owner(), other, "explicit owner, not the deployer");
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableInvalidOwner.selector, address(0)));
+        new AdapterRegistry(address(0));
+    }
+
+    function test_validators_list_add_remove_and_noop() public {
+        address v2 = makeAddr("v2");
+        address v3 = makeAddr("v3");
+        reg.setValidator(validator, true);
+        reg.setValidator(v2, true);
+        reg.setValidator(v3, true);
+        reg.setValidator(v2, true); // no-op: not listed twice
+        address[] memory vs = reg.validators();
+        assertEq(vs.length, 3, "three");
+        reg.setValidator(validator, false);
+        vs = reg.validators();
+        assertEq(vs.length, 2, "two left");
+        assertTrue((vs[0] == v3 && vs[1] == v2) || (vs[0] == v2 && vs[1] == v3), "the others remain");
+        assertFalse(reg.isValidator(validator), "removed");
+        reg.setValidator(validator, false); // no-op
+        assertEq(reg.validators().length, 2, "still two");
+    }
+
+    function test_validators_capped() public {
+        for (uint256 i; i < reg.MAX_VALIDATORS(); ++i) {
+            reg.setValidator(address(uint160(0x1000 + i)), true);
+        }
+        vm.expectRevert(abi.encodeWithSelector(AdapterRegistry.TooManyValidators.selector, 64));
+        reg.setValidator(address(0xdead), true);
+        reg.setValidator(address(uint160(0x1000)), false);
+        reg.setValidator(address(0xdead), true);
+        assertEq(reg.validators().length, 64, "full again");
+    }
+
+    function test_attestations_of_removed_validator_stop_counting() public {
+        uint256 id = _register();
+        address v2 = makeAddr("v2");
+        reg.setValidator(validator, true);
+        reg.setValidator(v2, true);
+        vm.prank(validator);
+        reg.attest(id);
+        vm.prank(v2);
+        reg.attest(id);
+        assertEq(reg.attestationCount(id), 2, "two");
+        reg.setValidator(validator, false);
+        assertEq(reg.attestationCount(id), 1, "removed validator no longer counts");
+        assertTrue(reg.hasAttested(id, validator), "the record itself stays");
+        reg.setValidator(validator, true);
+        assertEq(reg.attestationCount(id), 2, "counts again once re-allowed");
+    }
+
+    function test_marketTerms() public {
+        uint256 id = _register();
+        (bool exists, bool retired, bytes32 h, bytes32 base, uint96 fee) = reg.marketTerms(id);
+        assertTrue(exists, "exists");
+        assertFalse(retired, "live");
+        assertEq(h, HASH, "hash");
+        assertEq(base, BASE, "base");
+        assertEq(fee, 5 gwei, "fee");
+        vm.prank(publisher);
+        reg.retire(id);
+        (, retired,,,) = reg.marketTerms(id);
+        assertTrue(retired, "retired");
+        (exists,,,,) = reg.marketTerms(id + 1);
+        assertFalse(exists, "unknown");
+    }
+
+    function test_settlementTerms_with_payees() public {
+        address[] memory payees = new address[](2);
+        payees[0] = makeAddr("a");
+        payees[1] = makeAddr("b");
+        uint16[] memory shares = new uint16[](2);
+        shares[0] = 4_000;
+        shares[1] = 6_000;
+        vm.prank(publisher);
+        uint256 id = reg.registerWithPayees(CID, HASH, BASE, 8, 1, 1, payees, shares);
+        (bytes32 h, address pub, address[] memory p, uint16[] memory sh) = reg.settlementTerms(id);
+        assertEq(h, HASH, "hash");
+        assertEq(pub, publisher, "publisher");
+        assertEq(p.length, 2, "payees");
+        assertEq(p[1], payees[1], "payee 1");
+        assertEq(sh[0], 4_000, "share 0");
+    }
+
+    function test_ownership_two_step() public {
+        reg.transferOwnership(other);
+        assertEq(reg.pendingOwner(), other, "pending");
+        reg.setValidator(validator, true); // still the owner until accepted
+        vm.prank(other);
+        reg.acceptOwnership();
+        assertEq(reg.owner(), other, "new owner");
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, address(this)));
+        reg.setValidator(validator, false);
     }
 }

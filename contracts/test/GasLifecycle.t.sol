@@ -2,37 +2,46 @@
 pragma solidity ^0.8.24;
 
 import {Fixture} from "./utils/Fixture.sol";
+import {ResultItem, Terms} from "../src/lib/JobTypes.sol";
 
-/// @notice The gas of one job's lifecycle (submitJob + claimJob + submitResult with a 256-byte output) in the
-///         steady state: a first job has already run, so counters and pull balances are non-zero.
+/// @notice Gas of one job's lifecycle and of a node's batched claims + results, in the steady state: three
+///         warm-up rounds two challenge windows apart have run, so counters and pull balances are non-zero and
+///         both buckets of the node's and the adapter's held-earnings words are in use; each measured result
+///         then matures an older bucket into the pull balances ("finalization included": earnings mature
+///         without a transaction of their own, the next credit or the withdrawal does it). scripts/gas-report.sh
+///         runs this with --isolate (each call its own transaction, as Anvil receipts show) and on Anvil.
+/// forge-config: default.isolate = true
 contract GasLifecycleTest is Fixture {
-    /// @dev Regression ceiling for the three calls measured as separate transactions, which is what
-    ///      `forge test --isolate` does (scripts/gas-report.sh runs it so): cold storage, 21,000 intrinsic gas
-    ///      and calldata included, as in an Anvil receipt. Without --isolate the calls share one transaction and
-    ///      warm storage, so the numbers are lower and the ceiling is loose; the isolated run is the real check.
-    uint256 internal constant LIFECYCLE_CEILING = 260_000;
+    // Regression ceilings: the achieved figures plus a small margin (the goals of issue 15 are 160,000,
+    // 40,000 and 30,000; scripts/gas-report.sh reports them as met or missed).
+    uint256 internal constant LIFECYCLE_CEILING = 203_000;
+    uint256 internal constant BATCH10_CEILING_PER_JOB = 43_500;
+    uint256 internal constant BATCH100_CEILING_PER_JOB = 36_000;
 
     function test_lifecycle_gas_steady_state() public {
         bytes memory output = _output(256);
-        uint256 first = _submit();
-        _claim(first);
-        _complete(first, output);
+        for (uint256 i; i < 3; ++i) {
+            Terms memory w = _submit();
+            _claim(w);
+            _complete(w, output);
+            vm.warp(block.timestamp + 2 * CHALLENGE_WINDOW + 1);
+        }
 
         uint64 deadline = uint64(block.timestamp + 1 hours);
-        bytes32 inputHash = keccak256(input);
-        bytes memory sig;
-
         vm.prank(submitter);
-        uint256 jobId = market.submitJob{value: PRICE}(adapterId, input, MAX_TOKENS, deadline);
+        uint256 jobId = market.submitJob{value: PRICE}(adapterId, ADAPTER_FEE, input, MAX_TOKENS, deadline);
         uint256 submitGas = vm.lastCallGas().gasTotalUsed;
+        Terms memory t = _terms(submitter, jobId, PRICE, deadline);
 
         vm.prank(operator);
-        market.claimJob(jobId);
+        market.claimJob(t);
         uint256 claimGas = vm.lastCallGas().gasTotalUsed;
 
-        sig = _signDigest(SIGNER_KEY, market.resultDigest(jobId, inputHash, CONTENT_HASH, keccak256(output)));
+        ResultItem[] memory one = new ResultItem[](1);
+        one[0] = _item(t, output);
+        bytes memory sig = _signBatch(SIGNER_KEY, one);
         vm.prank(operator);
-        market.submitResult(jobId, output, sig);
+        market.submitResult(one[0], sig);
         uint256 resultGas = vm.lastCallGas().gasTotalUsed;
 
         emit log_named_uint("submitJob", submitGas);
@@ -40,5 +49,44 @@ contract GasLifecycleTest is Fixture {
         emit log_named_uint("submitResult", resultGas);
         emit log_named_uint("lifecycle total", submitGas + claimGas + resultGas);
         assertLe(submitGas + claimGas + resultGas, LIFECYCLE_CEILING, "lifecycle gas regressed");
+    }
+
+    function test_batch10_gas() public {
+        _batchRound(10, BATCH10_CEILING_PER_JOB);
+    }
+
+    function test_batch100_gas() public {
+        _batchRound(100, BATCH100_CEILING_PER_JOB);
+    }
+
+    function _batchRound(uint256 n, uint256 ceilingPerJob) internal {
+        bytes memory output = _output(256);
+        for (uint256 i; i < 3; ++i) {
+            _round(n, output); // warm-up: words and balances become non-zero, both held buckets in use
+            vm.warp(block.timestamp + 2 * CHALLENGE_WINDOW + 1);
+        }
+        (uint256 claimGas, uint256 resultGas) = _round(n, output);
+        emit log_named_uint("claimJobs", claimGas);
+        emit log_named_uint("submitResults", resultGas);
+        emit log_named_uint("node gas per job", (claimGas + resultGas) / n);
+        assertLe((claimGas + resultGas) / n, ceilingPerJob, "node gas per job regressed");
+    }
+
+    function _round(uint256 n, bytes memory output) internal returns (uint256 claimGas, uint256 resultGas) {
+        Terms[] memory ts = new Terms[](n);
+        for (uint256 i; i < n; ++i) {
+            ts[i] = _submit();
+        }
+        vm.prank(operator);
+        market.claimJobs(ts);
+        claimGas = vm.lastCallGas().gasTotalUsed;
+        ResultItem[] memory items = new ResultItem[](n);
+        for (uint256 i; i < n; ++i) {
+            items[i] = _item(ts[i], output);
+        }
+        bytes memory sig = _signBatch(SIGNER_KEY, items);
+        vm.prank(operator);
+        market.submitResults(items, sig);
+        resultGas = vm.lastCallGas().gasTotalUsed;
     }
 }

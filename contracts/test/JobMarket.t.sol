@@ -2,628 +2,1264 @@
 pragma solidity ^0.8.24;
 
 import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+
 import {Fixture} from "./utils/Fixture.sol";
 import {JobMarket} from "../src/JobMarket.sol";
-import {AdapterRegistry} from "../src/AdapterRegistry.sol";
+import {NodeRegistry} from "../src/NodeRegistry.sol";
+import {MarketBase} from "../src/market/MarketBase.sol";
+import {MarketOps} from "../src/market/MarketOps.sol";
+import {AdapterRequest, AdapterTerm, JobRequest, JobStatus, ResultItem, Terms} from "../src/lib/JobTypes.sol";
+
+/// @dev Rejects every payment (a submitter or node that cannot receive ETH).
+contract Rejecter {
+    receive() external payable {
+        revert("no");
+    }
+
+    function call(address to, bytes calldata data) external payable returns (bytes memory) {
+        (bool ok, bytes memory ret) = to.call{value: msg.value}(data);
+        if (!ok) {
+            assembly ("memory-safe") {
+                revert(add(ret, 0x20), mload(ret))
+            }
+        }
+        return ret;
+    }
+}
+
+/// @dev Tries to withdraw again from inside the payment it receives.
+contract Reenterer {
+    JobMarket internal immutable market;
+    bool internal entered;
+
+    constructor(JobMarket m) {
+        market = m;
+    }
+
+    function submit(uint256 adapterId, uint96 fee, bytes calldata input, uint64 deadline) external payable {
+        market.submitJob{value: msg.value}(adapterId, fee, input, 64, deadline);
+    }
+
+    function cancel(Terms calldata t) external {
+        market.cancel(t);
+    }
+
+    function withdraw() external {
+        market.withdraw();
+    }
+
+    receive() external payable {
+        if (!entered) {
+            entered = true;
+            market.withdraw();
+        }
+    }
+}
 
 contract JobMarketTest is Fixture {
     string internal constant INPUT_CID = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku";
     bytes32 internal constant INPUT_HASH = keccak256("large input");
+    uint256 internal constant SIGNER2_KEY = 0xb0b2;
+    address internal operator2 = makeAddr("operator2");
 
-    // ---------------------------------------------------------------- constructor and owner
+    uint256 internal constant NODE_AMOUNT = PRICE - ADAPTER_FEE - PRICE * PROTOCOL_FEE_BPS / 10_000;
+    uint256 internal constant STAKE = PRICE * CLAIM_STAKE_BPS / 10_000; // 0.015 ether > MIN_CLAIM_STAKE
+    uint256 internal constant COMP = PRICE * COMPENSATION_BPS / 10_000;
+
+    function _deadline() internal view returns (uint64) {
+        return uint64(block.timestamp + 1 hours);
+    }
+
+    // ---------------------------------------------------------------- constructor, parameters, owner
 
     function test_constructor_sets_parameters() public view {
         assertEq(address(market.adapterRegistry()), address(adapters), "adapters");
-        assertEq(address(market.nodeRegistry()), address(nodes), "nodes");
+        assertEq(nodes.market(), address(market), "registry's market is its creator");
+        assertEq(nodes.minStake(), MIN_STAKE, "min stake");
+        assertEq(nodes.unstakeDelay(), UNSTAKE_DELAY, "unstake delay");
         assertEq(market.treasury(), treasury, "treasury");
         assertEq(market.protocolFeeBps(), PROTOCOL_FEE_BPS, "fee");
-        assertEq(market.claimStake(), CLAIM_STAKE, "claim stake");
-        assertEq(market.slashToSubmitterBps(), SLASH_TO_SUBMITTER_BPS, "slash share");
+        assertEq(market.minClaimStake(), MIN_CLAIM_STAKE, "min claim stake");
+        assertEq(market.claimStakeBps(), CLAIM_STAKE_BPS, "claim stake bps");
+        assertEq(market.compensationBps(), COMPENSATION_BPS, "compensation");
+        assertEq(market.releasePenalty(), RELEASE_PENALTY, "release penalty");
+        assertEq(market.defaultServiceWindow(), SERVICE_WINDOW, "service window");
+        assertEq(market.minServiceWindow(), MIN_SERVICE_WINDOW, "min service window");
+        assertEq(market.challengeWindow(), CHALLENGE_WINDOW, "challenge window");
+        assertEq(market.disputeBond(), DISPUTE_BOND, "bond");
+        assertEq(market.challengerRewardBps(), CHALLENGER_REWARD_BPS, "reward");
+        assertEq(market.disputeTimeout(), DISPUTE_TIMEOUT, "timeout");
         assertEq(market.owner(), deployer, "owner");
+        assertEq(address(market.arbiter()), address(arbiter), "arbiter");
+        assertEq(market.jobCount(), 0, "no jobs");
+    }
+
+    function _expectConfigRevert(MarketBase.Config memory c, bytes memory err) internal {
+        vm.expectRevert(err);
+        new JobMarket(c);
+    }
+
+    function _invalid(string memory what) internal pure returns (bytes memory) {
+        return abi.encodeWithSelector(MarketBase.InvalidConfig.selector, what);
     }
 
     function test_constructor_reverts_on_bad_parameters() public {
-        vm.expectRevert(JobMarket.ZeroAddress.selector);
-        new JobMarket(address(0), address(nodes), treasury, 0, 0, 0);
-        vm.expectRevert(JobMarket.ZeroAddress.selector);
-        new JobMarket(address(adapters), address(0), treasury, 0, 0, 0);
-        vm.expectRevert(JobMarket.ZeroAddress.selector);
-        new JobMarket(address(adapters), address(nodes), address(0), 0, 0, 0);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.ProtocolFeeTooHigh.selector, uint16(1_001), uint16(1_000)));
-        new JobMarket(address(adapters), address(nodes), treasury, 1_001, 0, 0);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.SlashShareTooHigh.selector, uint16(10_001)));
-        new JobMarket(address(adapters), address(nodes), treasury, 0, 0, 10_001);
+        MarketBase.Config memory c = _config();
+        c.owner = address(0);
+        // Ownable rejects a zero owner before the market's own checks run.
+        _expectConfigRevert(c, abi.encodeWithSelector(Ownable.OwnableInvalidOwner.selector, address(0)));
+        c = _config();
+        c.adapterRegistry = address(0);
+        _expectConfigRevert(c, abi.encodeWithSelector(MarketBase.ZeroAddress.selector));
+        c = _config();
+        c.treasury = address(0);
+        _expectConfigRevert(c, abi.encodeWithSelector(MarketBase.ZeroAddress.selector));
+        c = _config();
+        c.protocolFeeBps = 1_001;
+        _expectConfigRevert(
+            c, abi.encodeWithSelector(MarketBase.ProtocolFeeTooHigh.selector, uint16(1_001), uint16(1_000))
+        );
+        c = _config();
+        c.minClaimStake = 0;
+        _expectConfigRevert(c, _invalid("minClaimStake must be > 0"));
+        c = _config();
+        c.claimStakeBps = 999;
+        _expectConfigRevert(c, _invalid("claimStakeBps must cover the protocol fee"));
+        c = _config();
+        c.compensationBps = 1_001;
+        _expectConfigRevert(c, _invalid("compensationBps above 10%"));
+        c = _config();
+        c.releasePenalty = MIN_CLAIM_STAKE + 1;
+        _expectConfigRevert(c, _invalid("releasePenalty above minClaimStake"));
+        c = _config();
+        c.minServiceWindow = 0;
+        _expectConfigRevert(c, _invalid("service windows"));
+        c = _config();
+        c.defaultServiceWindow = MIN_SERVICE_WINDOW - 1;
+        _expectConfigRevert(c, _invalid("service windows"));
+        c = _config();
+        c.challengeWindow = 0;
+        _expectConfigRevert(c, _invalid("challengeWindow"));
+        c = _config();
+        c.challengeWindow = 7 days + 1;
+        _expectConfigRevert(c, _invalid("challengeWindow"));
+        c = _config();
+        c.challengerRewardBps = 10_001;
+        _expectConfigRevert(c, _invalid("challengerRewardBps"));
+        c = _config();
+        c.disputeTimeout = 0;
+        _expectConfigRevert(c, _invalid("disputeTimeout"));
+        c = _config();
+        c.unstakeDelay = uint64(CHALLENGE_WINDOW) + DISPUTE_TIMEOUT;
+        _expectConfigRevert(c, _invalid("unstakeDelay must exceed challengeWindow + disputeTimeout"));
+        // The boundary values are accepted.
+        c = _config();
+        c.unstakeDelay = uint64(CHALLENGE_WINDOW) + DISPUTE_TIMEOUT + 1;
+        c.challengeWindow = 7 days;
+        c.unstakeDelay = 7 days + DISPUTE_TIMEOUT + 1;
+        c.protocolFeeBps = 1_000;
+        c.compensationBps = 1_000;
+        c.releasePenalty = MIN_CLAIM_STAKE;
+        c.challengerRewardBps = 10_000;
+        c.defaultServiceWindow = MIN_SERVICE_WINDOW;
+        JobMarket m = new JobMarket(c);
+        assertEq(m.challengeWindow(), 7 days, "max window");
+    }
+
+    function test_receive_only_from_node_registry() public {
+        vm.deal(stranger, 1 ether);
+        vm.prank(stranger);
+        (bool ok, bytes memory ret) = address(market).call{value: 1}("");
+        assertFalse(ok, "stranger payment accepted");
+        assertEq(ret, abi.encodeWithSelector(MarketBase.UnexpectedPayment.selector, stranger), "reason");
+        vm.deal(address(nodes), 1 ether);
+        vm.prank(address(nodes));
+        (ok,) = address(market).call{value: 1}("");
+        assertTrue(ok, "registry payment refused");
+    }
+
+    function test_claimStakeFor_scales_and_has_a_floor() public view {
+        assertEq(market.claimStakeFor(0), MIN_CLAIM_STAKE, "floor at zero");
+        assertEq(market.claimStakeFor(0.001 ether), MIN_CLAIM_STAKE, "floor");
+        assertEq(market.claimStakeFor(1 ether), 1.5 ether, "scaled");
     }
 
     function test_setProtocolFee() public {
-        vm.expectEmit(false, false, false, true, address(market));
-        emit JobMarket.ProtocolFeeUpdated(250);
+        vm.expectEmit(address(market));
+        emit MarketBase.ProtocolFeeUpdated(250);
         market.setProtocolFee(250);
         assertEq(market.protocolFeeBps(), 250, "fee");
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.ProtocolFeeTooHigh.selector, uint16(1_001), uint16(1_000)));
+        Terms memory t = _submit();
+        assertEq(t.protocolFeeBps, 250, "new jobs carry the new fee");
+        assertTrue(market.termsMatch(t), "terms with the new fee");
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.ProtocolFeeTooHigh.selector, uint16(1_001), uint16(1_000)));
         market.setProtocolFee(1_001);
         vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, stranger));
         vm.prank(stranger);
         market.setProtocolFee(0);
     }
 
-    function test_setTreasury() public {
-        vm.expectEmit(true, false, false, true, address(market));
-        emit JobMarket.TreasuryUpdated(stranger);
+    function test_setProtocolFee_does_not_change_submitted_jobs() public {
+        Terms memory t = _submit();
+        market.setProtocolFee(1_000);
+        _claim(t);
+        _complete(t, "ok");
+        (uint256 w,) = market.adapterFees(adapterId);
+        assertEq(w, 0, "nothing matured yet");
+        assertEq(market.heldOf(operator), NODE_AMOUNT, "old fee applies");
+    }
+
+    function test_setTreasury_moves_accrued_to_old_treasury() public {
+        Terms memory t = _submit();
+        _claim(t);
+        _complete(t, "ok");
+        uint256 accrued = PRICE * PROTOCOL_FEE_BPS / 10_000;
+        assertEq(market.balanceOf(treasury), accrued, "accrued");
+        vm.expectEmit(true, false, false, false, address(market));
+        emit MarketBase.TreasuryUpdated(stranger);
         market.setTreasury(stranger);
         assertEq(market.treasury(), stranger, "treasury");
-        vm.expectRevert(JobMarket.ZeroAddress.selector);
+        assertEq(market.balanceOf(treasury), accrued, "old treasury keeps what it earned");
+        assertEq(market.balanceOf(stranger), 0, "new treasury starts at zero");
+        vm.expectRevert(MarketBase.ZeroAddress.selector);
         market.setTreasury(address(0));
         vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, stranger));
         vm.prank(stranger);
         market.setTreasury(stranger);
     }
 
-    function test_protocol_fee_change_does_not_touch_submitted_jobs() public {
-        uint256 jobId = _submit();
-        market.setProtocolFee(1_000);
-        _claim(jobId);
-        _complete(jobId, _output(8));
-        assertEq(market.balanceOf(treasury), PRICE * PROTOCOL_FEE_BPS / 10_000, "snapshotted fee");
+    function test_setArbiter() public {
+        vm.expectEmit(true, false, false, false, address(market));
+        emit MarketBase.ArbiterUpdated(stranger);
+        market.setArbiter(stranger);
+        assertEq(address(market.arbiter()), stranger, "arbiter");
+        vm.expectRevert(MarketBase.ZeroAddress.selector);
+        market.setArbiter(address(0));
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, stranger));
+        vm.prank(stranger);
+        market.setArbiter(stranger);
     }
 
-    // ---------------------------------------------------------------- submit
+    function test_ownership_is_two_step() public {
+        market.transferOwnership(stranger);
+        assertEq(market.owner(), deployer, "not yet");
+        assertEq(market.pendingOwner(), stranger, "pending");
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, operator));
+        vm.prank(operator);
+        market.acceptOwnership();
+        vm.prank(stranger);
+        market.acceptOwnership();
+        assertEq(market.owner(), stranger, "accepted");
+        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, deployer));
+        market.setProtocolFee(0);
+    }
 
-    function test_submitJob_escrows_and_emits() public {
-        uint64 deadline = uint64(block.timestamp + 1 hours);
-        vm.expectEmit(true, true, true, true, address(market));
-        emit JobMarket.JobSubmitted(
-            1, submitter, adapterId, CONTENT_HASH, keccak256(input), input, "", MAX_TOKENS, deadline, PRICE
-        );
-        uint256 jobId = _submit();
+    // ---------------------------------------------------------------- submitJob
+
+    function test_submitJob_escrows_and_emits_terms() public {
+        uint64 deadline = _deadline();
+        Terms memory expected = _terms(submitter, 1, PRICE, deadline);
+        vm.expectEmit(address(market));
+        emit MarketBase.JobSubmitted(1, submitter, adapterId, expected, input, "");
+        vm.prank(submitter);
+        uint256 jobId = market.submitJob{value: PRICE}(adapterId, ADAPTER_FEE, input, MAX_TOKENS, deadline);
         assertEq(jobId, 1, "first id");
         assertEq(market.jobCount(), 1, "count");
         assertEq(address(market).balance, PRICE, "escrow");
-        JobMarket.Job memory j = market.getJob(jobId);
-        assertEq(j.submitter, submitter, "submitter");
-        assertEq(j.node, address(0), "node");
-        assertEq(j.adapterId, adapterId, "adapter");
-        assertEq(j.adapterHash, CONTENT_HASH, "adapter hash");
-        assertEq(j.inputHash, keccak256(input), "input hash");
-        assertEq(j.price, PRICE, "price");
-        assertEq(j.adapterFee, ADAPTER_FEE, "adapter fee");
-        assertEq(j.protocolFeeBps, PROTOCOL_FEE_BPS, "protocol fee");
-        assertEq(j.maxTokens, MAX_TOKENS, "max tokens");
-        assertEq(j.deadline, deadline, "deadline");
-        assertTrue(j.status == JobMarket.JobStatus.Open, "open");
-        assertEq(_submit(), 2, "second id");
+        (JobStatus s, address node, uint256 offset, bytes32 prefix) = market.jobState(jobId);
+        assertEq(uint256(s), uint256(JobStatus.Open), "open");
+        assertEq(node, address(0), "no claimant");
+        assertEq(offset, 0, "no time");
+        bytes32 h = market.hashTerms(expected);
+        assertEq(prefix, h & ~bytes32(uint256(type(uint64).max)), "stored prefix");
+        assertTrue(market.termsMatch(expected), "terms match");
+        // The canonical hash is the struct's ABI encoding after its leading offset word.
+        bytes memory enc = abi.encode(expected);
+        bytes memory body = new bytes(enc.length - 32);
+        for (uint256 i; i < body.length; ++i) {
+            body[i] = enc[i + 32];
+        }
+        assertEq(h, keccak256(body), "hash definition");
     }
 
-    function test_submitJob_snapshots_adapter_fee() public {
-        uint256 jobId = _submit();
+    function test_submitJob_accepts_a_lower_registry_fee_and_records_it() public {
         vm.prank(publisher);
-        adapters.setFee(adapterId, 0.005 ether);
-        _claim(jobId);
-        _complete(jobId, _output(4));
-        assertEq(market.balanceOf(publisher), ADAPTER_FEE, "fee at submission");
+        adapters.setFee(adapterId, 0);
+        vm.recordLogs();
+        vm.prank(submitter);
+        market.submitJob{value: PRICE}(adapterId, ADAPTER_FEE, input, MAX_TOKENS, _deadline());
+        Terms memory t = _lastSubmitted();
+        assertEq(t.adapters[0].fee, 0, "the registry's fee, not the max");
+        assertEq(t.adapters[0].contentHash, CONTENT_HASH, "content hash");
+        assertEq(t.serviceWindow, SERVICE_WINDOW, "default window");
+        assertEq(t.inputHash, keccak256(input), "input hash");
     }
 
-    function test_submitJob_reverts_on_bad_input() public {
-        uint64 deadline = uint64(block.timestamp + 1 hours);
+    function test_submitJob_reverts() public {
+        uint64 d = _deadline();
         vm.startPrank(submitter);
-        vm.expectRevert(JobMarket.EmptyInput.selector);
-        market.submitJob{value: PRICE}(adapterId, "", MAX_TOKENS, deadline);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.UnknownAdapter.selector, uint256(type(uint32).max) + 1));
+        market.submitJob{value: PRICE}(uint256(type(uint32).max) + 1, ADAPTER_FEE, input, MAX_TOKENS, d);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.UnknownAdapter.selector, 99));
+        market.submitJob{value: PRICE}(99, ADAPTER_FEE, input, MAX_TOKENS, d);
+        vm.expectRevert(
+            abi.encodeWithSelector(MarketBase.AdapterFeeAboveMax.selector, adapterId, ADAPTER_FEE, ADAPTER_FEE - 1)
+        );
+        market.submitJob{value: PRICE}(adapterId, ADAPTER_FEE - 1, input, MAX_TOKENS, d);
+        vm.expectRevert(MarketBase.ZeroMaxTokens.selector);
+        market.submitJob{value: PRICE}(adapterId, ADAPTER_FEE, input, 0, d);
+        vm.expectRevert(
+            abi.encodeWithSelector(MarketBase.DeadlineInPast.selector, uint64(block.timestamp), block.timestamp)
+        );
+        market.submitJob{value: PRICE}(adapterId, ADAPTER_FEE, input, MAX_TOKENS, uint64(block.timestamp));
+        uint64 far = uint64(block.timestamp + 30 days + 1);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.DeadlineTooFar.selector, far, block.timestamp + 30 days));
+        market.submitJob{value: PRICE}(adapterId, ADAPTER_FEE, input, MAX_TOKENS, far);
+        vm.expectRevert(MarketBase.EmptyInput.selector);
+        market.submitJob{value: PRICE}(adapterId, ADAPTER_FEE, "", MAX_TOKENS, d);
         bytes memory big = new bytes(16 * 1024 + 1);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.PayloadTooLarge.selector, big.length, 16 * 1024));
-        market.submitJob{value: PRICE}(adapterId, big, MAX_TOKENS, deadline);
-        vm.expectRevert(JobMarket.ZeroMaxTokens.selector);
-        market.submitJob{value: PRICE}(adapterId, input, 0, deadline);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.PayloadTooLarge.selector, big.length, 16 * 1024));
+        market.submitJob{value: PRICE}(adapterId, ADAPTER_FEE, big, MAX_TOKENS, d);
+        uint256 protocolAmount = ADAPTER_FEE * PROTOCOL_FEE_BPS / 10_000;
+        vm.expectRevert(
+            abi.encodeWithSelector(MarketBase.PriceTooLow.selector, ADAPTER_FEE, ADAPTER_FEE, protocolAmount)
+        );
+        market.submitJob{value: ADAPTER_FEE}(adapterId, ADAPTER_FEE, input, MAX_TOKENS, d);
         vm.stopPrank();
-    }
 
-    function test_submitJob_reverts_on_bad_deadline() public {
-        vm.warp(10_000);
-        vm.startPrank(submitter);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.DeadlineInPast.selector, uint64(10_000), 10_000));
-        market.submitJob{value: PRICE}(adapterId, input, MAX_TOKENS, 10_000);
-        uint64 far = uint64(10_000 + 30 days + 1);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.DeadlineTooFar.selector, far, 10_000 + 30 days));
-        market.submitJob{value: PRICE}(adapterId, input, MAX_TOKENS, far);
-        vm.stopPrank();
-    }
+        uint256 huge = uint256(type(uint96).max) + 1;
+        vm.deal(stranger, huge);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.PriceTooHigh.selector, huge));
+        vm.prank(stranger);
+        market.submitJob{value: huge}(adapterId, ADAPTER_FEE, input, MAX_TOKENS, d);
 
-    function test_submitJob_reverts_on_bad_adapter() public {
-        uint64 deadline = uint64(block.timestamp + 1 hours);
-        vm.startPrank(submitter);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.UnknownAdapter.selector, 99));
-        market.submitJob{value: PRICE}(99, input, MAX_TOKENS, deadline);
-        uint256 tooBig = uint256(type(uint32).max) + 1;
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.UnknownAdapter.selector, tooBig));
-        market.submitJob{value: PRICE}(tooBig, input, MAX_TOKENS, deadline);
-        vm.stopPrank();
         vm.prank(publisher);
         adapters.retire(adapterId);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.AdapterRetired.selector, adapterId));
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.AdapterRetired.selector, adapterId));
         vm.prank(submitter);
-        market.submitJob{value: PRICE}(adapterId, input, MAX_TOKENS, deadline);
+        market.submitJob{value: PRICE}(adapterId, ADAPTER_FEE, input, MAX_TOKENS, d);
+        assertEq(market.jobCount(), 0, "nothing submitted");
     }
 
-    function test_submitJob_reverts_on_bad_price() public {
-        uint64 deadline = uint64(block.timestamp + 1 hours);
-        // A price that exactly covers the adapter fee and the protocol fee leaves nothing for the node.
-        uint256 bare = ADAPTER_FEE + (ADAPTER_FEE * PROTOCOL_FEE_BPS) / (10_000 - PROTOCOL_FEE_BPS);
-        vm.startPrank(submitter);
-        vm.expectRevert(
-            abi.encodeWithSelector(JobMarket.PriceTooLow.selector, bare, ADAPTER_FEE, bare * PROTOCOL_FEE_BPS / 10_000)
-        );
-        market.submitJob{value: bare}(adapterId, input, MAX_TOKENS, deadline);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.PriceTooLow.selector, 0, ADAPTER_FEE, 0));
-        market.submitJob{value: 0}(adapterId, input, MAX_TOKENS, deadline);
-        uint256 huge = uint256(type(uint96).max) + 1;
-        vm.deal(submitter, huge);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.PriceTooHigh.selector, huge));
-        market.submitJob{value: huge}(adapterId, input, MAX_TOKENS, deadline);
-        vm.stopPrank();
-    }
-
-    function test_minPrice_is_enough_and_tight() public {
+    function test_submitJob_limits_are_inclusive() public {
+        bytes memory maxInput = new bytes(16 * 1024);
+        maxInput[0] = 0x01;
+        vm.prank(submitter);
+        market.submitJob{value: PRICE}(adapterId, ADAPTER_FEE, maxInput, 1, uint64(block.timestamp + 30 days));
+        assertEq(market.jobCount(), 1, "max size and duration accepted");
         uint256 p = market.minPrice(adapterId);
-        _submitAs(submitter, p, uint64(block.timestamp + 1 hours));
-        uint256 protocolAmount = (p - 1) * PROTOCOL_FEE_BPS / 10_000;
-        assertLe(p - 1, ADAPTER_FEE + protocolAmount + 1, "one wei less is at most one wei above the floor");
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.UnknownAdapter.selector, 99));
-        market.minPrice(99);
-    }
-
-    function test_submitJobByCid() public {
-        uint64 deadline = uint64(block.timestamp + 1 hours);
-        vm.expectEmit(true, true, true, true, address(market));
-        emit JobMarket.JobSubmitted(
-            1, submitter, adapterId, CONTENT_HASH, INPUT_HASH, "", INPUT_CID, MAX_TOKENS, deadline, PRICE
-        );
         vm.prank(submitter);
-        uint256 jobId = market.submitJobByCid{value: PRICE}(adapterId, INPUT_CID, INPUT_HASH, MAX_TOKENS, deadline);
-        assertEq(market.getJob(jobId).inputHash, INPUT_HASH, "input hash");
+        market.submitJob{value: p}(adapterId, ADAPTER_FEE, input, 1, uint64(block.timestamp + 1));
+        assertEq(market.jobCount(), 2, "minPrice accepted");
     }
 
-    function test_submitJobByCid_reverts() public {
-        uint64 deadline = uint64(block.timestamp + 1 hours);
+    // ---------------------------------------------------------------- submitRequest
+
+    function _addAdapter(address pub, bytes32 model, uint96 fee) internal returns (uint256 id) {
+        vm.prank(pub);
+        id = adapters.register(CID, keccak256(abi.encode(pub, fee, model)), model, 4, 1000, fee);
+    }
+
+    function test_submitRequest_multi_adapter_with_weights() public {
+        address pub2 = makeAddr("pub2");
+        uint256 a2 = _addAdapter(pub2, BASE_MODEL, 0.002 ether);
+        JobRequest memory req;
+        req.adapters = new AdapterRequest[](2);
+        req.adapters[0] = AdapterRequest({id: uint32(adapterId), weightBps: 7_000, maxFee: ADAPTER_FEE});
+        req.adapters[1] = AdapterRequest({id: uint32(a2), weightBps: 3_000, maxFee: 1 ether});
+        req.maxTokens = 32;
+        req.deadline = _deadline();
+        req.serviceWindow = 120;
+        Terms memory t = _request(submitter, PRICE, req, input, "", bytes32(0));
+        assertEq(t.adapters.length, 2, "two adapters");
+        assertEq(t.adapters[0].weightBps, 7_000, "weight 0");
+        assertEq(t.adapters[1].weightBps, 3_000, "weight 1");
+        assertEq(t.adapters[1].fee, 0.002 ether, "fee snapshot");
+        assertEq(t.serviceWindow, 120, "own window");
+        assertEq(t.maxTokens, 32, "max tokens");
+        assertTrue(market.termsMatch(t), "match");
+        _claim(t);
+        _complete(t, "merged");
+        uint256 nodeAmount = PRICE - ADAPTER_FEE - 0.002 ether - PRICE / 100;
+        assertEq(market.heldOf(operator), nodeAmount, "node's share");
+        (, uint256 h1) = market.adapterFees(adapterId);
+        (, uint256 h2) = market.adapterFees(a2);
+        assertEq(h1, ADAPTER_FEE, "adapter 1 held");
+        assertEq(h2, 0.002 ether, "adapter 2 held");
+        vm.warp(block.timestamp + 2 * CHALLENGE_WINDOW);
+        market.withdrawAdapterFees(a2);
+        assertEq(market.balanceOf(pub2), 0.002 ether, "publisher 2 paid");
+    }
+
+    function test_submitRequest_input_by_cid_and_default_window() public {
+        JobRequest memory req = _req1(adapterId, ADAPTER_FEE, _deadline());
+        Terms memory t = _request(submitter, PRICE, req, "", INPUT_CID, INPUT_HASH);
+        assertEq(t.inputHash, INPUT_HASH, "given hash");
+        assertEq(t.serviceWindow, SERVICE_WINDOW, "0 = default");
+    }
+
+    function test_submitRequest_event_encodes_cid_and_odd_lengths() public {
+        uint64 d = _deadline();
+        JobRequest memory req = _req1(adapterId, ADAPTER_FEE, d);
+        Terms memory expected = _terms(submitter, 1, PRICE, d);
+        expected.inputHash = INPUT_HASH;
+        vm.expectEmit(address(market));
+        emit MarketBase.JobSubmitted(1, submitter, adapterId, expected, "", INPUT_CID);
+        vm.prank(submitter);
+        market.submitRequest{value: PRICE}(req, "", INPUT_CID, INPUT_HASH);
+        // An input of 33 bytes (padding to 64) after a long one (dirty memory must not leak into the padding).
+        bytes memory odd = new bytes(33);
+        odd[32] = 0x7f;
+        expected = _terms(submitter, 2, PRICE, d);
+        expected.inputHash = keccak256(odd);
+        vm.expectEmit(address(market));
+        emit MarketBase.JobSubmitted(2, submitter, adapterId, expected, odd, "");
+        vm.prank(submitter);
+        market.submitRequest{value: PRICE}(req, odd, "", bytes32(0));
+    }
+
+    function test_submitRequest_reverts() public {
+        uint64 d = _deadline();
+        JobRequest memory req = _req1(adapterId, ADAPTER_FEE, d);
         vm.startPrank(submitter);
-        vm.expectRevert(JobMarket.InvalidCid.selector);
-        market.submitJobByCid{value: PRICE}(adapterId, "", INPUT_HASH, MAX_TOKENS, deadline);
-        vm.expectRevert(JobMarket.InvalidCid.selector);
-        market.submitJobByCid{value: PRICE}(adapterId, string(new bytes(129)), INPUT_HASH, MAX_TOKENS, deadline);
-        vm.expectRevert(JobMarket.ZeroHash.selector);
-        market.submitJobByCid{value: PRICE}(adapterId, INPUT_CID, bytes32(0), MAX_TOKENS, deadline);
+        req.serviceWindow = MIN_SERVICE_WINDOW - 1;
+        vm.expectRevert(
+            abi.encodeWithSelector(
+                MarketBase.ServiceWindowTooShort.selector, MIN_SERVICE_WINDOW - 1, MIN_SERVICE_WINDOW
+            )
+        );
+        market.submitRequest{value: PRICE}(req, input, "", bytes32(0));
+        req.serviceWindow = 0;
+        vm.expectRevert(MarketBase.InvalidCid.selector);
+        market.submitRequest{value: PRICE}(req, input, INPUT_CID, bytes32(0));
+        vm.expectRevert(MarketBase.EmptyInput.selector);
+        market.submitRequest{value: PRICE}(req, "", "", INPUT_HASH);
+        vm.expectRevert(MarketBase.ZeroHash.selector);
+        market.submitRequest{value: PRICE}(req, "", INPUT_CID, bytes32(0));
+        bytes memory longCid = new bytes(129);
+        vm.expectRevert(MarketBase.InvalidCid.selector);
+        market.submitRequest{value: PRICE}(req, "", string(longCid), INPUT_HASH);
+
+        // Adapter lists: empty, too many, duplicate, zero weight.
+        JobRequest memory bad = _req1(adapterId, ADAPTER_FEE, d);
+        bad.adapters = new AdapterRequest[](0);
+        vm.expectRevert(MarketBase.BadAdapterList.selector);
+        market.submitRequest{value: PRICE}(bad, input, "", bytes32(0));
+        bad.adapters = new AdapterRequest[](5);
+        vm.expectRevert(MarketBase.BadAdapterList.selector);
+        market.submitRequest{value: PRICE}(bad, input, "", bytes32(0));
+        bad.adapters = new AdapterRequest[](2);
+        bad.adapters[0] = AdapterRequest({id: uint32(adapterId), weightBps: 5_000, maxFee: ADAPTER_FEE});
+        bad.adapters[1] = bad.adapters[0];
+        vm.expectRevert(MarketBase.BadAdapterList.selector);
+        market.submitRequest{value: PRICE}(bad, input, "", bytes32(0));
+        bad.adapters = new AdapterRequest[](1);
+        bad.adapters[0] = AdapterRequest({id: uint32(adapterId), weightBps: 0, maxFee: ADAPTER_FEE});
+        vm.expectRevert(MarketBase.BadAdapterList.selector);
+        market.submitRequest{value: PRICE}(bad, input, "", bytes32(0));
         vm.stopPrank();
+
+        uint256 other = _addAdapter(publisher, keccak256("other-model"), 0);
+        bad.adapters = new AdapterRequest[](2);
+        bad.adapters[0] = AdapterRequest({id: uint32(adapterId), weightBps: 5_000, maxFee: ADAPTER_FEE});
+        bad.adapters[1] = AdapterRequest({id: uint32(other), weightBps: 5_000, maxFee: 0});
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.BaseModelMismatch.selector, other));
+        vm.prank(submitter);
+        market.submitRequest{value: PRICE}(bad, input, "", bytes32(0));
+        assertEq(market.jobCount(), 0, "nothing submitted");
+    }
+
+    function test_submitRequest_four_adapters_each_publisher_paid() public {
+        JobRequest memory req;
+        req.adapters = new AdapterRequest[](4);
+        address[4] memory pubs;
+        uint256[4] memory ids;
+        for (uint256 i; i < 4; ++i) {
+            pubs[i] = makeAddr(string.concat("pub", vm.toString(i)));
+            ids[i] = _addAdapter(pubs[i], BASE_MODEL, uint96(1000 * (i + 1)));
+            req.adapters[i] = AdapterRequest({id: uint32(ids[i]), weightBps: 2_500, maxFee: uint96(1000 * (i + 1))});
+        }
+        req.maxTokens = 8;
+        req.deadline = _deadline();
+        Terms memory t = _request(submitter, PRICE, req, input, "", bytes32(0));
+        _claim(t);
+        _complete(t, "four");
+        vm.warp(block.timestamp + 2 * CHALLENGE_WINDOW);
+        for (uint256 i; i < 4; ++i) {
+            market.withdrawAdapterFees(ids[i]);
+            assertEq(market.balanceOf(pubs[i]), 1000 * (i + 1), "each publisher its fee");
+        }
     }
 
     // ---------------------------------------------------------------- cancel
 
-    function test_cancel_refunds_to_pull_balance() public {
-        uint256 jobId = _submit();
-        vm.expectEmit(true, false, false, true, address(market));
-        emit JobMarket.JobCancelled(jobId);
+    function test_cancel_refunds_open_job() public {
+        Terms memory t = _submit();
+        vm.expectEmit(address(market));
+        emit MarketBase.JobCancelled(t.jobId);
         vm.prank(submitter);
-        market.cancel(jobId);
-        assertTrue(market.getJob(jobId).status == JobMarket.JobStatus.Cancelled, "cancelled");
-        assertEq(market.balanceOf(submitter), PRICE, "refund");
+        market.cancel(t);
+        assertEq(_status(t.jobId), uint256(JobStatus.Cancelled), "cancelled");
+        assertEq(market.balanceOf(submitter), PRICE, "refund credited");
+        uint256 before = submitter.balance;
+        vm.prank(submitter);
+        market.withdraw();
+        assertEq(submitter.balance, before + PRICE, "refund paid");
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.WrongStatus.selector, t.jobId, JobStatus.Cancelled));
+        vm.prank(submitter);
+        market.cancel(t);
     }
 
     function test_cancel_reverts() public {
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.UnknownJob.selector, 7));
-        market.cancel(7);
-        uint256 jobId = _submit();
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.NotSubmitter.selector, jobId, stranger));
+        Terms memory t = _submit();
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.NotSubmitter.selector, t.jobId, stranger));
         vm.prank(stranger);
-        market.cancel(jobId);
-        _claim(jobId);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.WrongStatus.selector, jobId, JobMarket.JobStatus.Claimed));
+        market.cancel(t);
+        // The stranger cannot pretend to be the submitter: the terms would not match.
+        Terms memory forged = _terms(stranger, t.jobId, PRICE, t.deadline);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.TermsMismatch.selector, t.jobId));
+        vm.prank(stranger);
+        market.cancel(forged);
+        Terms memory unknown = _terms(submitter, 42, PRICE, t.deadline);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.UnknownJob.selector, 42));
         vm.prank(submitter);
-        market.cancel(jobId);
+        market.cancel(unknown);
+        _claim(t);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.WrongStatus.selector, t.jobId, JobStatus.Claimed));
+        vm.prank(submitter);
+        market.cancel(t);
     }
 
-    // ---------------------------------------------------------------- claim
+    // ---------------------------------------------------------------- claimJob / claimJobs
 
     function test_claimJob_locks_stake() public {
-        uint256 jobId = _submit();
-        vm.expectEmit(true, true, false, true, address(market));
-        emit JobMarket.JobClaimed(jobId, operator);
-        _claim(jobId);
-        JobMarket.Job memory j = market.getJob(jobId);
-        assertTrue(j.status == JobMarket.JobStatus.Claimed, "claimed");
-        assertEq(j.node, operator, "node");
-        assertEq(nodes.getNode(operator).locked, CLAIM_STAKE, "locked");
+        Terms memory t = _submit();
+        vm.expectEmit(address(market));
+        emit MarketBase.JobClaimed(t.jobId, operator);
+        _claim(t);
+        (JobStatus s, address node, uint256 offset,) = market.jobState(t.jobId);
+        assertEq(uint256(s), uint256(JobStatus.Claimed), "claimed");
+        assertEq(node, operator, "claimant");
+        assertEq(offset, 0, "claimed at submission time");
+        assertEq(nodes.getNode(operator).locked, STAKE, "stake locked");
+        assertEq(nodes.freeStake(operator), 20 ether - STAKE, "free stake");
     }
 
-    function test_claimJob_reverts_on_status_and_deadline() public {
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.UnknownJob.selector, 1));
-        _claim(1);
-        uint256 jobId = _submit();
-        _claim(jobId);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.WrongStatus.selector, jobId, JobMarket.JobStatus.Claimed));
-        _claim(jobId);
-        uint256 late = _submit();
-        uint64 deadline = market.getJob(late).deadline;
-        vm.warp(deadline);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.DeadlinePassed.selector, late, deadline));
+    function test_claimJob_reverts() public {
+        Terms memory t = _submit();
+        Terms memory wrong = _terms(submitter, t.jobId, PRICE + 1, t.deadline);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.TermsMismatch.selector, t.jobId));
+        _claim(wrong);
+        Terms memory unknown = _terms(submitter, 7, PRICE, t.deadline);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.UnknownJob.selector, 7));
+        _claim(unknown);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.NodeNotEligible.selector, stranger));
+        vm.prank(stranger);
+        market.claimJob(t);
+
+        // Another base model.
+        _registerNode(operator2, SIGNER2_KEY, 2 ether);
+        vm.prank(operator2);
+        nodes.update(vm.addr(SIGNER2_KEY), keccak256("other-model"), PEER_ID);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.NodeNotEligible.selector, operator2));
+        vm.prank(operator2);
+        market.claimJob(t);
+
+        _claim(t);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.WrongStatus.selector, t.jobId, JobStatus.Claimed));
+        _claim(t);
+
+        Terms memory late = _submit();
+        vm.warp(late.deadline);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.DeadlinePassed.selector, late.jobId, late.deadline));
         _claim(late);
     }
 
-    function test_claimJob_reverts_for_ineligible_nodes() public {
-        uint256 jobId = _submit();
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.NodeNotEligible.selector, stranger));
+    function test_claimJob_needs_free_stake_and_an_active_node() public {
+        _registerNode(operator2, SIGNER2_KEY, MIN_STAKE);
+        Terms memory t = _submitAs(submitter, 1 ether, _deadline()); // stake 1.5 ether > 1 ether
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.InsufficientFreeStake.selector, 1.5 ether, MIN_STAKE));
+        vm.prank(operator2);
+        market.claimJob(t);
+        vm.prank(operator2);
+        nodes.requestUnstake(1);
+        Terms memory small = _submit();
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.NodeNotEligible.selector, operator2));
+        vm.prank(operator2);
+        market.claimJob(small);
+    }
+
+    function test_claimJobs_skips_taken_and_stale_jobs() public {
+        Terms[] memory ts = new Terms[](5);
+        ts[0] = _submit();
+        ts[1] = _submit();
+        ts[2] = _submit();
+        ts[3] = _terms(submitter, ts[2].jobId, PRICE + 1, ts[2].deadline); // wrong terms
+        ts[4] = ts[0]; // duplicate
+        _registerNode(operator2, SIGNER2_KEY, 2 ether);
+        vm.prank(operator2);
+        market.claimJob(ts[1]); // a rival got there first
+        vm.prank(operator);
+        uint256 claimed = market.claimJobs(ts);
+        assertEq(claimed, 2, "jobs 1 and 3");
+        assertEq(nodes.getNode(operator).locked, 2 * STAKE, "one stake per claimed job");
+        (, address n0,,) = market.jobState(ts[0].jobId);
+        (, address n1,,) = market.jobState(ts[1].jobId);
+        (, address n2,,) = market.jobState(ts[2].jobId);
+        assertEq(n0, operator, "0 ours");
+        assertEq(n1, operator2, "1 the rival's");
+        assertEq(n2, operator, "2 ours");
+    }
+
+    function test_claimJobs_reverts() public {
+        vm.expectRevert(MarketBase.EmptyBatch.selector);
+        vm.prank(operator);
+        market.claimJobs(new Terms[](0));
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.BatchTooLarge.selector, 257, 256));
+        vm.prank(operator);
+        market.claimJobs(new Terms[](257));
+        Terms memory t = _submit();
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.NodeNotEligible.selector, stranger));
         vm.prank(stranger);
-        market.claimJob(jobId);
-
-        // Serving another base model.
+        market.claimJobs(_one(t));
+        _claim(t);
+        vm.expectRevert(MarketBase.NothingClaimed.selector);
         vm.prank(operator);
-        nodes.update(signer, keccak256("other-model"), PEER_ID);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.NodeNotEligible.selector, operator));
-        _claim(jobId);
+        market.claimJobs(_one(t));
+        Terms memory late = _submit();
+        vm.warp(late.deadline);
+        vm.expectRevert(MarketBase.NothingClaimed.selector);
         vm.prank(operator);
-        nodes.update(signer, BASE_MODEL, PEER_ID);
-
-        // Not enough free stake: unstake all but 0.05 ether (also drops below the minimum).
-        vm.prank(operator);
-        nodes.requestUnstake(2 ether - 0.05 ether);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.NodeNotEligible.selector, operator));
-        _claim(jobId);
+        market.claimJobs(_one(late));
     }
 
-    // ---------------------------------------------------------------- result
+    function test_claimJobs_skips_other_base_model() public {
+        uint256 other = _addAdapter(publisher, keccak256("other-model"), 0);
+        JobRequest memory req = _req1(other, 0, _deadline());
+        Terms memory t = _request(submitter, PRICE, req, input, "", bytes32(0));
+        vm.expectRevert(MarketBase.NothingClaimed.selector);
+        vm.prank(operator);
+        market.claimJobs(_one(t));
+    }
 
-    function test_submitResult_pays_out() public {
-        uint256 jobId = _submit();
-        _claim(jobId);
-        bytes memory output = _output(256);
-        uint256 protocolAmount = PRICE * PROTOCOL_FEE_BPS / 10_000;
-        uint256 nodeAmount = PRICE - ADAPTER_FEE - protocolAmount;
-        vm.expectEmit(true, true, false, true, address(market));
-        emit JobMarket.ResultSubmitted(
-            jobId, operator, keccak256(output), output, "", nodeAmount, ADAPTER_FEE, protocolAmount
+    // ---------------------------------------------------------------- submitResult / submitResults
+
+    function test_submitResult_holds_payments_for_the_challenge_window() public {
+        Terms memory t = _submit();
+        _claim(t);
+        vm.warp(block.timestamp + 100);
+        bytes memory out = _output(256);
+        vm.expectEmit(address(market));
+        emit MarketBase.ResultSubmitted(t.jobId, operator, keccak256(out), bytes32(0), NODE_AMOUNT);
+        _complete(t, out);
+        (JobStatus s, address node, uint256 offset,) = market.jobState(t.jobId);
+        assertEq(uint256(s), uint256(JobStatus.Resulted), "resulted");
+        assertEq(node, operator, "node");
+        assertEq(offset, 100, "result offset");
+        assertEq(nodes.getNode(operator).locked, 0, "stake unlocked");
+        assertEq(market.heldOf(operator), NODE_AMOUNT, "held");
+        assertEq(market.balanceOf(operator), 0, "not yet withdrawable");
+        (uint256 w, uint256 h) = market.adapterFees(adapterId);
+        assertEq(w, 0, "adapter: nothing withdrawable");
+        assertEq(h, ADAPTER_FEE, "adapter held");
+        assertEq(market.balanceOf(treasury), PRICE / 100, "protocol fee accrued at once");
+        vm.expectRevert(MarketBase.NothingToWithdraw.selector);
+        vm.prank(operator);
+        market.withdraw();
+
+        // Matures at the end of the epoch after next: (t / W + 2) * W.
+        uint256 maturesAt = (block.timestamp / CHALLENGE_WINDOW + 2) * CHALLENGE_WINDOW;
+        assertGe(maturesAt, block.timestamp + CHALLENGE_WINDOW, "held at least one window");
+        vm.warp(maturesAt - 1);
+        assertEq(market.balanceOf(operator), 0, "still held");
+        vm.warp(maturesAt);
+        assertEq(market.balanceOf(operator), NODE_AMOUNT, "matured");
+        assertEq(market.heldOf(operator), 0, "nothing held");
+        uint256 before = operator.balance;
+        vm.expectEmit(address(market));
+        emit MarketBase.Withdrawn(operator, NODE_AMOUNT);
+        vm.prank(operator);
+        market.withdraw();
+        assertEq(operator.balance, before + NODE_AMOUNT, "paid");
+        assertEq(market.balanceOf(operator), 0, "drained");
+    }
+
+    function test_submitResult_output_by_cid() public {
+        Terms memory t = _submit();
+        _claim(t);
+        ResultItem memory it = _item(t, "");
+        it.outputCid = INPUT_CID;
+        it.outputHash = keccak256("big output");
+        it.proofHash = keccak256("proof");
+        ResultItem[] memory one = new ResultItem[](1);
+        one[0] = it;
+        bytes memory sig = _signBatch(SIGNER_KEY, one);
+        vm.expectEmit(address(market));
+        emit MarketBase.ResultSubmitted(t.jobId, operator, it.outputHash, it.proofHash, NODE_AMOUNT);
+        vm.prank(operator);
+        market.submitResult(it, sig);
+    }
+
+    function test_submitResult_inline_output_hash_is_computed_by_the_market() public {
+        Terms memory t = _submit();
+        _claim(t);
+        ResultItem memory it = _item(t, "real");
+        it.outputHash = keccak256("a lie");
+        // The node signs keccak(output), whatever outputHash says.
+        bytes32 digest = market.resultDigest(t.jobId, market.hashTerms(t), keccak256("real"), bytes32(0));
+        bytes memory sig = _signDigest(SIGNER_KEY, digest);
+        vm.prank(operator);
+        market.submitResult(it, sig);
+        assertEq(_status(t.jobId), uint256(JobStatus.Resulted), "accepted");
+    }
+
+    function test_submitResult_reverts() public {
+        Terms memory t = _submit();
+        bytes memory sig = _signBatch(SIGNER_KEY, _items(_one(t), "x"));
+        ResultItem memory it = _item(t, "x");
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.WrongStatus.selector, t.jobId, JobStatus.Open));
+        vm.prank(operator);
+        market.submitResult(it, sig);
+        _claim(t);
+        // Unknown job and wrong terms.
+        ResultItem memory unknown = _item(_terms(submitter, 9, PRICE, t.deadline), "x");
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.UnknownJob.selector, 9));
+        vm.prank(operator);
+        market.submitResult(unknown, sig);
+        ResultItem memory wrong = _item(_terms(submitter, t.jobId, PRICE - 1, t.deadline), "x");
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.TermsMismatch.selector, t.jobId));
+        vm.prank(operator);
+        market.submitResult(wrong, sig);
+        // Not the claimant.
+        _registerNode(operator2, SIGNER2_KEY, 2 ether);
+        bytes memory sig2 = _signBatch(SIGNER2_KEY, _items(_one(t), "x"));
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.NotClaimant.selector, t.jobId, operator2));
+        vm.prank(operator2);
+        market.submitResult(it, sig2);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.NotClaimant.selector, t.jobId, stranger));
+        vm.prank(stranger);
+        market.submitResult(it, sig);
+        // Signatures.
+        bytes memory other = _signBatch(SIGNER2_KEY, _items(_one(t), "x"));
+        vm.expectRevert(
+            abi.encodeWithSelector(MarketBase.WrongSigner.selector, vm.addr(SIGNER2_KEY), vm.addr(SIGNER_KEY))
         );
-        _complete(jobId, output);
-        assertTrue(market.getJob(jobId).status == JobMarket.JobStatus.Completed, "completed");
-        assertEq(market.balanceOf(operator), nodeAmount, "node");
-        assertEq(market.balanceOf(publisher), ADAPTER_FEE, "publisher");
-        assertEq(market.balanceOf(treasury), protocolAmount, "treasury");
-        assertEq(nodes.getNode(operator).locked, 0, "unlocked");
-        assertEq(address(market).balance, PRICE, "escrow became balances");
+        vm.prank(operator);
+        market.submitResult(it, other);
+        vm.expectRevert(MarketBase.MalformedSignature.selector);
+        vm.prank(operator);
+        market.submitResult(it, hex"1234");
+        bytes memory badV = abi.encodePacked(bytes32(uint256(1)), bytes32(uint256(2)), uint8(29));
+        vm.expectRevert(MarketBase.MalformedSignature.selector);
+        vm.prank(operator);
+        market.submitResult(it, badV);
+        // Payload checks.
+        ResultItem memory big = _item(t, new bytes(16 * 1024 + 1));
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.PayloadTooLarge.selector, 16 * 1024 + 1, 16 * 1024));
+        vm.prank(operator);
+        market.submitResult(big, sig);
+        ResultItem memory noCid = _item(t, "");
+        vm.expectRevert(MarketBase.InvalidCid.selector);
+        vm.prank(operator);
+        market.submitResult(noCid, sig);
+        noCid.outputCid = INPUT_CID;
+        vm.expectRevert(MarketBase.ZeroHash.selector);
+        vm.prank(operator);
+        market.submitResult(noCid, sig);
+        // Past the deadline.
+        vm.warp(t.deadline);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.DeadlinePassed.selector, t.jobId, t.deadline));
+        vm.prank(operator);
+        market.submitResult(it, sig);
     }
 
-    function test_submitResult_splits_adapter_fee_among_payees() public {
-        address a = makeAddr("payee-a");
-        address b = makeAddr("payee-b");
-        address c = makeAddr("payee-c");
-        address[] memory payees = new address[](3);
-        (payees[0], payees[1], payees[2]) = (a, b, c);
-        uint16[] memory shares = new uint16[](3);
-        (shares[0], shares[1], shares[2]) = (3_333, 3_333, 3_334);
-        vm.prank(publisher);
-        adapterId = adapters.registerWithPayees(CID, CONTENT_HASH, BASE_MODEL, 8, 1, 1_000_001, payees, shares);
-        uint256 jobId = _submit();
-        _claim(jobId);
-        _complete(jobId, _output(16));
-        uint256 pa = market.balanceOf(a);
-        uint256 pb = market.balanceOf(b);
-        uint256 pc = market.balanceOf(c);
-        assertEq(pa, uint256(1_000_001) * 3_333 / 10_000, "a");
-        assertEq(pb, uint256(1_000_001) * 3_333 / 10_000, "b");
-        assertEq(pa + pb + pc, 1_000_001, "whole fee paid, dust to the last payee");
-        assertEq(market.balanceOf(publisher), 0, "publisher gets nothing directly");
-    }
-
-    function test_submitResult_with_zero_adapter_and_protocol_fee() public {
-        market.setProtocolFee(0);
-        vm.prank(publisher);
-        adapters.setFee(adapterId, 0);
-        uint256 jobId = _submitAs(submitter, 1, uint64(block.timestamp + 1 hours));
-        _claim(jobId);
-        _complete(jobId, "");
-        assertEq(market.balanceOf(operator), 1, "node gets all");
-        assertEq(market.balanceOf(treasury), 0, "no protocol fee");
-    }
-
-    function test_submitResult_accepts_separate_signer_and_rotated_signer() public {
-        uint256 jobId = _submit();
-        _claim(jobId);
-        uint256 newKey = 0xBEEF;
+    function test_submitResult_uses_the_signer_registered_now() public {
+        Terms memory t = _submit();
+        _claim(t);
+        uint256 newKey = 0xbeef;
         vm.prank(operator);
         nodes.update(vm.addr(newKey), BASE_MODEL, PEER_ID);
-        bytes memory output = _output(8);
-        bytes memory oldSig = _signResult(market, SIGNER_KEY, jobId, output);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.WrongSigner.selector, signer, vm.addr(newKey)));
+        ResultItem[] memory items = _items(_one(t), "x");
+        bytes memory oldSig = _signBatch(SIGNER_KEY, items);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.WrongSigner.selector, vm.addr(SIGNER_KEY), vm.addr(newKey)));
         vm.prank(operator);
-        market.submitResult(jobId, output, oldSig);
-        bytes memory newSig = _signResult(market, newKey, jobId, output);
+        market.submitResult(items[0], oldSig);
+        bytes memory newSig = _signBatch(newKey, items);
         vm.prank(operator);
-        market.submitResult(jobId, output, newSig);
+        market.submitResult(items[0], newSig);
     }
 
-    function test_submitResult_reverts_on_status_caller_deadline() public {
-        bytes memory output = _output(8);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.UnknownJob.selector, 1));
+    function test_submitResults_batch_pays_once_per_payee() public {
+        Terms[] memory ts = new Terms[](3);
+        for (uint256 i; i < 3; ++i) {
+            ts[i] = _submit();
+        }
         vm.prank(operator);
-        market.submitResult(1, output, "");
-        uint256 jobId = _submit();
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.WrongStatus.selector, jobId, JobMarket.JobStatus.Open));
+        market.claimJobs(ts);
+        ResultItem[] memory items = _items(ts, _output(64));
+        items[1].proofHash = keccak256("proof-1");
+        assertEq(_postBatch(items), 3, "all settled");
+        assertEq(market.heldOf(operator), 3 * NODE_AMOUNT, "node held");
+        (, uint256 h) = market.adapterFees(adapterId);
+        assertEq(h, 3 * ADAPTER_FEE, "adapter held");
+        assertEq(nodes.getNode(operator).locked, 0, "all stake unlocked");
+    }
+
+    function test_submitResults_skips_items_not_held_and_signs_all() public {
+        Terms[] memory ts = new Terms[](3);
+        for (uint256 i; i < 3; ++i) {
+            ts[i] = _submit();
+        }
         vm.prank(operator);
-        market.submitResult(jobId, output, "");
-        _claim(jobId);
-        bytes memory sig = _signResult(market, SIGNER_KEY, jobId, output);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.NotClaimant.selector, jobId, stranger));
+        market.claimJobs(ts);
+        // Job 1 is reclaimed by someone else first.
+        vm.warp(block.timestamp + SERVICE_WINDOW);
         vm.prank(stranger);
-        market.submitResult(jobId, output, sig);
-        uint64 deadline = market.getJob(jobId).deadline;
-        vm.warp(deadline);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.DeadlinePassed.selector, jobId, deadline));
-        vm.prank(operator);
-        market.submitResult(jobId, output, sig);
+        market.reclaim(ts[1]);
+        ResultItem[] memory items = _items(ts, "out");
+        assertEq(_postBatch(items), 2, "two settled");
+        assertEq(_status(ts[1].jobId), uint256(JobStatus.Open), "reclaimed job reopened, not answered");
+        // A duplicate in a batch settles once.
+        Terms memory t = _submit();
+        _claim(t);
+        Terms[] memory dup = new Terms[](2);
+        dup[0] = t;
+        dup[1] = t;
+        assertEq(_postBatch(_items(dup, "out")), 1, "duplicate settles once");
     }
 
-    function test_submitResult_reverts_on_bad_signature_or_payload() public {
-        uint256 jobId = _submit();
-        _claim(jobId);
-        bytes memory output = _output(8);
-        vm.startPrank(operator);
-        vm.expectRevert(JobMarket.MalformedSignature.selector);
-        market.submitResult(jobId, output, hex"1234");
-        // Signed by another key.
-        bytes memory wrong = _signResult(market, 0xBAD, jobId, output);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.WrongSigner.selector, vm.addr(0xBAD), signer));
-        market.submitResult(jobId, output, wrong);
-        // Signature over a different output.
-        bytes memory sig = _signResult(market, SIGNER_KEY, jobId, output);
-        vm.expectRevert();
-        market.submitResult(jobId, _output(9), sig);
-        bytes memory big = new bytes(16 * 1024 + 1);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.PayloadTooLarge.selector, big.length, 16 * 1024));
-        market.submitResult(jobId, big, sig);
-        // A high-s (malleated) copy of a valid signature is rejected.
-        (uint8 v, bytes32 r, bytes32 s) =
-            vm.sign(SIGNER_KEY, market.resultDigest(jobId, keccak256(input), CONTENT_HASH, keccak256(output)));
-        uint256 n = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141;
-        bytes memory malleated = abi.encodePacked(r, bytes32(n - uint256(s)), v == 27 ? uint8(28) : uint8(27));
-        vm.expectRevert(JobMarket.MalformedSignature.selector);
-        market.submitResult(jobId, output, malleated);
-        vm.stopPrank();
+    function test_submitResults_reverts() public {
+        vm.expectRevert(MarketBase.EmptyBatch.selector);
+        vm.prank(operator);
+        market.submitResults(new ResultItem[](0), "");
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.BatchTooLarge.selector, 257, 256));
+        vm.prank(operator);
+        market.submitResults(new ResultItem[](257), "");
+        Terms memory t = _submit();
+        ResultItem[] memory items = _items(_one(t), "x");
+        bytes memory sig = _signBatch(SIGNER_KEY, items);
+        vm.expectRevert(MarketBase.NothingSettled.selector);
+        vm.prank(operator);
+        market.submitResults(items, sig);
+        _claim(t);
+        vm.expectRevert(MarketBase.MalformedSignature.selector);
+        vm.prank(operator);
+        market.submitResults(items, "");
+        vm.prank(operator);
+        assertEq(market.submitResults(items, sig), 1, "settled");
+        vm.expectRevert(MarketBase.NothingSettled.selector);
+        vm.prank(operator);
+        market.submitResults(items, sig);
     }
 
-    function test_submitResultByCid() public {
-        uint256 jobId = _submit();
-        _claim(jobId);
-        bytes32 outputHash = keccak256("large output");
-        bytes memory sig =
-            _signDigest(SIGNER_KEY, market.resultDigest(jobId, keccak256(input), CONTENT_HASH, outputHash));
-        uint256 protocolAmount = PRICE * PROTOCOL_FEE_BPS / 10_000;
-        vm.expectEmit(true, true, false, true, address(market));
-        emit JobMarket.ResultSubmitted(
-            jobId,
-            operator,
-            outputHash,
-            "",
-            INPUT_CID,
-            PRICE - ADAPTER_FEE - protocolAmount,
-            ADAPTER_FEE,
-            protocolAmount
-        );
+    // ---------------------------------------------------------------- releaseJob
+
+    function test_releaseJob_penalty_to_treasury_and_job_reopens() public {
+        Terms memory t = _submit();
+        _claim(t);
+        vm.expectEmit(address(market));
+        emit MarketBase.JobReleased(t.jobId, operator, RELEASE_PENALTY, true);
         vm.prank(operator);
-        market.submitResultByCid(jobId, INPUT_CID, outputHash, sig);
-        assertTrue(market.getJob(jobId).status == JobMarket.JobStatus.Completed, "completed");
+        market.releaseJob(t);
+        assertEq(_status(t.jobId), uint256(JobStatus.Open), "reopened");
+        assertEq(nodes.getNode(operator).locked, 0, "unlocked");
+        assertEq(nodes.getNode(operator).stake, 20 ether - RELEASE_PENALTY, "penalty slashed");
+        assertEq(market.balanceOf(treasury), RELEASE_PENALTY, "penalty to treasury");
+        assertEq(market.balanceOf(submitter), 0, "submitter gets nothing from a release");
+        // Another node serves it.
+        _registerNode(operator2, SIGNER2_KEY, 2 ether);
+        vm.prank(operator2);
+        market.claimJob(t);
+        ResultItem[] memory items = _items(_one(t), "served");
+        bytes memory sig = _signBatch(SIGNER2_KEY, items);
+        vm.prank(operator2);
+        market.submitResult(items[0], sig);
+        assertEq(market.heldOf(operator2), NODE_AMOUNT, "second node paid");
     }
 
-    function test_submitResultByCid_reverts() public {
-        uint256 jobId = _submit();
-        _claim(jobId);
-        vm.startPrank(operator);
-        vm.expectRevert(JobMarket.InvalidCid.selector);
-        market.submitResultByCid(jobId, "", keccak256("x"), "");
-        vm.expectRevert(JobMarket.ZeroHash.selector);
-        market.submitResultByCid(jobId, INPUT_CID, bytes32(0), "");
-        vm.stopPrank();
+    function test_releaseJob_past_deadline_refunds() public {
+        // a deadline inside the service window: the claimant may still release at the deadline
+        Terms memory t = _submitAs(submitter, PRICE, uint64(block.timestamp + SERVICE_WINDOW / 2));
+        _claim(t);
+        vm.warp(t.deadline);
+        vm.expectEmit(address(market));
+        emit MarketBase.JobExpired(t.jobId, PRICE, 0);
+        vm.expectEmit(address(market));
+        emit MarketBase.JobReleased(t.jobId, operator, RELEASE_PENALTY, false);
+        vm.prank(operator);
+        market.releaseJob(t);
+        assertEq(_status(t.jobId), uint256(JobStatus.Expired), "expired");
+        assertEq(market.balanceOf(submitter), PRICE, "refund");
     }
 
-    function test_completed_job_cannot_be_paid_twice() public {
-        uint256 jobId = _submit();
-        _claim(jobId);
-        bytes memory output = _output(32);
-        bytes memory sig = _signResult(market, SIGNER_KEY, jobId, output);
+    function test_releaseJob_reverts() public {
+        Terms memory t = _submit();
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.WrongStatus.selector, t.jobId, JobStatus.Open));
         vm.prank(operator);
-        market.submitResult(jobId, output, sig);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.WrongStatus.selector, jobId, JobMarket.JobStatus.Completed));
+        market.releaseJob(t);
+        _claim(t);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.NotClaimant.selector, t.jobId, stranger));
+        vm.prank(stranger);
+        market.releaseJob(t);
+        Terms memory wrong = _terms(submitter, t.jobId, PRICE, t.deadline + 1);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.TermsMismatch.selector, t.jobId));
         vm.prank(operator);
-        market.submitResult(jobId, output, sig);
-        vm.warp(block.timestamp + 2 hours);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.WrongStatus.selector, jobId, JobMarket.JobStatus.Completed));
-        market.expire(jobId);
+        market.releaseJob(wrong);
+    }
+
+    function test_releaseJob_after_the_service_window_reverts_and_reclaim_slashes() public {
+        // the release penalty is small: past the service window a claimant must not escape the reclaim
+        // slash by front-running reclaim with a release
+        Terms memory t = _submit();
+        _claim(t);
+        uint256 reclaimableAt = block.timestamp + SERVICE_WINDOW;
+        vm.warp(reclaimableAt);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.ServiceWindowPassed.selector, t.jobId, reclaimableAt));
+        vm.prank(operator);
+        market.releaseJob(t);
+        uint256 stakeBefore = nodes.getNode(operator).stake;
+        vm.prank(stranger);
+        market.reclaim(t);
+        assertEq(stakeBefore - nodes.getNode(operator).stake, market.claimStakeFor(PRICE), "slashed in full");
+    }
+
+    // ---------------------------------------------------------------- reclaim
+
+    function test_reclaim_after_service_window_slashes_and_reopens() public {
+        Terms memory t = _submit();
+        _claim(t);
+        uint256 until = block.timestamp + SERVICE_WINDOW;
+        vm.warp(until - 1);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.ServiceWindowOpen.selector, t.jobId, until));
+        market.reclaim(t);
+        vm.warp(until);
+        vm.expectEmit(address(market));
+        emit MarketBase.JobReclaimed(t.jobId, operator, STAKE, COMP, true);
+        vm.prank(stranger);
+        market.reclaim(t);
+        assertEq(_status(t.jobId), uint256(JobStatus.Open), "reopened");
+        assertEq(market.balanceOf(submitter), COMP, "bounded compensation");
+        assertEq(market.balanceOf(treasury), STAKE - COMP, "rest to treasury");
+        assertEq(nodes.getNode(operator).stake, 20 ether - STAKE, "slashed");
+        assertEq(nodes.getNode(operator).locked, 0, "nothing locked");
+        // A second slash on the same job compensates nobody twice.
+        _claim(t);
+        vm.warp(block.timestamp + SERVICE_WINDOW);
+        vm.expectEmit(address(market));
+        emit MarketBase.JobReclaimed(t.jobId, operator, STAKE, 0, true);
+        market.reclaim(t);
+        assertEq(market.balanceOf(submitter), COMP, "compensated once");
+        assertEq(market.balanceOf(treasury), 2 * STAKE - COMP, "all else to treasury");
+    }
+
+    function test_reclaim_service_window_counts_from_the_claim() public {
+        Terms memory t = _submit();
+        vm.warp(block.timestamp + 500);
+        _claim(t);
+        uint256 until = block.timestamp + SERVICE_WINDOW;
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.ServiceWindowOpen.selector, t.jobId, until));
+        market.reclaim(t);
+    }
+
+    function test_reclaim_past_deadline_refunds() public {
+        Terms memory t = _submit();
+        _claim(t);
+        vm.warp(t.deadline + 1);
+        vm.expectEmit(address(market));
+        emit MarketBase.JobExpired(t.jobId, PRICE, 0);
+        vm.expectEmit(address(market));
+        emit MarketBase.JobReclaimed(t.jobId, operator, STAKE, COMP, false);
+        market.reclaim(t);
+        assertEq(_status(t.jobId), uint256(JobStatus.Expired), "expired");
+        assertEq(market.balanceOf(submitter), PRICE + COMP, "refund + compensation");
+    }
+
+    function test_reclaim_reverts() public {
+        Terms memory t = _submit();
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.WrongStatus.selector, t.jobId, JobStatus.Open));
+        market.reclaim(t);
+        Terms memory unknown = _terms(submitter, 5, PRICE, t.deadline);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.UnknownJob.selector, 5));
+        market.reclaim(unknown);
+    }
+
+    function test_reclaim_when_stake_was_taken_elsewhere_compensates_at_most_the_slash() public {
+        // With a tiny price the compensation is bounded by 10 % of the price, never by the stake.
+        Terms memory t = _submitAs(submitter, 0.002 ether, _deadline());
+        _claim(t);
+        vm.warp(block.timestamp + SERVICE_WINDOW);
+        market.reclaim(t);
+        assertEq(market.balanceOf(submitter), 0.0002 ether, "10% of the price");
+        assertEq(market.balanceOf(treasury), MIN_CLAIM_STAKE - 0.0002 ether, "the rest of the min stake");
     }
 
     // ---------------------------------------------------------------- expire
 
     function test_expire_open_job_refunds() public {
-        uint256 jobId = _submit();
-        vm.warp(block.timestamp + 1 hours);
-        vm.expectEmit(true, false, false, true, address(market));
-        emit JobMarket.JobExpired(jobId, PRICE, 0);
+        Terms memory t = _submit();
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.DeadlineNotReached.selector, t.jobId, t.deadline));
+        market.expire(t);
+        vm.warp(t.deadline);
+        vm.expectEmit(address(market));
+        emit MarketBase.JobExpired(t.jobId, PRICE, 0);
         vm.prank(stranger);
-        market.expire(jobId);
+        market.expire(t);
+        assertEq(_status(t.jobId), uint256(JobStatus.Expired), "expired");
         assertEq(market.balanceOf(submitter), PRICE, "refund");
-        assertTrue(market.getJob(jobId).status == JobMarket.JobStatus.Expired, "expired");
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.WrongStatus.selector, t.jobId, JobStatus.Expired));
+        market.expire(t);
     }
 
     function test_expire_claimed_job_slashes_claimant() public {
-        uint256 jobId = _submit();
-        _claim(jobId);
-        vm.warp(block.timestamp + 1 hours);
-        uint256 toSubmitter = CLAIM_STAKE * SLASH_TO_SUBMITTER_BPS / 10_000;
-        vm.expectEmit(true, false, false, true, address(market));
-        emit JobMarket.JobExpired(jobId, PRICE + toSubmitter, CLAIM_STAKE);
-        market.expire(jobId);
-        assertEq(market.balanceOf(submitter), PRICE + toSubmitter, "refund + slash share");
-        assertEq(market.balanceOf(treasury), CLAIM_STAKE - toSubmitter, "treasury share");
-        assertEq(nodes.getNode(operator).stake, 2 ether - CLAIM_STAKE, "stake slashed");
-        assertEq(nodes.getNode(operator).locked, 0, "lock released");
-        assertEq(address(market).balance, PRICE + CLAIM_STAKE, "market holds refund + slash");
+        Terms memory t = _submit();
+        _claim(t);
+        vm.warp(t.deadline);
+        vm.expectEmit(address(market));
+        emit MarketBase.JobExpired(t.jobId, PRICE, STAKE);
+        market.expire(t);
+        assertEq(market.balanceOf(submitter), PRICE + COMP, "refund + compensation");
+        assertEq(market.balanceOf(treasury), STAKE - COMP, "treasury");
+        assertEq(nodes.getNode(operator).locked, 0, "unlocked by the slash");
     }
 
-    function test_expire_reverts() public {
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.UnknownJob.selector, 3));
-        market.expire(3);
-        uint256 jobId = _submit();
-        uint64 deadline = market.getJob(jobId).deadline;
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.DeadlineNotReached.selector, jobId, deadline));
-        market.expire(jobId);
-        vm.prank(submitter);
-        market.cancel(jobId);
-        vm.warp(deadline);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.WrongStatus.selector, jobId, JobMarket.JobStatus.Cancelled));
-        market.expire(jobId);
+    function test_expire_reverts_on_resulted_job() public {
+        Terms memory t = _submit();
+        _claim(t);
+        _complete(t, "x");
+        vm.warp(t.deadline);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.WrongStatus.selector, t.jobId, JobStatus.Resulted));
+        market.expire(t);
+        Terms memory forged = _terms(stranger, t.jobId, PRICE, t.deadline);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.TermsMismatch.selector, t.jobId));
+        market.expire(forged);
     }
 
-    // ---------------------------------------------------------------- withdraw, receive
+    // ---------------------------------------------------------------- withdraw / withdrawAdapterFees
 
-    function test_withdraw_pays_balance_once() public {
-        uint256 jobId = _submit();
-        vm.prank(submitter);
-        market.cancel(jobId);
-        uint256 before = submitter.balance;
-        vm.expectEmit(true, false, false, true, address(market));
-        emit JobMarket.Withdrawn(submitter, PRICE);
-        vm.prank(submitter);
+    function test_withdraw_reverts() public {
+        vm.expectRevert(MarketBase.NothingToWithdraw.selector);
+        vm.prank(stranger);
         market.withdraw();
-        assertEq(submitter.balance - before, PRICE, "paid");
-        assertEq(market.balanceOf(submitter), 0, "zeroed");
-        vm.expectRevert(JobMarket.NothingToWithdraw.selector);
-        vm.prank(submitter);
-        market.withdraw();
-    }
-
-    function test_withdraw_reverts_when_receiver_rejects() public {
-        RejectingSubmitter r = new RejectingSubmitter(market);
+        Rejecter r = new Rejecter();
         vm.deal(address(r), 1 ether);
-        uint256 jobId = r.submit(adapterId, input, PRICE);
-        r.cancel(jobId);
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.TransferFailed.selector, address(r), PRICE));
-        r.withdraw();
+        vm.prank(address(r));
+        market.submitJob{value: PRICE}(adapterId, ADAPTER_FEE, input, MAX_TOKENS, _deadline());
+        Terms memory t = _terms(address(r), 1, PRICE, _deadline());
+        vm.prank(address(r));
+        market.cancel(t);
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.TransferFailed.selector, address(r), PRICE));
+        r.call(address(market), abi.encodeCall(JobMarket.withdraw, ()));
+        assertEq(market.balanceOf(address(r)), PRICE, "balance kept after a failed transfer");
     }
 
-    function test_treasury_income_is_withdrawable_and_follows_setTreasury() public {
-        uint256 jobId = _submit();
-        _claim(jobId);
-        _complete(jobId, _output(8));
-        uint256 fee = PRICE * PROTOCOL_FEE_BPS / 10_000;
-        assertEq(market.balanceOf(treasury), fee, "accrued");
+    function test_withdraw_is_not_reentrant() public {
+        Reenterer r = new Reenterer(market);
+        vm.deal(address(r), 1 ether);
+        uint64 d = _deadline();
+        r.submit{value: PRICE}(adapterId, ADAPTER_FEE, input, d);
+        r.cancel(_terms(address(r), 1, PRICE, d));
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.TransferFailed.selector, address(r), PRICE));
+        r.withdraw();
+        assertEq(address(market).balance, PRICE, "nothing left the market");
+    }
 
-        // A new treasury gets future income; what the old one earned stays withdrawable by it.
-        market.setTreasury(stranger);
-        assertEq(market.balanceOf(treasury), fee, "old treasury keeps its income");
-        assertEq(market.balanceOf(stranger), 0, "new treasury starts empty");
-        jobId = _submit();
-        _claim(jobId);
-        _complete(jobId, _output(8));
-        assertEq(market.balanceOf(stranger), fee, "new treasury earns");
-
+    function test_treasury_withdraws_accrued_income() public {
+        Terms memory t = _submit();
+        _claim(t);
+        _complete(t, "x");
         uint256 before = treasury.balance;
         vm.prank(treasury);
         market.withdraw();
-        assertEq(treasury.balance - before, fee, "old treasury withdrew");
-        before = stranger.balance;
-        vm.prank(stranger);
-        market.withdraw();
-        assertEq(stranger.balance - before, fee, "new treasury withdrew");
-        assertEq(market.balanceOf(stranger), 0, "accrual cleared");
-        vm.expectRevert(JobMarket.NothingToWithdraw.selector);
-        vm.prank(stranger);
-        market.withdraw();
-    }
-
-    function test_treasury_income_beyond_96_bits_is_not_lost() public {
-        market.setProtocolFee(1_000);
-        uint256 price = type(uint96).max;
-        uint256 fee = price * 1_000 / 10_000;
-        vm.deal(submitter, price * 11);
-        for (uint256 i; i < 11; ++i) {
-            uint256 jobId = _submitAs(submitter, price, uint64(block.timestamp + 1 hours));
-            _claim(jobId);
-            _complete(jobId, _output(1));
-        }
-        assertEq(market.balanceOf(treasury), fee * 11, "all protocol income counted");
+        assertEq(treasury.balance, before + PRICE / 100, "protocol fee");
+        assertEq(market.balanceOf(treasury), 0, "drained");
+        vm.expectRevert(MarketBase.NothingToWithdraw.selector);
         vm.prank(treasury);
         market.withdraw();
-        assertEq(treasury.balance, fee * 11, "all protocol income paid");
     }
 
-    function test_receive_only_from_node_registry() public {
-        vm.deal(stranger, 1 ether);
-        vm.prank(stranger);
-        (bool ok, bytes memory err) = address(market).call{value: 1}("");
-        assertFalse(ok, "plain transfer rejected");
-        assertEq(err, abi.encodeWithSelector(JobMarket.UnexpectedPayment.selector, stranger), "error");
+    function test_withdrawAdapterFees_to_publisher() public {
+        Terms memory t = _submit();
+        _claim(t);
+        _complete(t, "x");
+        vm.expectRevert(MarketBase.NothingToWithdraw.selector);
+        market.withdrawAdapterFees(adapterId);
+        vm.warp(block.timestamp + 2 * CHALLENGE_WINDOW);
+        (uint256 w, uint256 h) = market.adapterFees(adapterId);
+        assertEq(w, ADAPTER_FEE, "withdrawable");
+        assertEq(h, 0, "none held");
+        vm.expectEmit(address(market));
+        emit MarketBase.AdapterFeesPaid(adapterId, ADAPTER_FEE);
+        vm.prank(stranger); // anyone may call
+        market.withdrawAdapterFees(adapterId);
+        assertEq(market.balanceOf(publisher), ADAPTER_FEE, "publisher credited");
+        vm.expectRevert(MarketBase.NothingToWithdraw.selector);
+        market.withdrawAdapterFees(adapterId);
+        vm.expectRevert(MarketBase.NothingToWithdraw.selector);
+        market.withdrawAdapterFees(999);
+    }
+
+    function test_withdrawAdapterFees_split_among_payees_dust_to_last() public {
+        address[] memory payees = new address[](3);
+        payees[0] = makeAddr("p0");
+        payees[1] = makeAddr("p1");
+        payees[2] = makeAddr("p2");
+        uint16[] memory shares = new uint16[](3);
+        shares[0] = 3_333;
+        shares[1] = 3_333;
+        shares[2] = 3_334;
+        vm.prank(publisher);
+        uint256 id = adapters.registerWithPayees(CID, CONTENT_HASH, BASE_MODEL, 8, 1, 1001, payees, shares);
+        JobRequest memory req = _req1(id, 1001, _deadline());
+        Terms memory t = _request(submitter, PRICE, req, input, "", bytes32(0));
+        _claim(t);
+        _complete(t, "x");
+        vm.warp(block.timestamp + 2 * CHALLENGE_WINDOW);
+        market.withdrawAdapterFees(id);
+        uint256 fee = 1001;
+        uint256 a = fee * 3_333 / 10_000;
+        assertEq(market.balanceOf(payees[0]), a, "p0");
+        assertEq(market.balanceOf(payees[1]), a, "p1");
+        assertEq(market.balanceOf(payees[2]), 1001 - 2 * a, "p2 gets the dust");
+        assertEq(market.balanceOf(publisher), 0, "publisher gets nothing directly");
     }
 
     // ---------------------------------------------------------------- views
 
-    function test_resultDigest_is_eip712() public view {
+    function test_views() public {
+        Terms memory t = _submit();
+        bytes32 h = market.hashTerms(t);
+        ResultItem[] memory items = _items(_one(t), "out");
+        assertEq(market.resultDigest(t.jobId, h, keccak256("out"), bytes32(0)), _batchDigest(items), "digest = node's");
         bytes32 domain = keccak256(
             abi.encode(
                 keccak256("EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"),
                 keccak256("OpenLoRA"),
-                keccak256("1"),
+                keccak256("2"),
                 block.chainid,
                 address(market)
             )
         );
-        assertEq(market.domainSeparator(), domain, "domain separator");
-        bytes32 structHash = keccak256(
-            abi.encode(
-                keccak256("Result(uint256 jobId,bytes32 inputHash,bytes32 adapterHash,bytes32 outputHash)"),
-                uint256(7),
-                bytes32(uint256(1)),
-                bytes32(uint256(2)),
-                bytes32(uint256(3))
-            )
-        );
-        bytes32 expected = keccak256(abi.encodePacked("\x19\x01", domain, structHash));
-        assertEq(
-            market.resultDigest(7, bytes32(uint256(1)), bytes32(uint256(2)), bytes32(uint256(3))), expected, "digest"
-        );
+        assertEq(market.domainSeparator(), domain, "domain");
         assertEq(
             market.RESULT_TYPEHASH(),
-            keccak256("Result(uint256 jobId,bytes32 inputHash,bytes32 adapterHash,bytes32 outputHash)"),
-            "typehash"
+            keccak256("Result(uint256 jobId,bytes32 termsHash,bytes32 outputHash,bytes32 proofHash)"),
+            "result type"
+        );
+        Terms memory other = _terms(submitter, t.jobId, PRICE, t.deadline + 1);
+        assertFalse(market.termsMatch(other), "other terms");
+        assertFalse(market.termsMatch(_terms(submitter, 77, PRICE, t.deadline)), "unknown job");
+        (JobStatus s,,,) = market.jobState(77);
+        assertEq(uint256(s), uint256(JobStatus.None), "none");
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.UnknownAdapter.selector, 77));
+        market.minPrice(77);
+        assertEq(market.getDispute(t.jobId).challenger, address(0), "no dispute");
+    }
+
+    function test_domain_follows_the_chain_id() public {
+        Terms memory t = _submit();
+        _claim(t);
+        ResultItem[] memory items = _items(_one(t), "x");
+        bytes memory sig = _signBatch(SIGNER_KEY, items);
+        vm.chainId(999);
+        vm.expectRevert();
+        vm.prank(operator);
+        market.submitResult(items[0], sig);
+        assertEq(_status(t.jobId), uint256(JobStatus.Claimed), "signature bound to its chain");
+    }
+
+    // ---------------------------------------------------------------- code size and MarketOps
+
+    function _opsAddress() internal view returns (address) {
+        // The market's second CREATE (the NodeRegistry is its first).
+        return address(
+            uint160(uint256(keccak256(abi.encodePacked(bytes1(0xd6), bytes1(0x94), address(market), bytes1(0x02)))))
         );
     }
 
-    function test_getJob_unknown_is_empty() public view {
-        JobMarket.Job memory j = market.getJob(42);
-        assertTrue(j.status == JobMarket.JobStatus.None, "none");
-        assertEq(j.submitter, address(0), "submitter");
-        assertEq(j.adapterHash, bytes32(0), "hash");
+    function test_code_sizes_fit_eip170_and_eip3860() public view {
+        assertLe(address(market).code.length, 24_576, "JobMarket runtime (EIP-170)");
+        assertLe(_opsAddress().code.length, 24_576, "MarketOps runtime (EIP-170)");
+        assertLe(address(nodes).code.length, 24_576, "NodeRegistry runtime (EIP-170)");
+        assertLe(address(adapters).code.length, 24_576, "AdapterRegistry runtime (EIP-170)");
+        assertLe(type(JobMarket).creationCode.length + abi.encode(_config()).length, 49_152, "JobMarket initcode");
+        address registryAt = address(
+            uint160(uint256(keccak256(abi.encodePacked(bytes1(0xd6), bytes1(0x94), address(market), bytes1(0x01)))))
+        );
+        assertEq(registryAt, address(nodes), "registry is the market's first CREATE");
     }
 
-    function test_adapter_registry_errors_are_not_needed_to_decode_market_errors() public {
-        // The market reports adapter problems with its own errors (so clients need only its ABI).
-        vm.expectRevert(abi.encodeWithSelector(JobMarket.UnknownAdapter.selector, 0));
+    function test_marketOps_cannot_be_called_directly() public {
+        MarketOps ops = MarketOps(payable(_opsAddress()));
+        assertTrue(address(ops).code.length > 0, "ops deployed");
+        assertEq(address(ops.nodeRegistry()), address(nodes), "ops uses the market's registry");
+        Terms memory t = _submit();
+        vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
         vm.prank(submitter);
-        market.submitJob{value: PRICE}(0, input, MAX_TOKENS, uint64(block.timestamp + 60));
-        AdapterRegistry.Adapter memory a = adapters.getAdapter(adapterId);
-        assertEq(a.contentHash, CONTENT_HASH, "registry still answers");
-    }
-}
-
-/// @dev A submitter contract without a receive function: its withdrawals must fail loudly, not silently.
-contract RejectingSubmitter {
-    JobMarket internal immutable market;
-
-    constructor(JobMarket market_) {
-        market = market_;
-    }
-
-    function submit(uint256 adapterId, bytes calldata input, uint256 price) external returns (uint256) {
-        return market.submitJob{value: price}(adapterId, input, 8, uint64(block.timestamp + 1 hours));
-    }
-
-    function cancel(uint256 jobId) external {
-        market.cancel(jobId);
+        ops.cancel(t);
+        vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
+        ops.expire(t);
+        vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
+        ops.reclaim(t);
+        vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
+        ops.releaseJob(t);
+        vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
+        ops.withdrawAdapterFees(adapterId);
+        vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
+        ops.settleDispute(t);
+        vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
+        vm.prank(validator);
+        ops.dispute{value: DISPUTE_BOND}(t, "bafy");
+        assertEq(_status(t.jobId), uint256(JobStatus.Open), "the market's job untouched");
     }
 
-    function withdraw() external {
-        market.withdraw();
+    // ---------------------------------------------------------------- raw calldata: dirty and non-canonical terms
+
+    function test_dirty_jobId_word_claims_nothing() public {
+        Terms memory t = _submit();
+        bytes memory data = abi.encodeCall(JobMarket.claimJob, (t));
+        assembly ("memory-safe") {
+            // jobId word of the terms (selector, offset word, then the terms): set a bit above uint64.
+            let w := add(data, add(0x20, 0x24))
+            mstore(w, or(mload(w), shl(200, 1)))
+        }
+        vm.prank(operator);
+        (bool ok,) = address(market).call(data);
+        assertFalse(ok, "dirty jobId accepted");
+        // In a batch it is skipped.
+        Terms[] memory ts = new Terms[](1);
+        ts[0] = t;
+        bytes memory batch = abi.encodeCall(JobMarket.claimJobs, (ts));
+        assembly ("memory-safe") {
+            // selector, array offset, length, element offset, then the terms.
+            let w := add(batch, add(0x20, 0x64))
+            mstore(w, or(mload(w), shl(200, 1)))
+        }
+        vm.prank(operator);
+        (ok,) = address(market).call(batch);
+        assertFalse(ok, "dirty batch claimed something");
+        assertEq(_status(t.jobId), uint256(JobStatus.Open), "still open");
+        _claim(t); // the clean terms still work
+    }
+
+    function test_non_canonical_terms_encoding_never_matches() public {
+        Terms memory t = _submit();
+        bytes memory canonical = abi.encodeCall(JobMarket.claimJob, (t));
+        // Same values, but the adapters array one word further (offset 0x180, a zero word in between).
+        bytes memory head = new bytes(4 + 0x20 + 0x140);
+        for (uint256 i; i < head.length; ++i) {
+            head[i] = canonical[i];
+        }
+        bytes memory tail = new bytes(canonical.length - head.length - 0x20);
+        for (uint256 i; i < tail.length; ++i) {
+            tail[i] = canonical[head.length + 0x20 + i];
+        }
+        bytes memory odd = abi.encodePacked(head, uint256(0x180), uint256(0), tail);
+        assertTrue(market.termsMatch(t), "canonical matches");
+        vm.prank(operator);
+        (bool ok, bytes memory ret) = address(market).call(odd);
+        assertFalse(ok, "non-canonical terms claimed");
+        assertEq(ret, abi.encodeWithSelector(MarketBase.TermsMismatch.selector, t.jobId), "terms mismatch");
+        assertEq(_status(t.jobId), uint256(JobStatus.Open), "still open");
     }
 }

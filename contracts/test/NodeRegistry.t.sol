@@ -5,8 +5,15 @@ import {Ownable} from "@openzeppelin/contracts/access/Ownable.sol";
 import {Test} from "./utils/Test.sol";
 import {NodeRegistry} from "../src/NodeRegistry.sol";
 
-/// @dev Stands in for the job market: a plain contract that may receive slashed stake.
+/// @dev Stands in for the job market: it creates the registry (so it is the registry's market) and may receive
+///      slashed stake.
 contract SlashSink {
+    NodeRegistry public immutable reg;
+
+    constructor() {
+        reg = new NodeRegistry(1 ether, 1 hours);
+    }
+
     receive() external payable {}
 }
 
@@ -22,9 +29,9 @@ contract NodeRegistryTest is Test {
     address internal other = makeAddr("other");
 
     function setUp() public {
-        reg = new NodeRegistry(1 ether, 1 hours);
-        market = address(new SlashSink());
-        reg.setMarket(market);
+        SlashSink sink = new SlashSink();
+        reg = sink.reg();
+        market = address(sink);
         vm.deal(operator, 100 ether);
         vm.deal(other, 100 ether);
     }
@@ -34,19 +41,14 @@ contract NodeRegistryTest is Test {
         reg.register{value: stake}(signer, BASE, PEER);
     }
 
-    // ---------------------------------------------------------------- setMarket
+    // ---------------------------------------------------------------- market fixed at creation
 
-    function test_setMarket_once_by_owner() public {
-        NodeRegistry fresh = new NodeRegistry(1, 1);
-        vm.expectRevert(abi.encodeWithSelector(Ownable.OwnableUnauthorizedAccount.selector, other));
-        vm.prank(other);
-        fresh.setMarket(market);
-        vm.expectRevert(NodeRegistry.ZeroMarket.selector);
-        fresh.setMarket(address(0));
-        fresh.setMarket(market);
-        assertEq(fresh.market(), market, "market");
-        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.MarketAlreadySet.selector, market));
-        fresh.setMarket(other);
+    function test_market_is_the_creator() public {
+        assertEq(reg.market(), market, "creator is the market");
+        NodeRegistry mine = new NodeRegistry(1, 1);
+        assertEq(mine.market(), address(this), "mine");
+        assertEq(reg.minStake(), 1 ether, "min stake");
+        assertEq(reg.unstakeDelay(), 1 hours, "delay");
     }
 
     // ---------------------------------------------------------------- register, update
@@ -208,7 +210,7 @@ contract NodeRegistryTest is Test {
 
     // ---------------------------------------------------------------- market hooks
 
-    function test_lock_unlock_slash() public {
+    function test_lock_unlock_slashLocked() public {
         _register(2 ether);
         vm.startPrank(market);
         reg.lockStake(operator, 1 ether);
@@ -216,16 +218,15 @@ contract NodeRegistryTest is Test {
         assertFalse(reg.isEligible(operator, BASE, 1.5 ether), "not enough free");
         assertTrue(reg.isEligible(operator, BASE, 1 ether), "enough free");
         assertFalse(reg.isEligible(operator, OTHER_BASE, 0), "other model");
-        assertEq(reg.eligibleNodeId(operator, BASE, 1 ether), 1, "eligible id");
-        assertEq(reg.eligibleNodeId(operator, BASE, 2 ether), 0, "ineligible id");
         reg.unlockStake(operator, 0.5 ether);
         assertEq(reg.getNode(operator).locked, 0.5 ether, "locked after unlock");
 
         uint256 before = market.balance;
         vm.expectEmit(true, false, false, true, address(reg));
         emit NodeRegistry.NodeSlashed(operator, 0.5 ether);
-        reg.slash(operator, 0.5 ether);
+        uint256 taken = reg.slashLocked(operator, 0.7 ether); // capped at what is locked
         vm.stopPrank();
+        assertEq(taken, 0.5 ether, "taken");
         assertEq(market.balance - before, 0.5 ether, "slash sent to market");
         NodeRegistry.Node memory n = reg.getNode(operator);
         assertEq(n.stake, 1.5 ether, "stake after slash");
@@ -234,16 +235,62 @@ contract NodeRegistryTest is Test {
         (address op, address s) = reg.claimantOf(1);
         assertEq(op, operator, "claimant operator");
         assertEq(s, signer, "claimant signer");
+        assertEq(reg.operatorOf(1), operator, "operatorOf");
+        assertEq(reg.operatorOf(2), address(0), "unknown id");
+        (uint32 id, bytes32 base) = reg.claimer(operator);
+        assertEq(id, 1, "claimer id");
+        assertEq(base, BASE, "claimer base");
+        (uint32 id2, address s2) = reg.claimantInfo(operator);
+        assertEq(id2, 1, "claimantInfo id");
+        assertEq(s2, signer, "claimantInfo signer");
+        assertEq(reg.signerOf(operator), signer, "signerOf");
+    }
+
+    function test_unlock_saturates_and_slash_of_nothing_sends_nothing() public {
+        _register(2 ether);
+        vm.startPrank(market);
+        reg.lockStake(operator, 1 ether);
+        reg.unlockStake(operator, 5 ether);
+        assertEq(reg.getNode(operator).locked, 0, "saturated at zero");
+        uint256 before = market.balance;
+        assertEq(reg.slashLocked(operator, 1 ether), 0, "nothing locked, nothing taken");
+        vm.stopPrank();
+        assertEq(market.balance, before, "nothing sent");
+        assertEq(reg.getNode(operator).stake, 2 ether, "stake intact");
+    }
+
+    function test_slashAny_takes_free_then_pending_then_locked() public {
+        _register(3 ether);
+        vm.prank(market);
+        reg.lockStake(operator, 1 ether);
+        vm.prank(operator);
+        reg.requestUnstake(1 ether); // stake 2 (1 locked, 1 free), pending 1
+        vm.prank(market);
+        uint256 taken = reg.slashAny(operator, 1.5 ether);
+        assertEq(taken, 1.5 ether, "taken");
+        NodeRegistry.Node memory n = reg.getNode(operator);
+        assertEq(n.stake, 1 ether, "free stake gone first");
+        assertEq(n.pendingUnstake, 0.5 ether, "then pending");
+        assertEq(n.locked, 1 ether, "locked untouched so far");
+        vm.prank(market);
+        taken = reg.slashAny(operator, 10 ether);
+        assertEq(taken, 1.5 ether, "everything left");
+        n = reg.getNode(operator);
+        assertEq(n.stake + n.pendingUnstake + n.locked, 0, "emptied");
+        assertFalse(n.active, "inactive");
+        assertEq(address(reg).balance, 0, "registry holds nothing more");
     }
 
     function test_slash_below_minimum_deactivates() public {
         _register(1 ether);
         vm.startPrank(market);
         reg.lockStake(operator, 0.5 ether);
-        reg.slash(operator, 0.5 ether);
+        reg.slashLocked(operator, 0.5 ether);
         vm.stopPrank();
         assertFalse(reg.getNode(operator).active, "inactive");
         assertFalse(reg.isEligible(operator, BASE, 0), "not eligible");
+        (uint32 id,) = reg.claimer(operator);
+        assertEq(id, 0, "an inactive node cannot claim");
     }
 
     function test_market_hooks_revert() public {
@@ -256,23 +303,13 @@ contract NodeRegistryTest is Test {
         reg.unlockStake(operator, 1);
         vm.expectRevert(abi.encodeWithSelector(NodeRegistry.NotMarket.selector, other));
         vm.prank(other);
-        reg.slash(operator, 1);
-
-        vm.startPrank(market);
+        reg.slashLocked(operator, 1);
+        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.NotMarket.selector, other));
+        vm.prank(other);
+        reg.slashAny(operator, 1);
         vm.expectRevert(abi.encodeWithSelector(NodeRegistry.InsufficientFreeStake.selector, 2 ether, 1 ether));
+        vm.prank(market);
         reg.lockStake(operator, 2 ether);
-        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.InsufficientLockedStake.selector, 1, 0));
-        reg.unlockStake(operator, 1);
-        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.InsufficientLockedStake.selector, 1, 0));
-        reg.slash(operator, 1);
-        vm.stopPrank();
-    }
-
-    function test_hooks_revert_before_market_is_set() public {
-        NodeRegistry fresh = new NodeRegistry(1, 1);
-        vm.expectRevert(abi.encodeWithSelector(NodeRegistry.NotMarket.selector, address(0)));
-        vm.prank(address(0));
-        fresh.lockStake(operator, 0);
     }
 
     function test_unknown_operator_views_are_zero() public view {

@@ -1,5 +1,6 @@
-"""The multi-LoRA engine: one shared base model, a fixed pool of adapter slots on the device, a host
-tier behind it, and a decode loop in a worker thread that batches rows of different adapters."""
+"""The multi-LoRA engine: one shared base model, a rank-paged adapter pool on the device under one byte
+budget, a host tier behind it, and a decode loop in a worker thread that batches rows of different
+adapters. Swap-ins run outside the model lock (on a side CUDA stream on GPUs, `swap.py`)."""
 
 from __future__ import annotations
 
@@ -14,24 +15,35 @@ from collections.abc import Awaitable, Callable
 import torch
 
 from inference.adapter import AdapterWeights
-from inference.engine.config import EngineConfig
+from inference.engine.config import EngineConfig, enable_fast_matmul, resolve_dtype
+from inference.engine.engine_admission import EngineAdmissionMixin
+from inference.engine.engine_sync import EngineSyncMixin
 from inference.engine.host_tier import HostTier
-from inference.engine.lora_layer import NO_ADAPTER, LoraBatch, MultiLoraLinear, wrap_model
-from inference.engine.messages import EngineBusy, EngineStats, GenerationRequest, GenerationResult, StepRecord
+from inference.engine.lora_layer import LoraBatch, MultiLoraLinear, wrap_model
+from inference.engine.lora_plan import rank_class
+from inference.engine.messages import (
+    EngineStats,
+    GenerationRequest,
+    GenerationResult,
+    HiddenStates,
+    StepRecord,
+)
 from inference.engine.model_runner import ModelRunner
-from inference.engine.prepared import PreparedAdapter, ensemble_key, merge_adapters, prepare_adapter
-from inference.engine.sampling import RowSampler, StopChecker, find_stop, next_tokens
+from inference.engine.pages import PagePool
+from inference.engine.prepared import PreparedAdapter
+from inference.engine.sampling import SamplingRows, StopChecker, find_stop, next_token_tensor
 from inference.engine.scheduler import Job, Outcome, Scheduler
-from inference.engine.slots import NoFreeSlot, SlotPool
+from inference.engine.swap import Swapper
+from inference.engine.transfers import Uploads
 from inference.models import LoadedModel
-from inference.prompt import check_length, decode_output, encode_prompt
+from inference.prompt import decode_output
 
 log = logging.getLogger(__name__)
 
 Loader = Callable[[str], Awaitable[AdapterWeights]]
 
 
-class Engine:
+class Engine(EngineAdmissionMixin, EngineSyncMixin):
     """Takes ownership of `base.model`: its target linear layers are wrapped in place, once."""
 
     def __init__(self, base: LoadedModel, config: EngineConfig, loader: Loader | None = None) -> None:
@@ -42,19 +54,33 @@ class Engine:
         self.device = torch.device(config.device)
         if config.cpu_threads:
             torch.set_num_threads(config.cpu_threads)
+        enable_fast_matmul(self.device)
         model = base.model
-        model.to(device=self.device, dtype=config.dtype) if config.dtype else model.to(self.device)
+        self.dtype = resolve_dtype(config.dtype, self.device, next(model.parameters()).dtype)
+        model.to(device=self.device, dtype=self.dtype)
         model.eval()
-        self.dtype = next(model.parameters()).dtype
+        self.uploads = Uploads(self.device)  # host -> device tensors built by the engine (transfers.py)
         self._lora_batch = LoraBatch(config.max_batch)
+        self._lora_batch.uploads = self.uploads
+        num_pages = self._num_pages(model)
         self.layers: dict[str, MultiLoraLinear] = wrap_model(
-            model, config.target_modules, config.max_slots, config.max_rank, self._lora_batch
+            model, config.target_modules, num_pages, self._lora_batch
         )
         self._shapes = {p: (m.in_features, m.out_features) for p, m in self.layers.items()}
         self.pool_bytes = sum(m.pool_bytes for m in self.layers.values())
-        self.runner = ModelRunner(model, self.device, config.max_batch, self._lora_batch)
+        self.runner = ModelRunner(
+            model,
+            self.device,
+            config.max_batch,
+            self._lora_batch,
+            deterministic=config.deterministic,
+            attention=config.attention,
+            uploads=self.uploads,
+        )
         self.host = HostTier(config.host_budget_bytes)
-        self.slots = SlotPool(config.max_slots)
+        self.slots = PagePool(num_pages, config.max_rank)
+        self._swapper = Swapper(self.device)
+        self._sampling_rows: dict[tuple[int, ...], SamplingRows] = {}
         self.scheduler = Scheduler(config.max_queue, bypass_limit=config.max_batch)
         self._eos = self._eos_ids()
 
@@ -168,80 +194,6 @@ class Engine:
         self._submit(self._make_job(request, key, adapter, settle))
         return await fut
 
-    def generate_batch_sync(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        """Run `requests` to completion and return their results in order (tests, benchmarks). Uses the
-        worker when started, else decodes in the calling thread. Raises the first request's error."""
-        outcomes: list[Outcome | None] = [None] * len(requests)
-        done = threading.Event()
-        remaining = [len(requests)]
-        lock = threading.Lock()
-
-        def settle_at(i: int) -> Callable[[Outcome], None]:
-            def settle(outcome: Outcome) -> None:
-                outcomes[i] = outcome
-                with lock:
-                    remaining[0] -= 1
-                    if remaining[0] == 0:
-                        done.set()
-
-            return settle
-
-        jobs = []
-        for i, req in enumerate(requests):
-            key, adapter = self._resolve_sync(req)
-            jobs.append(self._make_job(req, key, adapter, settle_at(i)))
-        self._check_capacity(len(jobs))
-        for job in jobs:
-            self._submit(job)
-        if not requests:
-            return []
-        if self._thread is None:
-            while not done.is_set():
-                self._step()
-        else:
-            done.wait()
-        for o in outcomes:
-            if isinstance(o, BaseException):
-                raise o
-        return [o for o in outcomes if isinstance(o, GenerationResult)]
-
-    def prompt_logits(self, prompt_ids: list[list[int]], adapters: list[str | None]) -> list[torch.Tensor]:
-        """Logits [len(prompt), vocab] at every prompt position, all rows in one mixed-adapter batch
-        (adapters must be in the host tier). For scoring and for checking the engine against PEFT."""
-        rows = self.config.max_batch
-        jobs = [
-            Job(
-                -1,
-                GenerationRequest("", a, max_tokens=1),
-                a,
-                self._host_get(a) if a else None,
-                ids,
-                RowSampler(0.0, 1.0, None),
-                lambda _: None,
-            )
-            for ids, a in zip(prompt_ids, adapters, strict=True)
-        ]
-        out: list[torch.Tensor] = []
-        with self._model_lock:
-            start = len(self._active)  # rows past the running ones are free scratch space
-            if start == rows:
-                raise RuntimeError(f"all {rows} batch rows are running requests: retry when some finish")
-            for first in range(0, len(jobs), rows - start):
-                chunk = jobs[first : first + rows - start]
-                placed = []
-                try:
-                    for job in chunk:
-                        if not self._place(job):
-                            raise NoFreeSlot(f"more distinct adapters ({len(set(adapters))}) than free slots")
-                        placed.append(job)
-                    self._set_rows(start, chunk)
-                    logits = self.runner.prefill(start, [j.prompt_ids for j in chunk], all_logits=True)
-                finally:
-                    for job in placed:
-                        self._release(job)
-                out += [logits[i, : len(j.prompt_ids)].cpu() for i, j in enumerate(chunk)]
-        return out
-
     # ---------------------------------------------------------------- observability
 
     def stats(self) -> EngineStats:
@@ -266,127 +218,22 @@ class Engine:
                 "swap_s_total": self.swap_s_total,
                 "steps": float(self._steps),
                 "kv_cache_bytes": float(self.runner.cache.nbytes),
+                "pool_pages": float(self.slots.num_pages),
+                "pool_free_pages": float(self.slots.free_pages),
+                "adapters_resident": float(self.slots.resident),
+                "lora_workspace_bytes": float(self.workspace_bytes),
+                "uploads": float(self.uploads.count),
             },
         )
+
+    @property
+    def workspace_bytes(self) -> int:
+        """Pages gathered for the current batch (distinct adapters whose pages are not one run)."""
+        return sum(m.workspace_bytes for m in self.layers.values())
 
     def recent_steps(self) -> list[StepRecord]:
         """The last forward passes (up to 4096): which requests and adapters each one batched."""
         return list(self._trace)
-
-    # ---------------------------------------------------------------- internals: admission
-
-    def _prepare(self, key: str, weights: AdapterWeights) -> PreparedAdapter:
-        return prepare_adapter(
-            key,
-            weights,
-            self._shapes,
-            self.config.max_rank,
-            self.dtype,
-            pin_memory=self.device.type == "cuda",
-        )
-
-    def _host_get(self, key: str) -> PreparedAdapter:
-        adapter = self.host.get(key)
-        if adapter is None:
-            raise KeyError(f"adapter {key!r} is not in the host tier: call add_adapter or use generate()")
-        return adapter
-
-    async def _host_adapter(self, key: str) -> PreparedAdapter:
-        self.host_lookups += 1
-        adapter = self.host.get(key)
-        if adapter is not None:
-            self.host_hits += 1
-            return adapter
-        if self.loader is None:
-            raise KeyError(
-                f"adapter {key!r} is not in the host tier and the engine has no loader: "
-                "call add_adapter first or construct the Engine with a loader"
-            )
-        pending = self._loading.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self._load(key))
-            self._loading[key] = pending
-            pending.add_done_callback(lambda _: self._loading.pop(key, None))
-        return await asyncio.shield(pending)
-
-    async def _load(self, key: str) -> PreparedAdapter:
-        assert self.loader is not None
-        adapter = self._prepare(key, await self.loader(key))
-        self.host.put(adapter)
-        return adapter
-
-    async def _resolve(self, request: GenerationRequest) -> tuple[str | None, PreparedAdapter | None]:
-        if request.adapters:
-            key = ensemble_key(request.adapters)
-            merged = self.host.get(key)
-            if merged is None:
-                parts = [(await self._host_adapter(k), w) for k, w in request.adapters]
-                merged = merge_adapters(key, parts, self.config.max_rank)
-                self.host.put(merged)
-                self._merge_parts[key] = {k for k, _ in request.adapters}
-            return key, merged
-        if request.adapter is None:
-            return None, None
-        return request.adapter, await self._host_adapter(request.adapter)
-
-    def _make_job(
-        self,
-        request: GenerationRequest,
-        key: str | None,
-        adapter: PreparedAdapter | None,
-        on_done: Callable[[Outcome], None],
-    ) -> Job:
-        ids = encode_prompt(self.tokenizer, request.prompt, chat=request.chat)
-        check_length(len(ids), request.max_tokens, self.runner.max_positions)  # PromptRejected
-        sampler = RowSampler(request.temperature, request.top_p, request.seed)
-        return Job(next(self._ids), request, key, adapter, ids, sampler, on_done)
-
-    def _check_capacity(self, incoming: int = 1) -> None:
-        with self._cv:
-            if len(self.scheduler) + incoming > self.config.max_queue:
-                raise EngineBusy(
-                    f"engine queue is full ({len(self.scheduler)} of {self.config.max_queue} "
-                    "waiting): retry later or raise EngineConfig.max_queue"
-                )
-
-    def _submit(self, job: Job) -> None:
-        with self._cv:
-            if self._stopping:
-                raise RuntimeError("engine is stopping")
-            self.scheduler.submit(job)
-            self._cv.notify()
-
-    def _place(self, job: Job) -> bool:
-        """Pin a slot for `job`, copying its adapter in on a miss. False when every slot is pinned."""
-        if job.adapter is None or job.key is None:
-            job.slot = NO_ADAPTER
-            return True
-        try:
-            slot, hit = self.slots.acquire(job.key)
-        except NoFreeSlot:
-            return False
-        if not hit:
-            t0 = time.perf_counter()
-            for path, layer in self.layers.items():
-                pair = job.adapter.layers.get(path)
-                layer.write_slot(slot, *(pair if pair is not None else (None, None)))
-            job.swap_s = time.perf_counter() - t0
-            self.swap_s_total += job.swap_s
-            self.swaps_in += 1
-        job.slot = slot
-        return True
-
-    def _resident(self, key: str | None) -> bool:
-        return key is None or self.slots.lookup(key) is not None
-
-    def _release(self, job: Job) -> None:
-        if job.slot != NO_ADAPTER:
-            self.slots.release(job.slot)
-            job.slot = NO_ADAPTER
-
-    def _set_rows(self, start: int, jobs: list[Job]) -> None:
-        for row, job in enumerate(jobs, start):
-            self._lora_batch.set_row(row, job.slot, job.rank)
 
     # ---------------------------------------------------------------- internals: the decode loop
 
@@ -408,11 +255,17 @@ class Engine:
         self._batch_emptied()
 
     def _step(self) -> None:
-        """Admit waiting requests (prefill), then one decode step for every running row."""
+        """Admit waiting requests (swap-ins outside the model lock), prefill them, then one decode step
+        for every running row."""
         t0 = time.perf_counter()
+        new = self._admit()
         with self._model_lock:
+            start = len(self._active)
+            self._active += new  # first: if anything below fails, these requests fail with the batch
             try:
-                self._admit_and_prefill()
+                if new:
+                    self._swapper.wait()
+                    self._prefill(start, new)
                 if self._active:
                     self._decode()
             except Exception as exc:  # fail the batch, keep the engine serving
@@ -424,32 +277,67 @@ class Engine:
                 self._batch_emptied()
         self.busy_s += time.perf_counter() - t0
 
-    def _admit_and_prefill(self) -> None:
-        with self._cv:
-            for key in self._forget:
-                self.slots.forget(key)
-            self._forget.clear()
-            free = self.config.max_batch - len(self._active)
-            new = self.scheduler.admit(free, self._place, self._resident) if free > 0 else []
-        if not new:
-            return
+    def _admit(self) -> list[Job]:
+        with self._swapper.lock:
+            with self._cv:
+                for key in self._forget:
+                    self.slots.forget(key)
+                self._forget.clear()
+                free = self.config.max_batch - len(self._active)
+                new = self.scheduler.admit(free, self._place, self._resident) if free > 0 else []
+            try:
+                self._copy_in(new)
+            except Exception as exc:
+                log.exception("swap-in failed; failing %d admitted requests", len(new))
+                for job in new:
+                    self._release(job)
+                    job.on_done(exc)
+                return []
+        # Rows in LoRA group order (widest rank class first, then by adapter): the prefill's rows are
+        # then already each adapter's segment, and the layers gather and scatter no activations.
+        new.sort(key=lambda j: (-rank_class(j.rank) if j.rank else 1, j.slot))
+        return new
+
+    def _prefill(self, start: int, new: list[Job]) -> None:
+        """Prefill `new`, already running as rows [start, start + len(new))."""
+        uploads = self.uploads.count
         now = time.perf_counter()
-        start = len(self._active)
         for job in new:
             job.admitted = now
         self._set_rows(start, new)
-        self._active += new  # before the forward pass: if it fails, these requests fail with the batch
-        logits = self.runner.prefill(start, [j.prompt_ids for j in new])
-        self._record("prefill", new)
-        keep = set(self._emit(new, logits))
+        record = any(j.record for j in new)
+        logits = self.runner.prefill(start, [j.prompt_ids for j in new], record=record)
+        if record:
+            self._keep_hidden(new)
+        tokens = self._sample(new, logits)
+        self.runner.tokens[start : start + len(new)] = tokens
+        self._record("prefill", new, self.uploads.count - uploads)
+        keep = set(self._emit(new, tokens.tolist()))
         self._drop_rows([start + i for i in range(len(new)) if i not in keep])
 
     def _decode(self) -> None:
-        tokens = torch.tensor([j.output[-1] for j in self._active], dtype=torch.long)
-        logits = self.runner.decode(tokens, [j.kv_len for j in self._active])
-        self._record("decode", self._active)
-        keep = set(self._emit(self._active, logits))
+        uploads = self.uploads.count
+        n = len(self._active)
+        record = any(j.record for j in self._active)
+        logits = self.runner.decode_rows(n, max(j.kv_len for j in self._active) + 1, record=record)
+        if record:
+            self._keep_hidden(self._active)
+        tokens = self._sample(self._active, logits)
+        self.runner.tokens[:n] = tokens  # the next step's inputs, already on the device
+        self._record("decode", self._active, self.uploads.count - uploads)
+        keep = set(self._emit(self._active, tokens.tolist()))
         self._drop_rows([i for i in range(len(self._active)) if i not in keep])
+
+    def _keep_hidden(self, jobs: list[Job]) -> None:
+        """After a pass with record=True: each recording job keeps its row's final hidden states."""
+        for job, hidden in zip(jobs, self.runner.hidden, strict=True):
+            if job.record:
+                job.hidden.append(hidden.clone())  # a copy: a view would keep the whole batch's tensor
+
+    def _sample(self, jobs: list[Job], logits: torch.Tensor) -> torch.Tensor:
+        samplers = [j.sampler for j in jobs]
+        rows = SamplingRows.for_samplers(self._sampling_rows, samplers, self.uploads)
+        return next_token_tensor(logits, samplers, rows)
 
     def _drop_rows(self, rows: list[int]) -> None:
         """Remove finished rows; the last running row moves into each hole, so rows stay [0, n)."""
@@ -465,12 +353,10 @@ class Engine:
     def _batch_emptied(self) -> None:
         self.runner.cache.shrink()
 
-    def _emit(self, jobs: list[Job], logits: torch.Tensor) -> list[int]:
+    def _emit(self, jobs: list[Job], tokens: list[int]) -> list[int]:
         """Append each row's next token; finish rows that are done. Returns the rows still running."""
         keep = []
-        for i, (job, tok) in enumerate(
-            zip(jobs, next_tokens(logits, [j.sampler for j in jobs]), strict=True)
-        ):
+        for i, (job, tok) in enumerate(zip(jobs, tokens, strict=True)):
             reason = self._append(job, tok)
             if reason is None:
                 keep.append(i)
@@ -507,13 +393,14 @@ class Engine:
                 queue_s=job.admitted - job.submitted,
                 swap_s=job.swap_s,
                 total_s=now - job.submitted,
+                hidden=_hidden_states(job) if job.record else None,
             )
         )
 
-    def _record(self, kind: str, jobs: list[Job]) -> None:
+    def _record(self, kind: str, jobs: list[Job], uploads: int) -> None:
         self._steps += 1
         self._trace.append(
-            StepRecord(self._steps, kind, tuple(j.id for j in jobs), tuple(j.key for j in jobs))
+            StepRecord(self._steps, kind, tuple(j.id for j in jobs), tuple(j.key for j in jobs), uploads)
         )
 
     def _eos_ids(self) -> set[int]:
@@ -525,26 +412,6 @@ class Engine:
             ids.update(gen_eos)
         return {int(i) for i in ids if i is not None}
 
-    def _resolve_sync(self, request: GenerationRequest) -> tuple[str | None, PreparedAdapter | None]:
-        needed = [k for k, _ in request.adapters] or ([request.adapter] if request.adapter else [])
-        if all(k in self.host for k in needed):
-            return asyncio.run(self._resolve(request)) if request.adapters else self._resolve_cached(request)
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(self._resolve(request))
-        raise RuntimeError(
-            "generate_batch_sync needs the loader but runs inside an event loop: "
-            "use `await engine.generate()`"
-        )
-
-    def _resolve_cached(self, request: GenerationRequest) -> tuple[str | None, PreparedAdapter | None]:
-        if request.adapter is None:
-            return None, None
-        self.host_lookups += 1
-        self.host_hits += 1
-        return request.adapter, self._host_get(request.adapter)
-
 
 def _settle_future(fut: asyncio.Future[GenerationResult], outcome: Outcome) -> None:
     if fut.done():
@@ -553,3 +420,9 @@ def _settle_future(fut: asyncio.Future[GenerationResult], outcome: Outcome) -> N
         fut.set_exception(outcome)
     else:
         fut.set_result(outcome)
+
+
+def _hidden_states(job: Job) -> HiddenStates:
+    prefill, steps = job.hidden[0], job.hidden[1:]
+    decode = torch.stack(steps) if steps else prefill.new_zeros(0, prefill.shape[-1])
+    return HiddenStates(list(job.prompt_ids), prefill, decode)

@@ -1,14 +1,15 @@
-"""MultiLoraLinear: one base nn.Linear plus a preallocated pool of LoRA slots, applied per batch row.
+"""MultiLoraLinear: one base nn.Linear plus its share of the rank-paged adapter pool.
 
-Pool layout (per wrapped layer): Aᵀ `[slots + 1, in, r_max]`, Bt `[slots + 1, r_max, out]`, both stored
-transposed as the batched matmuls read them, with the adapter's scale folded into Bt at swap-in, so a
-step does no extra multiply. The last slot is all zeros and stands for "no adapter". Rank r < r_max
-occupies rows [0, r) and the rest stay zero, so computing with any width >= the batch's largest rank is
-exact.
+Pool layout (per wrapped layer): A `[pages, in]` and Bt `[pages, out]`, one rank row per page, in the
+compute dtype, the adapter's scale folded into Bt when it was prepared (fp32 product, then cast). An
+adapter of rank r owns r pages (`pages.py`); pages of a layer it does not target are zero.
 
-Rows are persistent (see `model_runner.py`): row i of the running batch keeps its index from prefill to
-finish. Each layer keeps its own copy of every row's A / Bt (`_row_at`, `_row_bt`), refreshed only for
-rows whose slot changed, so a decode step gathers nothing and a join or leave copies one row.
+A forward pass follows the plan of `LoraBatch` (`lora_plan.py`): per rank class, a decode step multiplies
+the rows of that class by the pages of the class's distinct adapters in one masked GEMM pair, a prefill
+(compute-bound) each adapter's rows by its own pages only (SGMV segments). Pages are read in place
+when they form one contiguous run (e.g. a batch on one adapter), else gathered once per plan into a copy
+that lives only while a plan uses it (counted in `workspace_bytes`). No per-row copies of A or B: memory
+is the pool plus at most the distinct adapters of the current batch.
 """
 
 from __future__ import annotations
@@ -16,105 +17,36 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-NO_ADAPTER = -1
-_STALE = -2  # a gathered row that must be copied again before use
+from inference.engine.lora_plan import NO_ADAPTER, Group, LoraBatch
+from inference.engine.pages import page_runs
 
-
-class LoraBatch:
-    """Which slot each persistent row uses, and which rows the next forward pass covers (the window).
-    Shared by all wrapped layers; the engine (through the model runner) sets it before every pass."""
-
-    def __init__(self, max_rows: int = 0) -> None:
-        self._zero_slot = 0  # set by wrap_model to the pool's all-zero slot
-        self.row_slots: list[int] = []
-        self.row_ranks: list[int] = []
-        self.version = 0  # bumped whenever a row's slot changes: layers re-sync their gathered rows
-        self.start, self.stop = 0, 0
-        self.rank = 0  # widest rank among the window's rows; 0: no adapter in the window, skip LoRA
-        # Widest rank ever set: the width of the layers' per-row copies. It only grows (a copy is
-        # reallocated at most once per new width); each pass computes with the window's `rank` only.
-        self.width = 0
-        self.uniform_slot: int | None = None  # every row of the window uses this slot (no gather)
-        self._plans: dict[tuple, tuple[torch.Tensor, torch.Tensor] | None] = {}  # see refresh_plan
-        self._plans_version = -1
-        self.resize(max_rows)
-
-    def resize(self, max_rows: int) -> None:
-        grow = max_rows - len(self.row_slots)
-        if grow > 0:
-            self.row_slots += [self._zero_slot] * grow
-            self.row_ranks += [0] * grow
-
-    def set_row(self, row: int, slot: int, rank: int) -> None:
-        """Row `row` now uses `slot` (NO_ADAPTER for none) with an adapter of `rank`."""
-        mapped = self._zero_slot if slot == NO_ADAPTER else slot
-        if self.row_slots[row] != mapped:
-            self.row_slots[row] = mapped
-            self.version += 1
-        self.row_ranks[row] = rank if mapped != self._zero_slot else 0
-        self.width = max(self.width, self.row_ranks[row])
-
-    def move_row(self, src: int, dst: int) -> None:
-        self.set_row(dst, self.row_slots[src], self.row_ranks[src])
-
-    def set_window(self, start: int, stop: int) -> None:
-        self.start, self.stop = start, stop
-        slots = self.row_slots[start:stop]
-        self.rank = max(self.row_ranks[start:stop], default=0)
-        self.uniform_slot = slots[0] if slots and all(s == slots[0] for s in slots) else None
-
-    def slots_changed(self) -> None:
-        """A slot's contents were rewritten: rows gathered from it must be copied again."""
-        self.version += 1
-
-    def refresh_plan(self, held: list[int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Index tensors (rows, their slots) that bring a layer whose gathered rows hold `held` up to
-        `row_slots`, or None when nothing changed. Built once per batch composition: every wrapped
-        layer of a forward pass is in the same state, so the first builds them and the rest reuse."""
-        if self._plans_version != self.version:
-            self._plans.clear()
-            self._plans_version = self.version
-        key = (tuple(held), device)
-        if key not in self._plans:
-            changed = [i for i, s in enumerate(self.row_slots) if held[i] != s]
-            self._plans[key] = (
-                (
-                    torch.tensor(changed, dtype=torch.long, device=device),
-                    torch.tensor([self.row_slots[i] for i in changed], dtype=torch.long, device=device),
-                )
-                if changed
-                else None
-            )
-        return self._plans[key]
+__all__ = ["NO_ADAPTER", "LoraBatch", "MultiLoraLinear", "wrap_model"]
 
 
 class MultiLoraLinear(nn.Module):
-    """y = base(x) + (x @ A[slot_row].T) @ Bt[slot_row], every row with its own slot, in one batched
-    matmul pair per projection (Punica's BGMV, written with torch ops)."""
+    """y = base(x) + per rank-class group: ((x_g @ A_gᵀ) ⊙ M_g) @ B_g (see the module docstring)."""
 
-    def __init__(self, base: nn.Linear, num_slots: int, max_rank: int, batch: LoraBatch) -> None:
+    def __init__(self, base: nn.Linear, num_pages: int, batch: LoraBatch) -> None:
         super().__init__()
         self.base = base
         self.in_features = base.in_features
         self.out_features = base.out_features
         w = base.weight
-        # Registered as buffers: part of the module's memory and device moves, not of its parameters.
+        # Buffers: part of the module's memory and device moves, not of its parameters.
         self.register_buffer(
-            "lora_at",
-            torch.zeros(num_slots + 1, self.in_features, max_rank, dtype=w.dtype, device=w.device),
+            "lora_a",
+            torch.zeros(num_pages, self.in_features, dtype=w.dtype, device=w.device),
             persistent=False,
         )
         self.register_buffer(
-            "lora_bt",
-            torch.zeros(num_slots + 1, max_rank, self.out_features, dtype=w.dtype, device=w.device),
+            "lora_b",
+            torch.zeros(num_pages, self.out_features, dtype=w.dtype, device=w.device),
             persistent=False,
         )
         self.batch = batch
-        self.slot_rank = [0] * (num_slots + 1)  # rows in use per slot, to zero only what is stale
-        self._row_at: torch.Tensor | None = None  # [rows, in, width]: each persistent row's A^T
-        self._row_bt: torch.Tensor | None = None  # [rows, width, out]
-        self._row_slot: list[int] = []  # which slot each gathered row holds (_STALE: none valid)
-        self._synced = -1  # LoraBatch.version the gathered rows reflect
+        self._dirty = [False] * num_pages  # page holds non-zero rows in this layer
+        self._gathered: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._gathered_plan = -1
 
     @property
     def weight(self) -> torch.Tensor:  # some model code reads proj.weight.dtype/device
@@ -122,78 +54,97 @@ class MultiLoraLinear(nn.Module):
 
     @property
     def pool_bytes(self) -> int:
-        return (
-            self.lora_at.numel() * self.lora_at.element_size()
-            + self.lora_bt.numel() * self.lora_bt.element_size()
-        )
+        return self.lora_a.nbytes + self.lora_b.nbytes
 
-    def write_slot(self, slot: int, a: torch.Tensor | None, bt: torch.Tensor | None) -> None:
-        """Copy one adapter's A [r, in] and scaled Bt [r, out] into `slot` (None: this layer is not
-        targeted). Copies only; never allocates on the device."""
-        old = self.slot_rank[slot]
-        r = 0 if a is None or bt is None else a.shape[0]
-        if r:
-            self.lora_at[slot, :, :r].copy_(a.t(), non_blocking=True)
-            self.lora_bt[slot, :r].copy_(bt, non_blocking=True)
-        if old > r:
-            self.lora_at[slot, :, r:old].zero_()
-            self.lora_bt[slot, r:old].zero_()
-        self.slot_rank[slot] = r
-        if slot in self._row_slot:
-            self._row_slot = [_STALE if s == slot else s for s in self._row_slot]
-        self.batch.slots_changed()
+    @property
+    def workspace_bytes(self) -> int:
+        return sum(a.nbytes + b.nbytes for a, b in self._gathered.values())
+
+    def write_pages(self, pages: list[int], a: torch.Tensor | None, bt: torch.Tensor | None) -> None:
+        """Copy one adapter's A [r, in] and scaled Bt [r, out] into `pages` (None: this layer is not
+        targeted, its pages are zeroed if an earlier occupant left rows there). One copy per contiguous
+        run of pages; never allocates on the device."""
+        for first, offset, n in page_runs(pages):
+            if a is not None and bt is not None:
+                self.lora_a[first : first + n].copy_(a[offset : offset + n], non_blocking=True)
+                self.lora_b[first : first + n].copy_(bt[offset : offset + n], non_blocking=True)
+                self._dirty[first : first + n] = [True] * n
+            elif any(self._dirty[first : first + n]):
+                self.lora_a[first : first + n].zero_()
+                self.lora_b[first : first + n].zero_()
+                self._dirty[first : first + n] = [False] * n
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base(x)
         b = self.batch
-        r = b.rank
-        if r == 0:
+        if self._gathered_plan != b.plan_id:  # a new plan: keep only the gathered pages it still reads
+            keep = {g.key for g in b.groups if g.view is None}
+            self._gathered = {k: v for k, v in self._gathered.items() if k in keep}
+            self._gathered_plan = b.plan_id
+        if not b.groups:
             return y
-        if b.uniform_slot is not None:
-            at = self.lora_at[b.uniform_slot, :, :r]
-            bt = self.lora_bt[b.uniform_slot, :r]
-            if not y.is_contiguous():
-                return y + (x @ at) @ bt
-            y.view(-1, y.shape[-1]).addmm_(x.reshape(-1, x.shape[-1]) @ at, bt)  # in place: y is ours
-            return y
-        assert x.dim() == 3 and x.shape[0] == b.stop - b.start, "LoraBatch window does not match input"
-        at, bt = self._gathered_rows()
-        at, bt = at[b.start : b.stop, :, :r], bt[b.start : b.stop, :r]  # views: the window, its rank
-        h = torch.bmm(x, at)
+        assert x.shape[0] == b.stop - b.start, "LoraBatch window does not match input"
+        t = x.shape[1] if x.dim() == 3 else 1
         if not y.is_contiguous():
-            return torch.baddbmm(y, h, bt)
-        return y.baddbmm_(h, bt)  # in place: y is ours, no second output buffer
+            y = y.contiguous()
+        x2 = x.reshape(-1, self.in_features)
+        y2 = y.view(-1, self.out_features)
+        perm = b.perm_for(t)
+        whole = perm is None and b.prefix == x.shape[0] and len(b.groups) == 1
+        if whole and (t == 1 or len(b.groups[0].segments) == 1):
+            (g,) = b.groups  # one group over every row of the window, in order: straight into y
+            a, bt = self._weights(g)
+            h = x2 @ a.t()
+            if g.mask is not None:
+                h.mul_(g.mask_for(t))
+            y2.addmm_(h, bt)  # in place: y is ours, no second output buffer
+            return y
+        # adapter rows, in group order: a prefix of the window already, or gathered
+        xs = x2[: b.prefix * t] if perm is None else x2.index_select(0, perm)
+        delta = xs.new_empty(xs.shape[0], self.out_features)
+        for g in b.groups:
+            if t > 1 and all(seg[4] >= 0 for seg in g.segments):  # prefill, each adapter one page run
+                for first, n, _, rank, page in g.segments:  # read in place: nothing gathered
+                    rows = slice((g.first + first) * t, (g.first + first + n) * t)
+                    h = xs[rows] @ self.lora_a[page : page + rank].t()
+                    torch.mm(h, self.lora_b[page : page + rank], out=delta[rows])
+                continue
+            a, bt = self._weights(g)
+            if t == 1:  # decode: one masked GEMM pair over the group's distinct adapters
+                rows = slice(g.first, g.first + g.n_rows)
+                h = xs[rows] @ a.t()
+                if g.mask is not None:
+                    h.mul_(g.mask)
+                torch.mm(h, bt, out=delta[rows])
+                continue
+            for first, n, col, rank, _ in g.segments:  # prefill: compute-bound, each adapter at its rank
+                rows = slice((g.first + first) * t, (g.first + first + n) * t)
+                h = xs[rows] @ a[col : col + rank].t()
+                torch.mm(h, bt[col : col + rank], out=delta[rows])
+        if perm is None:
+            y2[: b.prefix * t].add_(delta)
+        else:
+            y2.index_add_(0, perm, delta)
+        return y
 
-    def _gathered_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Every persistent row's A^T / Bt, copied from the pool only for rows whose slot changed since
-        the last pass: a decode step between two joins or leaves copies nothing."""
-        b = self.batch
-        rows, width = len(b.row_slots), b.width
-        if self._row_at is None or self._row_at.shape[0] != rows or self._row_at.shape[2] < width:
-            self._row_at = self.lora_at.new_zeros(rows, self.in_features, width)
-            self._row_bt = self.lora_bt.new_zeros(rows, width, self.out_features)
-            self._row_slot = [_STALE] * rows
-            self._synced = -1
-        assert self._row_bt is not None
-        if self._synced != b.version:
-            plan = b.refresh_plan(self._row_slot, self.lora_at.device)
-            if plan is not None:
-                idx, slots = plan
-                w = self._row_at.shape[2]
-                self._row_at.index_copy_(0, idx, self.lora_at[:, :, :w].index_select(0, slots))
-                self._row_bt.index_copy_(0, idx, self.lora_bt[:, :w].index_select(0, slots))
-                self._row_slot = list(b.row_slots)
-            self._synced = b.version
-        return self._row_at, self._row_bt
+    def _weights(self, g: Group) -> tuple[torch.Tensor, torch.Tensor]:
+        if g.view is not None:
+            first, stop = g.view
+            return self.lora_a[first:stop], self.lora_b[first:stop]
+        pair = self._gathered.get(g.key)
+        if pair is None:
+            assert g.pages is not None
+            pair = (self.lora_a.index_select(0, g.pages), self.lora_b.index_select(0, g.pages))
+            self._gathered[g.key] = pair
+        return pair
 
 
 def wrap_model(
-    model: nn.Module, targets: tuple[str, ...], num_slots: int, max_rank: int, batch: LoraBatch
+    model: nn.Module, targets: tuple[str, ...], num_pages: int, batch: LoraBatch
 ) -> dict[str, MultiLoraLinear]:
     """Replace every nn.Linear whose last name is in `targets` by a MultiLoraLinear holding the original
-    module. Returns {module path: wrapper}. Raises ValueError when nothing matches."""
-    batch._zero_slot = num_slots
-    batch.row_slots = [num_slots] * len(batch.row_slots)
+    module, with `num_pages` rank rows of adapter pool each. Returns {module path: wrapper}. Raises
+    ValueError when nothing matches."""
     found = [
         (name, mod)
         for name, mod in model.named_modules()
@@ -203,11 +154,12 @@ def wrap_model(
         raise ValueError(
             f"no nn.Linear named one of {targets} in the base model: fix EngineConfig.target_modules"
         )
+    batch.dtype = found[0][1].weight.dtype
     wrapped: dict[str, MultiLoraLinear] = {}
     for name, mod in found:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        wrapper = MultiLoraLinear(mod, num_slots, max_rank, batch)
+        wrapper = MultiLoraLinear(mod, num_pages, batch)
         setattr(parent, child, wrapper)
         wrapped[name] = wrapper
     return wrapped

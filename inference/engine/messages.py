@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
+
 
 class EngineBusy(Exception):
     """The waiting queue is full (EngineConfig.max_queue). Retry later or shed load upstream."""
@@ -20,6 +22,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()  # stop strings; the text is cut before the first one
     chat: bool = True  # apply the tokenizer's chat template
     adapters: tuple[tuple[str, float], ...] = ()  # weighted merge ("ensemble") instead of `adapter`
+    record_hidden: bool = False  # return the final hidden states (GenerationResult.hidden), for proofs
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -37,6 +40,16 @@ class GenerationRequest:
 
 
 @dataclass
+class HiddenStates:
+    """The final normalized hidden states (what the LM head reads) one request's forward passes computed,
+    in bfloat16: the input of a TOPLOC proof (inference/verify/). No extra forward pass makes them."""
+
+    prompt_ids: list[int]
+    prefill: torch.Tensor  # [len(prompt_ids), hidden]: every prompt position
+    decode: torch.Tensor  # [steps, hidden]: each decode step's input token, at positions len(prompt_ids)...
+
+
+@dataclass
 class GenerationResult:
     text: str
     token_ids: list[int]
@@ -45,6 +58,7 @@ class GenerationResult:
     queue_s: float  # submitted -> admitted into the running batch
     swap_s: float  # time spent copying this request's adapter into a slot (0 on a slot hit)
     total_s: float  # submitted -> finished
+    hidden: HiddenStates | None = None  # with GenerationRequest.record_hidden or EngineConfig.record_hidden
 
 
 @dataclass(frozen=True)
@@ -62,12 +76,13 @@ class StepRecord:
     kind: str  # "prefill" | "decode"
     request_ids: tuple[int, ...]
     adapters: tuple[str | None, ...]
+    uploads: int = 0  # host -> device tensors built for this pass (0 while the batch composition holds)
 
 
 @dataclass
 class EngineStats:
     slots: list[SlotInfo]
-    pool_bytes: int  # device memory held by the slot pool (fixed at start-up)
+    pool_bytes: int  # device memory held by the adapter page pool (fixed at start-up)
     host_bytes: int
     host_budget_bytes: int
     host_count: int

@@ -88,7 +88,9 @@ def merge_adapters(key: str, parts: list[tuple[PreparedAdapter, float]], max_ran
             else:
                 a_rows.append(ref_a.new_zeros(p.rank, ref_a.shape[1]))
                 bt_rows.append(ref_bt.new_zeros(p.rank, ref_bt.shape[1]))
-        layers[path] = (torch.cat(a_rows).contiguous(), torch.cat(bt_rows).contiguous())
+        a, bt = torch.cat(a_rows).contiguous(), torch.cat(bt_rows).contiguous()
+        pinned = ref_a.is_pinned()  # parts in pinned memory (CUDA): the merge too, for async swap-ins
+        layers[path] = (_pin(a), _pin(bt)) if pinned else (a, bt)
     return PreparedAdapter(key=key, rank=rank, layers=layers)
 
 

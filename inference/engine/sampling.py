@@ -1,24 +1,33 @@
-"""Choosing the next token per row, batched: one argmax for every greedy row; the sampled rows'
-temperature, softmax and top-p cut in one op each over all of them, then one draw per row from that
-request's own generator (so its draws do not depend on its batch and equal an unbatched run). Stop
-strings are checked incrementally (`StopChecker`): only the newly decoded text plus a window of the
-longest stop string minus one character, never a re-decode of the whole output."""
+"""Choosing the next token per row, batched and on the model's device: one argmax for every greedy row;
+the sampled rows' temperature, softmax and top-p cut in one op each over all of them, then one draw per
+row from that request's own generator (so its draws do not depend on its batch and equal an unbatched
+run). The per-row constants (temperatures, top-p, which rows sample) are uploaded once per batch
+composition (`SamplingRows`), so a decode step uploads nothing. Stop strings are checked incrementally
+(`StopChecker`): only the newly decoded text plus a window of the longest stop string minus one
+character, never a re-decode of the whole output."""
 
 from __future__ import annotations
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from inference.engine.transfers import Uploads
+
 _TOP_P_CANDIDATES = 256  # top-p cut searched among this many largest probabilities first
 
 
 class RowSampler:
-    def __init__(self, temperature: float, top_p: float, seed: int | None) -> None:
+    """One request's sampling settings; its generator lives on `device` (where its draws are made), so
+    the same seed gives the same tokens on the same kind of device, whatever the batch."""
+
+    def __init__(
+        self, temperature: float, top_p: float, seed: int | None, device: torch.device | str = "cpu"
+    ) -> None:
         self.temperature = temperature
         self.top_p = top_p
         self.generator: torch.Generator | None = None
         if temperature > 0:
-            self.generator = torch.Generator()
+            self.generator = torch.Generator(device=device)
             self.generator.manual_seed(seed if seed is not None else int(torch.seed()))
 
     @property
@@ -30,55 +39,100 @@ class RowSampler:
         return sample_rows(logits.unsqueeze(0), [self])[0]
 
 
-def next_tokens(logits: torch.Tensor, samplers: list[RowSampler]) -> list[int]:
+class SamplingRows:
+    """Device-side constants for one list of samplers (one batch composition), built with one upload
+    each; `for_samplers` reuses them while the samplers are the same objects in the same order."""
+
+    def __init__(self, samplers: list[RowSampler], uploads: Uploads) -> None:
+        self.ids = tuple(id(s) for s in samplers)
+        self.samplers = list(samplers)  # keeps them alive: ids stay unique while cached
+        sampled = [i for i, s in enumerate(samplers) if not s.greedy]
+        self.all_greedy = not sampled
+        self.all_sampled = len(sampled) == len(samplers)
+        self.sampled = [samplers[i] for i in sampled]
+        self.index = None if self.all_greedy or self.all_sampled else uploads.tensor(sampled, torch.long)
+        self.temps = (
+            None
+            if self.all_greedy
+            else uploads.tensor([[s.temperature] for s in self.sampled], torch.float32)
+        )
+        self.any_top_p = any(s.top_p < 1.0 for s in self.sampled)
+        self.cut = self.top_p = None
+        if self.any_top_p:
+            self.cut = uploads.tensor([s.top_p < 1.0 for s in self.sampled], torch.bool)
+            self.top_p = uploads.tensor([[s.top_p] for s in self.sampled], torch.float32)
+
+    @staticmethod
+    def for_samplers(cache: dict, samplers: list[RowSampler], uploads: Uploads) -> SamplingRows:
+        key = tuple(id(s) for s in samplers)
+        rows = cache.get(key)
+        if rows is None:
+            if len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            rows = cache[key] = SamplingRows(samplers, uploads)
+        return rows
+
+
+def next_tokens(
+    logits: torch.Tensor, samplers: list[RowSampler], rows: SamplingRows | None = None
+) -> list[int]:
     """Next token per row of logits [rows, vocab]."""
-    sampled = [i for i, s in enumerate(samplers) if not s.greedy]
-    if not sampled:
-        return logits.argmax(dim=-1).tolist()
-    if len(sampled) == len(samplers):
-        return sample_rows(logits, samplers)
-    tokens = logits.argmax(dim=-1).tolist()
-    rows = logits.index_select(0, torch.tensor(sampled, device=logits.device))
-    for i, tok in zip(sampled, sample_rows(rows, [samplers[i] for i in sampled]), strict=True):
-        tokens[i] = tok
-    return tokens
+    return next_token_tensor(logits, samplers, rows).tolist()
+
+
+def next_token_tensor(
+    logits: torch.Tensor, samplers: list[RowSampler], rows: SamplingRows | None = None
+) -> torch.Tensor:
+    """Next token per row of logits [rows, vocab], as a tensor on the logits' device."""
+    rows = rows or SamplingRows(samplers, Uploads(logits.device))
+    if rows.all_greedy:
+        return logits.argmax(dim=-1)
+    if rows.all_sampled:
+        return _sample(logits, rows)
+    tokens = logits.argmax(dim=-1)
+    assert rows.index is not None
+    return tokens.index_copy_(0, rows.index, _sample(logits.index_select(0, rows.index), rows))
 
 
 def sample_rows(logits: torch.Tensor, samplers: list[RowSampler]) -> list[int]:
-    """One token per row of logits [rows, vocab], every sampler with temperature > 0. Computed in
-    float32 on CPU, so draws are reproducible across devices; row i draws with samplers[i]'s generator."""
-    temps = torch.tensor([[s.temperature] for s in samplers], dtype=torch.float32)
-    probs = torch.softmax(logits.float().cpu() / temps, dim=-1)
-    if any(s.top_p < 1.0 for s in samplers):
-        probs = _top_p(probs, samplers)
+    """One token per row of logits [rows, vocab], every sampler with temperature > 0."""
+    return _sample(logits, SamplingRows(samplers, Uploads(logits.device))).tolist()
+
+
+def _sample(logits: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
+    """Computed in float32 on the logits' device; row i draws with rows.sampled[i]'s generator."""
+    probs = torch.softmax(logits.float() / rows.temps, dim=-1)
+    if rows.any_top_p:
+        probs = _top_p(probs, rows)
     # One draw per row, each from that request's generator: torch.multinomial(p, 1) is argmax(p / q) with
     # q ~ Exp(1) drawn from the generator, so only the noise is drawn per row and the rest is batched.
     # Same draws as torch.multinomial (tests/test_engine_sampling.py pins them).
     noise = torch.empty_like(probs)
-    for i, s in enumerate(samplers):
+    for i, s in enumerate(rows.sampled):
         noise[i].exponential_(1, generator=s.generator)
-    return probs.div_(noise).argmax(dim=-1).tolist()
+    return probs.div_(noise).argmax(dim=-1)
 
 
-def _top_p(probs: torch.Tensor, samplers: list[RowSampler]) -> torch.Tensor:
+def _top_p(probs: torch.Tensor, rows: SamplingRows) -> torch.Tensor:
     """Zero all but the smallest prefix (in descending order) whose mass reaches top_p, always keeping
     the top token. The cut is looked for among the `_TOP_P_CANDIDATES` largest probabilities (one
     topk: a full sort of a 49k vocabulary costs ~2.6 ms a row on CPU); rows whose cut lies beyond them
     are sorted in full. Either way the kept entries, their order and cumulative sums are exactly those
     of a full sort."""
-    rows, vocab = probs.shape
-    cut = torch.tensor([s.top_p < 1.0 for s in samplers])
-    top_p = torch.tensor([[s.top_p] for s in samplers])
+    n, vocab = probs.shape
+    cut, top_p = rows.cut, rows.top_p
+    assert cut is not None and top_p is not None
     k = min(vocab, _TOP_P_CANDIDATES)
     vals, order = probs.topk(k, dim=-1) if k < vocab else probs.sort(dim=-1, descending=True)
     drop = vals.cumsum(-1) - vals >= top_p
-    inside = drop[:, -1] if k < vocab else torch.ones(rows, dtype=torch.bool)  # the cut is within k
+    inside = drop[:, -1] if k < vocab else torch.ones(n, dtype=torch.bool, device=probs.device)
     cut_probs = torch.zeros_like(probs).scatter_(1, order, vals.masked_fill_(drop, 0.0))
-    out = torch.where((cut & inside).view(rows, 1), cut_probs, probs)
-    for i in (cut & ~inside).nonzero().flatten().tolist():
-        sorted_p, full_order = probs[i].sort(descending=True)
-        sorted_p[sorted_p.cumsum(-1) - sorted_p >= samplers[i].top_p] = 0.0
-        out[i] = torch.zeros_like(sorted_p).scatter_(0, full_order, sorted_p)
+    out = torch.where((cut & inside).view(n, 1), cut_probs, probs)
+    if k < vocab:
+        for i in (cut & ~inside).nonzero().flatten().tolist():  # a device read only on this path
+            sorted_p, full_order = probs[i].sort(descending=True)
+            sorted_p[sorted_p.cumsum(-1) - sorted_p >= rows.sampled[i].top_p] = 0.0
+            out[i] = torch.zeros_like(sorted_p).scatter_(0, full_order, sorted_p)
     return out
 
 

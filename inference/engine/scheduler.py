@@ -37,11 +37,14 @@ class Job:
     submitted: float = field(default_factory=time.perf_counter)
     admitted: float = 0.0
     swap_s: float = 0.0
-    slot: int = NO_ADAPTER
+    slot: int = NO_ADAPTER  # adapter handle in the page pool
+    copy_pending: bool = False  # pages pinned, adapter not copied in yet
     output: list[int] = field(default_factory=list)
     text: str = ""  # set when a stop string cut the output
     cut_at_stop: bool = False
     stops: StopChecker | None = None  # incremental stop-string state, made at the first token
+    record: bool = False  # keep final hidden states: `hidden` is [prefill [P, H], one [H] per decode step]
+    hidden: list = field(default_factory=list)
 
     @property
     def kv_len(self) -> int:

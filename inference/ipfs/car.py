@@ -1,5 +1,6 @@
-"""CARv1 (content-addressed archive): write, and an incremental reader that verifies every block against
-its CID as soon as the block is complete, so a lying stream is refused at the first bad block.
+"""CARv1 (content-addressed archive): write, and incremental readers: CarFramer cuts blocks out of the
+stream as views of the received chunks (no copy; the caller verifies), CarReader verifies every block
+against its CID as soon as the block is complete, so a lying stream is refused at the first bad block.
 
     varint(len(header)) | DAG-CBOR {"roots": [CID, ...], "version": 1}
     then for each block: varint(len(cid) + len(data)) | cid bytes | data
@@ -7,8 +8,10 @@ its CID as soon as the block is complete, so a lying stream is refused at the fi
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterable, Iterator, Sequence
 
+from .blockdata import Pieces
 from .cid import InvalidCidError, ParsedCid, parse_cid
 from .protowire import ProtobufError, decode_varint, encode_varint
 
@@ -134,88 +137,143 @@ def _cid_length(section: bytes | memoryview) -> int:
     return pos + length
 
 
-class CarReader:
-    """Feed bytes as they arrive; get back (cid, block) pairs, each already verified against its CID.
+MAX_SECTION_HEAD = 9 + 64  # a section's length varint and its CID (a sha2-256 CID is 34 or 36 bytes)
+
+
+class CarFramer:
+    """Cuts a CAR stream into (cid, Pieces) as bytes arrive, without copying block bytes: each block is
+    handed out as views of the chunks it lies in (only a section's few head bytes are ever joined). The
+    blocks are NOT verified here: whoever takes them must check each against its CID before use.
 
     max_block_size bounds any one section before it is buffered, max_total bounds the sum of block bytes:
     both are enforced while streaming, so an oversize stream is cut off at the first excess byte."""
 
-    def __init__(self, *, max_block_size: int, max_total: int, verify: bool = True) -> None:
-        """verify=False leaves the hashing to the caller (who must then check every block before use)."""
-        self.verify = verify
+    def __init__(self, *, max_block_size: int, max_total: int) -> None:
         self.max_block_size = max_block_size
         self.max_total = max_total
         self.roots: list[ParsedCid] | None = None
         self.total = 0
-        self._buf = bytearray()
-        self._pos = 0
+        self._chunks: collections.deque[memoryview] = collections.deque()
+        self._avail = 0  # bytes in _chunks
 
-    def feed(self, chunk: bytes) -> list[tuple[ParsedCid, bytes]]:
-        self._buf += chunk
-        out: list[tuple[ParsedCid, bytes]] = []
-        while True:
-            item = self._next()
-            if item is None:
-                break
+    def feed(self, chunk: bytes | memoryview) -> list[tuple[ParsedCid, Pieces]]:
+        """The blocks completed by this chunk. Keep no reference to a mutable chunk you reuse: the
+        blocks are views of it (pass bytes, as aiohttp gives)."""
+        if len(chunk):
+            self._chunks.append(memoryview(chunk).cast("B"))
+            self._avail += len(chunk)
+        out: list[tuple[ParsedCid, Pieces]] = []
+        while (item := self._next()) is not None:
             out.append(item)
-        if self._pos > 1 << 20:
-            del self._buf[: self._pos]
-            self._pos = 0
         return out
 
     def finish(self) -> None:
         if self.roots is None:
             raise CarError("CAR stream ended before its header", reason="truncated")
-        if self._pos != len(self._buf):
+        if self._avail:
             raise CarError(
-                f"CAR stream ended inside a block ({len(self._buf) - self._pos} bytes left over)",
-                reason="truncated",
+                f"CAR stream ended inside a block ({self._avail} bytes left over)", reason="truncated"
             )
 
-    def _take_length(self, limit: int, what: str) -> int | None:
+    def _peek(self, n: int) -> bytes | memoryview:
+        """The first min(n, available) bytes, contiguous (a view when they lie in the first chunk)."""
+        first = self._chunks[0] if self._chunks else memoryview(b"")
+        if len(first) >= n or len(first) == self._avail:
+            return first[:n]
+        out = bytearray()
+        for chunk in self._chunks:
+            out += chunk[: n - len(out)]
+            if len(out) >= n:
+                break
+        return bytes(out)
+
+    def _take(self, n: int) -> tuple[memoryview, ...]:
+        """Remove n bytes (n <= available) from the front, as views."""
+        parts: list[memoryview] = []
+        self._avail -= n
+        while n:
+            chunk = self._chunks[0]
+            if len(chunk) <= n:
+                parts.append(self._chunks.popleft())
+                n -= len(chunk)
+            else:
+                parts.append(chunk[:n])
+                self._chunks[0] = chunk[n:]
+                n = 0
+        return tuple(parts)
+
+    def _section_length(self, head: bytes | memoryview, limit: int, what: str) -> tuple[int, int] | None:
         try:
-            length, start = decode_varint(self._buf, self._pos)
+            length, start = decode_varint(head, 0)
         except ProtobufError as exc:
-            if len(self._buf) - self._pos >= 9 or "truncated" not in str(exc):
+            if len(head) >= 9 or "truncated" not in str(exc):
                 raise CarError(f"bad {what} length: {exc}") from exc
             return None
         if length > limit:
             raise CarError(f"{what} of {length} bytes exceeds the limit of {limit}", reason="too-large")
-        if start + length > len(self._buf):
+        if start + length > self._avail:
             return None
-        self._pos = start
-        return length
+        return length, start
 
-    def _next(self) -> tuple[ParsedCid, bytes] | None:
-        if self.roots is None:
-            length = self._take_length(MAX_HEADER, "CAR header")
-            if length is None:
-                return None
-            self.roots = decode_header(bytes(self._buf[self._pos : self._pos + length]))
-            self._pos += length
-            return self._next()
-        start = self._pos
-        length = self._take_length(self.max_block_size + 64, "CAR section")
-        if length is None:
+    def _next(self) -> tuple[ParsedCid, Pieces] | None:
+        if not self._avail:
             return None
-        section = memoryview(self._buf)[self._pos : self._pos + length]
+        if self.roots is None:
+            framed = self._section_length(self._peek(9), MAX_HEADER, "CAR header")
+            if framed is None:
+                return None
+            length, start = framed
+            self.roots = decode_header(bytes(self._peek(start + length)[start:]))
+            self._take(start + length)
+            return self._next()
+        head = self._peek(MAX_SECTION_HEAD)
+        framed = self._section_length(head, self.max_block_size + 64, "CAR section")
+        if framed is None:
+            return None
+        length, start = framed
         try:
-            cid_len = _cid_length(section)
-            if cid_len > length:
-                raise CarError("CAR section shorter than its CID")
-            cid = parse_cid(bytes(section[:cid_len]))
+            cid_len = _cid_length(head[start : start + length])
+            if cid_len > length or start + cid_len > len(head):
+                raise CarError("CAR section shorter than its CID, or a CID that is not sha2-256")
+            cid = parse_cid(bytes(head[start : start + cid_len]))
         except (ProtobufError, InvalidCidError) as exc:
-            self._pos = start
             raise CarError(f"bad CID in CAR section: {exc}") from exc
-        data = bytes(section[cid_len:])
-        section.release()
-        self._pos += length
-        self.total += len(data)
-        if self.total > self.max_total:
+        size = length - cid_len
+        if self.total + size > self.max_total:
             raise CarError(f"CAR carries more than {self.max_total} bytes of blocks", reason="too-large")
-        if self.verify and not cid.matches(data):
-            raise CarError(f"block in CAR does not hash to {cid}", reason="block-integrity")
-        return cid, data
+        self._take(start + cid_len)
+        self.total += size
+        return cid, Pieces(self._take(size), size)
+
+
+class CarReader:
+    """Feed bytes as they arrive; get back (cid, block) pairs, each already verified against its CID
+    (each block joined into one bytes object: the fetcher uses CarFramer's views instead)."""
+
+    def __init__(self, *, max_block_size: int, max_total: int, verify: bool = True) -> None:
+        """verify=False leaves the hashing to the caller (who must then check every block before use)."""
+        self.verify = verify
+        self._framer = CarFramer(max_block_size=max_block_size, max_total=max_total)
+
+    @property
+    def roots(self) -> list[ParsedCid] | None:
+        return self._framer.roots
+
+    @property
+    def total(self) -> int:
+        return self._framer.total
+
+    def feed(self, chunk: bytes) -> list[tuple[ParsedCid, bytes]]:
+        out = []
+        for cid, pieces in self._framer.feed(bytes(chunk)):
+            data = pieces.tobytes()
+            if self.verify and not cid.matches(data):
+                raise CarError(f"block in CAR does not hash to {cid}", reason="block-integrity")
+            out.append((cid, data))
+        return out
+
+    def finish(self) -> None:
+        self._framer.finish()
 
 
 def read_car(

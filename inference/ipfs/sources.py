@@ -7,29 +7,24 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+import os
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, Self, runtime_checkable
 
 import aiohttp
 
+from .blockdata import Block, Pieces, block_matches
 from .blockstore import BlockStore
-from .car import CarError, CarReader
-from .cid import ParsedCid
+from .car import CarError, CarFramer
+from .cid import DAG_PB, ParsedCid
 from .errors import BlockIntegrityError, BlockUnavailableError, FetchError, SizeLimitError, SourceError
 
 MAX_BLOCK_SIZE = 2 << 20  # bitswap's hard limit; Kubo's importer never makes blocks over 1 MiB
 READ_BUFSIZE = 4 << 20  # aiohttp pauses the socket when its buffer passes this; 64 KiB (default) starves it
-THREAD_HASH_MIN = 64 << 10
-CAR_VERIFY_AHEAD = 8  # blocks being hashed in worker threads while the socket keeps being read
-
-
-async def block_matches(cid: ParsedCid, data: bytes) -> bool:
-    """Hash big blocks in a worker thread (hashlib releases the GIL), so verification overlaps with the
-    sockets instead of stalling the event loop."""
-    if len(data) < THREAD_HASH_MIN:
-        return cid.matches(data)
-    return await asyncio.to_thread(cid.matches, data)
+THREAD_HASH_MIN = 64 << 10  # smaller blocks are hashed on the loop: a thread hop costs more
+CAR_VERIFY_BATCH = 1 << 20  # CAR blocks are hashed in worker threads this many bytes per job
+CAR_VERIFY_AHEAD = 2  # jobs in flight while the socket keeps being read
 
 
 @dataclass
@@ -42,8 +37,10 @@ class SourceStats:
 
 @runtime_checkable
 class BlockSource(Protocol):
-    """All the fetcher needs. Optional extras it uses when present: `name: str`, `stats: SourceStats`, and
-    a `max_size: int` keyword on get_block so the source can stop reading an oversize answer early."""
+    """All the fetcher needs. Optional extras it uses when present: `name: str`, `stats: SourceStats`, a
+    `max_size: int` keyword on get_block so the source can stop reading an oversize answer early, and a
+    blocking `read_block(cid, *, max_size)` safe to call from a worker thread (a local store: the fetcher
+    then reads and verifies each block in one thread hop instead of reading on the event loop)."""
 
     async def get_block(self, cid: str) -> bytes:
         """The block's bytes, unverified; raise on failure (a FetchError subclass says why best)."""
@@ -134,35 +131,52 @@ class GatewaySource(_HttpSource):
         except aiohttp.ClientError as exc:
             raise SourceError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
 
-    async def get_car(self, root: ParsedCid, *, max_bytes: int) -> AsyncIterator[tuple[ParsedCid, bytes]]:
-        """Yield the DAG's blocks from one CAR response in order, each verified against its CID. Blocks are
-        hashed in worker threads a few at a time while the socket keeps being read."""
+    async def get_car(
+        self, root: ParsedCid, *, max_bytes: int
+    ) -> AsyncIterator[list[tuple[ParsedCid, Block]]]:
+        """Yield the DAG's blocks from one CAR response in stream order, a batch at a time, each block
+        verified against its CID. The body is read in the chunks the socket gives; blocks are cut out of
+        them without copying (a raw leaf comes as Pieces: views of the chunks) and hashed in worker
+        threads about a MiB at a time, while the socket keeps being read; a batch is yielded only once
+        all of it matched. dag-pb nodes (small, to be parsed) come as bytes, and go to be hashed at once."""
         url = f"{self.base_url}/ipfs/{root.text}?format=car"
-        reader = CarReader(max_block_size=MAX_BLOCK_SIZE, max_total=max_bytes, verify=False)
-        pending: collections.deque[tuple[ParsedCid, bytes, asyncio.Future[bool]]] = collections.deque()
+        framer = CarFramer(max_block_size=MAX_BLOCK_SIZE, max_total=max_bytes)
+        pending: collections.deque[tuple[list[tuple[ParsedCid, Pieces]], asyncio.Future[int]]]
+        pending = collections.deque()
+        loop = asyncio.get_running_loop()
 
-        async def first_verified() -> tuple[ParsedCid, bytes]:
-            cid, data, check = pending.popleft()
-            if not await check:
-                raise BlockIntegrityError(f"{self.name} CAR {root}: block does not hash to {cid}")
-            return cid, data
+        async def first_verified() -> list[tuple[ParsedCid, Block]]:
+            batch, check = pending.popleft()
+            bad = await check
+            if bad >= 0:
+                raise BlockIntegrityError(f"{self.name} CAR {root}: block does not hash to {batch[bad][0]}")
+            return [(cid, data.tobytes() if cid.codec == DAG_PB else data) for cid, data in batch]
 
         try:
             async with self._http().get(url, headers={"Accept": "application/vnd.ipld.car"}) as resp:
                 if resp.status != 200:
                     body = await resp.text(errors="replace")
                     raise _http_error(resp.status, f"{self.name} CAR {root}", body)
+                batch: list[tuple[ParsedCid, Pieces]] = []
+                size = 0
                 async for chunk, _ in resp.content.iter_chunks():
-                    for cid, data in reader.feed(chunk):
-                        pending.append((cid, data, asyncio.ensure_future(block_matches(cid, data))))
-                    while pending and (pending[0][2].done() or len(pending) > CAR_VERIFY_AHEAD):
+                    for cid, data in framer.feed(chunk if isinstance(chunk, bytes) else bytes(chunk)):
+                        batch.append((cid, data))
+                        size += len(data)
+                        # dag-pb nodes go at once (the walk waits for them), leaves a few MiB at a time
+                        if cid.codec == DAG_PB or size >= CAR_VERIFY_BATCH:
+                            pending.append((batch, _verify(loop, batch, size)))
+                            batch, size = [], 0
+                    while pending and (pending[0][1].done() or len(pending) > CAR_VERIFY_AHEAD):
                         yield await first_verified()
-                reader.finish()
+                framer.finish()
+                if batch:
+                    pending.append((batch, _verify(loop, batch, size)))
                 while pending:
                     yield await first_verified()
-                if reader.roots != [root]:
+                if framer.roots != [root]:
                     raise SourceError(
-                        f"{self.name}: CAR for {root} has roots {reader.roots}", retryable=False
+                        f"{self.name}: CAR for {root} has roots {framer.roots}", retryable=False
                     )
         except CarError as exc:
             if exc.reason == "too-large":
@@ -175,8 +189,26 @@ class GatewaySource(_HttpSource):
         except aiohttp.ClientError as exc:
             raise SourceError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
         finally:
-            for _, _, check in pending:
+            for _, check in pending:
                 check.cancel()
+
+
+def _verify(
+    loop: asyncio.AbstractEventLoop, batch: list[tuple[ParsedCid, Pieces]], size: int
+) -> asyncio.Future[int]:
+    if size >= THREAD_HASH_MIN:
+        return loop.run_in_executor(None, _first_bad, batch)
+    done = loop.create_future()
+    done.set_result(_first_bad(batch))
+    return done
+
+
+def _first_bad(batch: Sequence[tuple[ParsedCid, Pieces]]) -> int:
+    """Index of the first block that does not hash to its CID, or -1 (run in a worker thread)."""
+    for i, (cid, data) in enumerate(batch):
+        if not block_matches(cid, data):
+            return i
+    return -1
 
 
 class KuboRpcSource(_HttpSource):
@@ -210,10 +242,20 @@ class LocalStoreSource:
         self.name = name or f"local {store.root}"
         self.stats = SourceStats()
 
-    async def get_block(self, cid: str, *, max_size: int = MAX_BLOCK_SIZE) -> bytes:
-        data = self.store.get(cid, verify=False)  # the fetcher hashes every block anyway
-        if data is None:
-            raise BlockUnavailableError(f"{self.name}: no block {cid}")
+    def read_block(self, cid: str, *, max_size: int = MAX_BLOCK_SIZE) -> bytes:
+        """Blocking read, safe in a worker thread: the fetcher reads and verifies in one thread hop."""
+        path = self.store.path_for(cid)
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > max_size:
+                    raise SizeLimitError(f"{self.name}: block {cid} is {size} bytes, the limit is {max_size}")
+                data = f.read(size + 1)  # the fetcher hashes every block anyway
+        except FileNotFoundError as exc:
+            raise BlockUnavailableError(f"{self.name}: no block {cid}") from exc
         if len(data) > max_size:
-            raise SizeLimitError(f"{self.name}: block {cid} is {len(data)} bytes, the limit is {max_size}")
+            raise SizeLimitError(f"{self.name}: block {cid} grew past the limit of {max_size} bytes")
         return data
+
+    async def get_block(self, cid: str, *, max_size: int = MAX_BLOCK_SIZE) -> bytes:
+        return self.read_block(cid, max_size=max_size)

@@ -21,7 +21,8 @@ from node.config import ConfigError, NodeConfig, load_config
 
 console = Console(highlight=False)
 EXIT_OK, EXIT_PROBLEMS = 0, 1
-# Gas of one job for the node (claimJob + submitResult, measured 49k + 91k with a 256-byte output; see
+# Gas of one job for the node when it is alone in its batches (claimJobs + submitResults, ~48k + ~83k with
+# a 256-byte output, less per job in larger batches; see
 # docs/protocol.md), with room for longer outputs.
 GAS_PER_JOB = 250_000
 
@@ -253,7 +254,7 @@ class Doctor:
                 f"openlora node register {config_arg} --stake 2",
             )
             return
-        claim_stake = self._contract("JobMarket").functions.claimStake().call()
+        claim_stake = self._contract("JobMarket").functions.minClaimStake().call()  # the least a claim locks
         free = stake - locked
         eth = lambda wei: f"{Web3.from_wei(wei, 'ether')} ETH"  # noqa: E731
         name = self.config.node.base_model

@@ -173,3 +173,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     listing.add_argument("--json", action="store_true")
     add_chain_options(listing)
     listing.set_defaults(func=cmd_list)
+    from node.commands import verify
+
+    verify.register(job)

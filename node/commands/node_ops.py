@@ -89,6 +89,8 @@ max_queue = 256
 max_tokens_cap = 512
 device = "auto"                   # "auto", "cpu" or "cuda"
 cpu_threads = 0                   # torch intra-op threads, process-wide; 0 = torch's default (all cores)
+dtype = "auto"                    # auto: bfloat16 on CUDA (+ TF32), float32 on CPU; or float16 ...
+pool_budget_mb = 0                # device memory for adapters (paged by rank); 0: max_slots x max_rank
 backend = "builtin"               # or "vllm" (pip install 'openlora-node[vllm]', CUDA)
 
 [api]

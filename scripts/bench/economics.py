@@ -47,8 +47,11 @@ def _settled(job) -> bool:
 
 
 def _receipt_cost(w3, tx_hash) -> int:
+    """What one job's share of a (batched) claim or result transaction cost: the fee split evenly over the
+    jobs the transaction claimed or answered (its JobClaimed / ResultSubmitted logs)."""
     r = w3.eth.get_transaction_receipt(tx_hash)
-    return r["gasUsed"] * r["effectiveGasPrice"]
+    jobs = sum(1 for log in r["logs"] if len(log["topics"]) == 3) or 1  # both events: sig, jobId, node
+    return r["gasUsed"] * r["effectiveGasPrice"] // jobs
 
 
 async def run(jobs: int, spread: float, margin_percent: float, seed: int) -> dict:

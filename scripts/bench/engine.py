@@ -4,6 +4,7 @@ measured in the same run, on the same model and workload.
     .venv/bin/python scripts/bench/engine.py --quick          # < 2 minutes
     .venv/bin/python scripts/bench/engine.py                  # full run
     .venv/bin/python scripts/bench/engine.py --model smollm2-135m-instruct
+    python scripts/bench/engine.py --device cuda --model llama-1b --quick   # scripts/gpu_check.sh runs this
 
 Sections:
   throughput   Zipf(1.1) requests over the catalog's first --adapters adapters; engine (continuous
@@ -52,6 +53,7 @@ import engine_hot_path
 
 from inference.adapter import AdapterWeights, LoraPair
 from inference.engine import Engine, EngineConfig, GenerationRequest
+from inference.engine.config import resolve_dtype
 from inference.engine.lora_layer import LoraBatch, wrap_model
 from inference.engine.model_runner import ModelRunner
 from inference.engine.prepared import prepare_adapter
@@ -142,6 +144,11 @@ def rss_bytes() -> int:
     return 0
 
 
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def pct(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
@@ -157,6 +164,8 @@ def make_engine(model_fn: ModelFn, catalog: Catalog, args: argparse.Namespace, *
         max_batch=args.batch,
         max_queue=100_000,
         host_budget_bytes=args.host_mb << 20,
+        device=args.device,
+        dtype=args.torch_dtype,
     )
     for k, v in overrides.items():
         setattr(cfg, k, v)
@@ -191,7 +200,7 @@ def bench_throughput(model_fn: ModelFn, catalog: Catalog, args: argparse.Namespa
     for req, k in zip(requests[:n_peft], keys[:n_peft], strict=True):
         peft.load_adapter(str(folders[k]), adapter_name="job")
         peft.set_adapter("job")
-        ids = torch.tensor([encode_prompt(base.tokenizer, req.prompt)])
+        ids = torch.tensor([encode_prompt(base.tokenizer, req.prompt)], device=args.device)
         with torch.no_grad():
             out = peft.generate(
                 input_ids=ids,
@@ -239,29 +248,34 @@ def bench_mixed_batch(model_fn: ModelFn, catalog: Catalog, args: argparse.Namesp
     bare = model_fn()
     wrapped = model_fn()
     batch_ctx = LoraBatch(rows)
-    layers = wrap_model(wrapped.model, TARGET_SETS[-1], args.slots, 16, batch_ctx)
+    layers = wrap_model(wrapped.model, TARGET_SETS[-1], args.slots * 16, batch_ctx)
     shapes = {p: (m.in_features, m.out_features) for p, m in layers.items()}
-    adapters = [prepare_adapter(f"a{i}", catalog.weights(i), shapes, 16, torch.float32) for i in range(rows)]
+    dtype = next(wrapped.model.parameters()).dtype
+    adapters = [prepare_adapter(f"a{i}", catalog.weights(i), shapes, 16, dtype) for i in range(rows)]
     slots = [i % args.slots for i in range(rows)]
     for slot, adapter in zip(slots[: args.slots], adapters[: args.slots], strict=True):
+        pages = list(range(16 * slot, 16 * slot + adapter.rank))  # as the engine's pool places them
         for path, layer in layers.items():
             pair = adapter.layers.get(path)
-            layer.write_slot(slot, *(pair if pair is not None else (None, None)))
+            layer.write_pages(pages, *(pair if pair is not None else (None, None)))
+        batch_ctx.set_adapter(slot, pages)
     for row, (slot, adapter) in enumerate(zip(slots, adapters, strict=True)):
         batch_ctx.set_row(row, slot, adapter.rank)
     prompts = [encode_prompt(bare.tokenizer, PROMPTS[i % len(PROMPTS)]) for i in range(rows)]
     runners = {
-        "bare": ModelRunner(bare.model, "cpu", rows),
-        "mixed": ModelRunner(wrapped.model, "cpu", rows, batch_ctx),
+        "bare": ModelRunner(bare.model, args.device, rows),
+        "mixed": ModelRunner(wrapped.model, args.device, rows, batch_ctx),
     }
 
     def run(runner: ModelRunner, batch: list[list[int]]) -> float:
         t0 = time.perf_counter()
         logits = runner.prefill(0, batch)
-        lengths = [len(p) for p in batch]
-        for _ in range(args.decode_steps):
-            logits = runner.decode(logits.argmax(-1), lengths)
-            lengths = [n + 1 for n in lengths]
+        runner.tokens[: len(batch)] = logits.argmax(-1)
+        width = max(len(p) for p in batch) + 1
+        for step in range(args.decode_steps):
+            logits = runner.decode_rows(len(batch), width + step)  # device-resident rows, as the engine
+            runner.tokens[: len(batch)] = logits.argmax(-1)
+        synchronize(args.device)
         return time.perf_counter() - t0
 
     bare_t, mixed_t = [], []
@@ -304,6 +318,7 @@ def bench_swap(model_fn: ModelFn, catalog: Catalog, args: argparse.Namespace, ro
     gc.collect()
 
     engine = make_engine(model_fn, catalog, args, host_budget_bytes=args.swap_host_mb << 20)
+    engine._swapper.synchronous = True  # on CUDA: swap_s is the copy itself, not just queueing it
     result = {
         "adapter_bytes": catalog.weights(probe).nbytes,
         "peft_load_adapter_ms": None,
@@ -428,11 +443,17 @@ def main() -> None:
     # torch's intra-op threads there slowed it down (open-loop p50 0.84 s at 1 thread, 5.4 s at 2).
     ap.add_argument("--threads", type=int, default=1, help="torch threads, both sides (0: torch's default)")
     ap.add_argument("--batch", type=int, default=64, help="engine max_batch and the mixed-batch size")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), bfloat16, float16, float32"
+    )
     ap.add_argument("--sections", default="throughput,mixed_batch,sampling,swap,memory,latency")
     args = ap.parse_args()
     args.threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(args.threads)
     quick = args.quick
+    if args.model == "llama-1b":  # Llama architecture, 1.06 B parameters, random weights from a config
+        args.hidden, args.layers = args.hidden or 2048, args.layers or 28
     args.hidden = args.hidden or (256 if quick else 384)
     args.layers = args.layers or (4 if quick else 6)
     args.slots, args.host_mb = 16, 256
@@ -449,25 +470,30 @@ def main() -> None:
     args.latency_requests = 24 if quick else 96
     args.sampling_requests, args.sampling_tokens = (32, 96) if quick else (64, 192)
 
+    args.torch_dtype = resolve_dtype(args.dtype, torch.device(args.device), torch.float32)
+
     def model_fn() -> LoadedModel:
-        if args.model == "tiny-llama":
+        if args.model in ("tiny-llama", "llama-1b"):
             heads = max(2, args.hidden // 64)
-            return tiny_llama(0, hidden=args.hidden, layers=args.layers, heads=heads)
-        return load_base_model(args.model)
+            loaded = tiny_llama(0, hidden=args.hidden, layers=args.layers, heads=heads)
+        else:
+            loaded = load_base_model(args.model)
+        loaded.model.to(device=args.device, dtype=args.torch_dtype)
+        return loaded
 
     probe_model = model_fn()
     catalog = Catalog(probe_model, linear_shapes(probe_model.model))
     cfg = probe_model.model.config
     out: dict = {
         "model": args.model
-        if args.model != "tiny-llama"
-        else f"tiny-llama(hidden={args.hidden}, layers={args.layers})",
+        if args.model not in ("tiny-llama", "llama-1b")
+        else f"{args.model}(hidden={args.hidden}, layers={args.layers})",
         "params_m": round(sum(p.numel() for p in probe_model.model.parameters()) / 1e6, 2),
         "layers": cfg.num_hidden_layers,
         "hidden": cfg.hidden_size,
-        "device": "cpu",
+        "device": args.device,
         "threads": args.threads,
-        "dtype": "float32",
+        "dtype": str(args.torch_dtype).removeprefix("torch."),
         "slots": args.slots,
         "max_batch": args.batch,
         "quick": quick,

@@ -67,8 +67,8 @@ def peft_preloaded_mixed(
         group = requests[first_row : first_row + batch]
         prompts = [encode_prompt(tok, r.prompt) for r in group]
         width = max(map(len, prompts))
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=peft.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=peft.device)
         with torch.no_grad():
             out = peft.generate(
                 input_ids=ids,
@@ -134,7 +134,8 @@ def static_ceiling(
     """Bare base model, every row `prompt_len` prompt tokens and exactly `max_tokens` generated, in
     groups of `batch`. Best of `repeats` (the most favourable ceiling)."""
     bare = model_fn()
-    runner = ModelRunner(bare.model, "cpu", batch)
+    device = next(bare.model.parameters()).device
+    runner = ModelRunner(bare.model, device, batch)
     ids = encode_prompt(bare.tokenizer, "Explain continuous batching to a new engineer, slowly and twice.")
     prompt = (ids * math.ceil(prompt_len / len(ids)))[:prompt_len]
 
@@ -144,7 +145,10 @@ def static_ceiling(
             rows = min(batch, n - first)
             logits = runner.prefill(0, [prompt] * rows)
             for step in range(max_tokens - 1):
-                logits = runner.decode(logits.argmax(-1), [prompt_len + step] * rows)
+                runner.tokens[:rows] = logits.argmax(-1)
+                logits = runner.decode_rows(rows, prompt_len + step + 1)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         return time.perf_counter() - t0
 
     run(min(n_requests, batch))  # warm-up

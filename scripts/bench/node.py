@@ -115,6 +115,13 @@ async def run_engine(
     }
 
 
+def _per_job_gas(w3, event) -> int:
+    """One job's share of the (batched) claim or result transaction that emitted `event`."""
+    receipt = w3.eth.get_transaction_receipt(event["transactionHash"])
+    topic = next(log for log in receipt["logs"] if log["logIndex"] == event["logIndex"])["topics"][0]
+    return receipt["gasUsed"] // sum(1 for log in receipt["logs"] if log["topics"][0] == topic)
+
+
 async def run_node(
     model: str,
     folders: list[Path],
@@ -178,10 +185,7 @@ async def run_node(
         }
         for job in list(done)[:50]:
             result = s.result_event(job)
-            gas.append(
-                s.w3.eth.get_transaction_receipt(claims[job]["transactionHash"])["gasUsed"]
-                + s.w3.eth.get_transaction_receipt(result["transactionHash"])["gasUsed"]
-            )
+            gas.append(_per_job_gas(s.w3, claims[job]) + _per_job_gas(s.w3, result))
     validated = _metric(metrics, "openlora_adapters_validated")
     return {
         "jobs_per_s": round(len(done) / elapsed, 3),

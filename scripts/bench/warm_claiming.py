@@ -37,6 +37,7 @@ from eth_account import Account  # noqa: E402
 from eth_account.signers.local import LocalAccount  # noqa: E402
 from multiformats import CID, multihash  # noqa: E402
 
+from chain.terms import Terms  # noqa: E402
 from inference.models import base_model_id  # noqa: E402
 from node.p2p import Capacity, P2PConfig, P2PNode, claim_delay  # noqa: E402
 
@@ -67,6 +68,7 @@ class Job:
     adapter: str
     submitted: float
     chain_id: int = 0
+    terms: tuple | None = None  # the job's terms as claimJob takes them (protocol v2)
     winner: str | None = None
     estimate_s: float = 0.0
     warm: bool = False
@@ -165,16 +167,17 @@ class AnvilArbiter:
     async def open_job(self, job: Job) -> None:
         block = await self.w3.eth.get_block("latest")
         fn = self.market.functions.submitJob(
-            self.adapter_ids[job.adapter], b"prompt", 16, block["timestamp"] + 3600
+            self.adapter_ids[job.adapter], 0, b"prompt", 16, block["timestamp"] + 3600
         )
         receipt = await self._send(self.submitter, fn, value=self.price)
         (event,) = self.market.events.JobSubmitted().process_receipt(receipt)
         job.chain_id = event["args"]["jobId"]
+        job.terms = Terms.from_abi(event["args"]["terms"]).as_abi()
 
     async def is_claimed(self, job: Job, node: str) -> bool:
         from web3.exceptions import ContractLogicError
 
-        claim = self.market.functions.claimJob(job.chain_id)
+        claim = self.market.functions.claimJob(job.terms)
         try:  # what a node does before sending: simulate the call against the latest block
             await _retry(lambda: claim.call({"from": self.operators[node].address}))
         except ContractLogicError:
@@ -182,7 +185,7 @@ class AnvilArbiter:
         return False
 
     async def claim(self, job: Job, node: str) -> bool:
-        receipt = await self._send(self.operators[node], self.market.functions.claimJob(job.chain_id))
+        receipt = await self._send(self.operators[node], self.market.functions.claimJob(job.terms))
         if receipt["status"] != 1:
             self.reverted += 1
             return False
