@@ -16,19 +16,19 @@ from eth_utils import keccak
 from web3 import AsyncWeb3
 
 from chain.protocol import Protocol
-from chain.terms import Terms
 from chain.tx import TxManager
-from chain.watcher import Batch, ChainEvent, EventWatcher
+from chain.watcher import Batch, EventWatcher
 from inference.ipfs.blockstore import BlockStore
 from inference.service import InferenceService
 from node.admission import AdmissionController, AdmissionPolicy
 from node.batcher import Batcher
-from node.chain_steps import ChainSteps, job_ids_of_key
+from node.chain_steps import ChainSteps
 from node.config import NodeConfig
-from node.driver import CAPACITY_NOTE, JobDriver
+from node.driver import JobDriver
 from node.evidence import EvidenceKeeper
 from node.gatekeeper import TRANSIENT_KINDS, Gatekeeper
 from node.jobs import Job, JobBook, JobState
+from node.market_events import MarketEvents
 from node.readiness import Readiness
 from node.reconcile import ReorgReconciler
 from node.registry_view import RegistryView
@@ -73,7 +73,7 @@ class NodeMetrics:
         del self.claim_latency_s[:-keep]  # bounded: a long-running node keeps the recent window
 
 
-class NodeDaemon(JobDriver, ChainSteps, ReorgReconciler):
+class NodeDaemon(JobDriver, ChainSteps, MarketEvents, ReorgReconciler):
     def __init__(
         self,
         config: NodeConfig,
@@ -287,122 +287,6 @@ class NodeDaemon(JobDriver, ChainSteps, ReorgReconciler):
         """Jobs this node holds a driver for (seen and being worked on, or claimed)."""
         jobs = [self.jobs.get(i) for i, t in self._drivers.items() if not t.done()]
         return [j for j in jobs if j is not None and not j.terminal]
-
-    def _apply_market_event(self, e: ChainEvent) -> None:
-        a = e.args
-        job_id = a.get("jobId")
-        if e.name == "JobSubmitted":
-            terms = Terms.from_abi(a["terms"])
-            adapter = self.registry.adapter(terms.adapter_id)
-            job = Job(
-                job_id=job_id,
-                state=JobState.SEEN,
-                submitter=terms.submitter,
-                adapter_id=terms.adapter_id,
-                adapter_hash=terms.adapter_hash,
-                input=bytes(a["input"]),
-                input_cid=a["inputCid"],
-                input_hash=terms.input_hash,
-                max_tokens=terms.max_tokens,
-                deadline=terms.deadline,
-                price=terms.price,
-                seen_block=e.block_number,
-                adapter_cid=adapter.cid if adapter else "",
-                terms=terms.to_json(),
-            )
-            if not self.jobs.add(job) or self._stopping.is_set():
-                return
-            live = sum(1 for t in self._drivers.values() if not t.done())
-            if self.admission.at_capacity(live):
-                # bounded work: no driver, no queue entry; the job stays open for other nodes
-                self.metrics.jobs_skipped_capacity += 1
-                self.jobs.transition(
-                    job_id,
-                    JobState.SKIPPED,
-                    f"{CAPACITY_NOTE} ({live} jobs held, "
-                    f"[admission].max_committed_jobs = {self.config.admission.max_committed_jobs})",
-                    error=CAPACITY_NOTE,
-                )
-                return
-            self._spawn(job_id)
-            return
-        job = self.jobs.get(job_id) if job_id is not None else None
-        if job is None:
-            return
-        mine = a.get("node") == self.operator.address
-        if e.name == "JobClaimed" and not mine and (not job.terminal or job.state == JobState.SKIPPED):
-            self._cancel_driver(job_id)
-            self.jobs.transition(job_id, JobState.LOST, f"claimed by {a['node']}")
-            key = job.claim_key
-            if (
-                key
-                and self.tx.store.get(key) is not None
-                and all(
-                    (other := self.jobs.get(i)) is not None and other.state == JobState.LOST
-                    for i in job_ids_of_key(key)
-                )
-            ):  # ours is pending and every job it names is lost: it can only revert now
-                task = asyncio.create_task(self._cancel_tx(key, f"jobs of {key} were claimed by others"))
-                self._side_tasks.add(task)
-                task.add_done_callback(self._side_tasks.discard)
-        elif e.name == "ResultSubmitted" and mine:
-            self._mark_paid(job_id, a, e.tx_hash)
-        elif e.name == "JobExpired" and self.jobs.can(job_id, JobState.EXPIRED):
-            self._cancel_driver(job_id)
-            ours = job.state in (JobState.CLAIMED, JobState.RUNNING, JobState.POSTING, JobState.FAILED)
-            if ours and a["slashed"]:
-                self.metrics.slashes += 1
-                self.metrics.slashed_wei += a["slashed"]
-                log.error(
-                    "job %d expired on chain with our claim: SLASHED %d wei (was %s: %s)",
-                    job_id,
-                    a["slashed"],
-                    job.state.value,
-                    job.error or "no error recorded",
-                )
-            self._end(job_id, JobState.EXPIRED, f"expired on chain, slashed {a['slashed']}")
-        elif e.name in ("JobReclaimed", "JobReleased"):
-            self._on_reopened(job, a, slashed=e.name == "JobReclaimed")
-        elif e.name == "JobCancelled" and self.jobs.can(job_id, JobState.CANCELLED):
-            self._cancel_driver(job_id)
-            self.jobs.transition(job_id, JobState.CANCELLED, "cancelled by submitter")
-
-    def _on_reopened(self, job: Job, a: dict, *, slashed: bool) -> None:
-        """A claim ended without a result: reclaimed after its service window (claimant slashed) or released
-        by its claimant. Ours: counted and logged. The job reopens (if its deadline allows) for every node,
-        this one included when the claim was a rival's."""
-        ours = a["node"] == self.operator.address
-        if ours and slashed:
-            self.metrics.slashes += 1
-            self.metrics.slashed_wei += a["slashed"]
-            log.error(
-                "job %d reclaimed after its service window: our claim SLASHED %d wei (was %s: %s)",
-                job.job_id,
-                a["slashed"],
-                job.state.value,
-                job.error or "no error recorded",
-            )
-        if not a["reopened"]:
-            return  # refunded past the deadline: JobExpired follows in the same transaction
-        if ours:
-            self._cancel_driver(job.job_id)
-            if self.jobs.can(job.job_id, JobState.LOST):
-                self.jobs.transition(
-                    job.job_id, JobState.LOST, "our claim ended without a result: job reopened"
-                )
-        elif job.state == JobState.LOST and not self._stopping.is_set():
-            self.jobs.transition(
-                job.job_id, JobState.SEEN, f"reopened: {a['node']}'s claim ended without a result"
-            )
-            self._spawn(job.job_id)
-
-    async def _cancel_tx(self, key: str, reason: str) -> None:
-        try:
-            record = await self.tx.cancel(key, reason)
-            if record is not None and record.cancel_from is not None:
-                self.metrics.txs_cancelled += 1
-        except Exception as e:
-            log.warning("could not replace %s: %s (it may revert and cost gas)", key, e)
 
     def _end(self, job_id: int, state: JobState, note: str, reason: str = "error") -> None:
         """Every expiry and failure of a job we worked on: a WARNING/ERROR line with its id, and a metric."""
