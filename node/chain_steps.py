@@ -8,6 +8,7 @@ records its key, so a restart waits for the batch already sent instead of sendin
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -83,7 +84,12 @@ class ChainSteps:
             if state.status == JobStatus.CLAIMED and state.node == self.operator.address:
                 to = JobState.CLAIMED
             elif state.status == JobStatus.OPEN:
-                return  # not claimed in that batch, still open (e.g. reopened meanwhile): claim again
+                # not claimed in that batch, still open (e.g. reopened meanwhile): forget that batch so the
+                # next step claims again instead of re-reading the same receipt
+                self.jobs.transition(
+                    job.job_id, JobState.CLAIMING, "not claimed in its batch: claiming again", claim_key=None
+                )
+                return
             if to != JobState.CLAIMED:
                 self.jobs.transition(
                     job.job_id,
@@ -164,6 +170,7 @@ class ChainSteps:
         except SimulationError as e:
             status = await self.protocol.job_status(job.job_id)
             if status in PAID_STATUSES:
+                await asyncio.sleep(0.5)
                 return  # already answered: the watcher will record it
             if status == JobStatus.EXPIRED:
                 self._end(job.job_id, JobState.EXPIRED, f"result not sent: {e.reason}")
@@ -177,6 +184,7 @@ class ChainSteps:
         except TxFailedError as e:
             status = await self.protocol.job_status(job.job_id)
             if status in PAID_STATUSES:
+                await asyncio.sleep(0.5)
                 return  # answered after all (the watcher records it)
             if e.record.state in NEVER_MINED and status == JobStatus.CLAIMED:
                 log.warning("job %d: result tx never mined (%s): posting again", job.job_id, e)
@@ -187,6 +195,23 @@ class ChainSteps:
             self.gatekeeper.gas.observe_result(
                 outcome.record.gas_used // len(outcome.done), len(job.output or b"")
             )
+        if job.job_id not in outcome.done:
+            # the batch mined without this job's result (the market skipped it): ask where the job stands
+            status = await self.protocol.job_status(job.job_id)
+            if status in PAID_STATUSES:  # answered by another of our txs (a re-send): the watcher records it
+                await asyncio.sleep(0.5)
+                return
+            if status == JobStatus.CLAIMED and self.chain_time() < job.deadline:
+                note = f"result skipped in {outcome.record.mined_hash}: posting again"
+                self.jobs.transition(job.job_id, JobState.POSTING, note, result_key=None)
+                return
+            self._end(
+                job.job_id,
+                JobState.FAILED,
+                f"result not accepted (job is {status.name})",
+                reason="result-refused",
+            )
+            return
         receipt = await self.w3.eth.get_transaction_receipt(outcome.record.mined_hash)
         for event in self.protocol.market.events.ResultSubmitted().process_receipt(receipt, errors=DISCARD):
             if event["args"]["jobId"] == job.job_id:
