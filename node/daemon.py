@@ -25,6 +25,7 @@ from node.batcher import Batcher
 from node.chain_steps import ChainSteps
 from node.config import NodeConfig
 from node.driver import JobDriver
+from node.errors import is_rpc_error
 from node.evidence import EvidenceKeeper
 from node.gatekeeper import TRANSIENT_KINDS, Gatekeeper
 from node.jobs import Job, JobBook, JobState
@@ -38,14 +39,6 @@ if TYPE_CHECKING:
     from node.p2p import P2PNode
 
 log = logging.getLogger("openlora.node")
-
-
-def _is_rpc_error(e: BaseException) -> bool:
-    """Errors of the chain's RPC (transport or a JSON-RPC answer), as opposed to the node's own bugs."""
-    from aiohttp import ClientError
-    from web3.exceptions import Web3Exception
-
-    return isinstance(e, ConnectionError | TimeoutError | ClientError | Web3Exception | OSError)
 
 
 @dataclass
@@ -226,7 +219,7 @@ class NodeDaemon(JobDriver, ChainSteps, MarketEvents, ReorgReconciler):
             )
 
     def _count_error(self, e: BaseException) -> None:
-        if _is_rpc_error(e):
+        if is_rpc_error(e):
             self.metrics.rpc_errors += 1
         else:
             self.metrics.driver_errors += 1

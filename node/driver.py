@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from inference.prompt import PromptRejected
 from inference.validate import AdapterRejected
+from node.errors import is_rpc_error
 from node.gatekeeper import AdmissionRefused
 from node.jobs import Job, JobState
 
@@ -74,7 +75,9 @@ class JobDriver:
             except Exception as e:  # a bug or an RPC outage: keep the state, try again with backoff
                 self._count_error(e)
                 failures += 1
-                delay = min(30.0, 1.0 * 2 ** min(failures - 1, 5))
+                # a flaky RPC answer is retried soon (the RPC layer already failed over); a bug backs off
+                cap = 5.0 if is_rpc_error(e) else 30.0
+                delay = min(cap, 1.0 * 2 ** min(failures - 1, 5))
                 log.warning("job %d: %s in state %s; retrying in %.0fs", job_id, e, job.state.value, delay)
                 await asyncio.sleep(delay)
 
