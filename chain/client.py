@@ -256,6 +256,10 @@ class ProtocolClient:
             raise UnknownJobError(job_id)
         return bytes(logs[-1]["args"]["input"]), logs[-1]["args"]["inputCid"]
 
+    def job_status(self, job_id: int) -> JobStatus:
+        """The job's stored status (NONE for an unknown id)."""
+        return decode_state(self.market.functions.jobState(job_id).call()).status
+
     def job(self, job_id: int) -> JobInfo:
         state = decode_state(self.market.functions.jobState(job_id).call())
         if state.status == JobStatus.NONE:

@@ -81,24 +81,34 @@ class ProtocolParams:
 
     def config(self, owner: str, adapter_registry: str) -> tuple:
         """MarketBase.Config as the constructor's tuple argument."""
-        return (
-            owner,
-            adapter_registry,
-            self.treasury or owner,
-            self.protocol_fee_bps,
-            self.min_claim_stake_wei,
-            self.claim_stake_bps,
-            self.compensation_bps,
-            self.release_penalty_wei,
-            self.default_service_window_s,
-            self.min_service_window_s,
-            self.challenge_window_s,
-            self.dispute_bond_wei,
-            self.challenger_reward_bps,
-            self.dispute_timeout_s,
-            self.min_stake_wei,
-            self.unstake_delay_s,
-        )
+        fields = tuple(getattr(self, name) for name, _ in CONFIG_FIELDS)
+        return (owner, adapter_registry, self.treasury or owner, *fields)
+
+    def script_env(self) -> dict[str, str]:
+        """The same parameters as contracts/script/Deploy.s.sol's environment variables."""
+        env = {var: str(getattr(self, name)) for name, var in CONFIG_FIELDS}
+        env["ARBITER_QUORUM"] = str(self.arbiter_quorum)
+        if self.treasury:
+            env["TREASURY"] = self.treasury
+        return env
+
+
+# MarketBase.Config after (owner, adapterRegistry, treasury), in order, with Deploy.s.sol's variable names
+CONFIG_FIELDS = (
+    ("protocol_fee_bps", "PROTOCOL_FEE_BPS"),
+    ("min_claim_stake_wei", "MIN_CLAIM_STAKE"),
+    ("claim_stake_bps", "CLAIM_STAKE_BPS"),
+    ("compensation_bps", "COMPENSATION_BPS"),
+    ("release_penalty_wei", "RELEASE_PENALTY"),
+    ("default_service_window_s", "DEFAULT_SERVICE_WINDOW"),
+    ("min_service_window_s", "MIN_SERVICE_WINDOW"),
+    ("challenge_window_s", "CHALLENGE_WINDOW"),
+    ("dispute_bond_wei", "DISPUTE_BOND"),
+    ("challenger_reward_bps", "CHALLENGER_REWARD_BPS"),
+    ("dispute_timeout_s", "DISPUTE_TIMEOUT"),
+    ("min_stake_wei", "MIN_STAKE"),
+    ("unstake_delay_s", "UNSTAKE_DELAY"),
+)
 
 
 def create2_address(salt: bytes, init_code: bytes) -> str:
@@ -205,25 +215,7 @@ def deploy_with_forge_script(
     from chain.artifacts import REPO_ROOT
 
     p = params or ProtocolParams()
-    env = {
-        **os.environ,
-        "PROTOCOL_FEE_BPS": str(p.protocol_fee_bps),
-        "MIN_CLAIM_STAKE": str(p.min_claim_stake_wei),
-        "CLAIM_STAKE_BPS": str(p.claim_stake_bps),
-        "COMPENSATION_BPS": str(p.compensation_bps),
-        "RELEASE_PENALTY": str(p.release_penalty_wei),
-        "DEFAULT_SERVICE_WINDOW": str(p.default_service_window_s),
-        "MIN_SERVICE_WINDOW": str(p.min_service_window_s),
-        "CHALLENGE_WINDOW": str(p.challenge_window_s),
-        "DISPUTE_BOND": str(p.dispute_bond_wei),
-        "CHALLENGER_REWARD_BPS": str(p.challenger_reward_bps),
-        "DISPUTE_TIMEOUT": str(p.dispute_timeout_s),
-        "MIN_STAKE": str(p.min_stake_wei),
-        "UNSTAKE_DELAY": str(p.unstake_delay_s),
-        "ARBITER_QUORUM": str(p.arbiter_quorum),
-    }
-    if p.treasury:
-        env["TREASURY"] = p.treasury
+    env = {**os.environ, **p.script_env()}
     if validators:
         env["VALIDATORS"] = ",".join(validators)
     script = REPO_ROOT / "scripts" / "deploy.sh"

@@ -96,14 +96,12 @@ class OpenLoRA(ProtocolClient):
 
         from chain.verify import verify_job
         from inference.ipfs.sources import GatewaySource
-        from inference.models import SMOLLM2, TINY_LLAMA, base_model_id, load_base_model
+        from inference.models import load_base_model, model_name_for_id
 
-        terms = self.terms(job_id)
-        names = [model] if model else [SMOLLM2, TINY_LLAMA]
-        name = next((n for n in names if base_model_id(n) == terms.base_model), None)
-        if name is None:
-            raise ContractCallError(f"job {job_id}'s base model is none of {names}: pass model=NAME")
-        base = load_base_model(name)
+        try:
+            base = load_base_model(model_name_for_id(self.terms(job_id).base_model, model))
+        except ValueError as e:
+            raise ContractCallError(f"job {job_id}: {e} (model=NAME)") from None
 
         async def run(cache: Path):
             sources = [GatewaySource(url) for url in gateways]

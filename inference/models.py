@@ -98,3 +98,15 @@ def load_base_model(name: str, *, seed: int = 0) -> LoadedModel:
 
         return load_smollm2()
     raise ValueError(f"unknown base model {name!r}: use one of {TINY_LLAMA!r}, {SMOLLM2!r}")
+
+
+def model_name_for_id(model_id: bytes, name: str | None = None) -> str:
+    """The known base model whose id (keccak of its name, as job terms carry it) is `model_id`; `name`
+    restricts the search to that one. ValueError naming the candidates otherwise."""
+    candidates = [name] if name else [SMOLLM2, TINY_LLAMA]
+    for candidate in candidates:
+        if base_model_id(candidate) == model_id:
+            return candidate
+    raise ValueError(
+        f"base model id 0x{model_id.hex()} is none of {', '.join(candidates)}: name the model explicitly"
+    )

@@ -35,6 +35,13 @@ def job_ids_of_key(key: str) -> list[int]:
     return [int(i) for i in ids.split(",")]
 
 
+def _unclaimed_end(status: JobStatus) -> JobState:
+    """Where a job we could not claim ends, by its on-chain status."""
+    return {JobStatus.EXPIRED: JobState.EXPIRED, JobStatus.CANCELLED: JobState.CANCELLED}.get(
+        status, JobState.LOST
+    )
+
+
 @dataclass(frozen=True)
 class BatchOutcome:
     record: TxRecord
@@ -78,9 +85,7 @@ class ChainSteps:
             outcome = BatchOutcome(e.record, frozenset({job.job_id}), 1)
         if job.job_id not in outcome.done:
             state = await self.protocol.job_state(job.job_id)
-            to = {JobStatus.EXPIRED: JobState.EXPIRED, JobStatus.CANCELLED: JobState.CANCELLED}.get(
-                state.status, JobState.LOST
-            )
+            to = _unclaimed_end(state.status)
             if state.status == JobStatus.CLAIMED and state.node == self.operator.address:
                 to = JobState.CLAIMED
             elif state.status == JobStatus.OPEN:
@@ -151,9 +156,7 @@ class ChainSteps:
             note = f"stake: claim not sent ({reason}): free stake is locked in other claims"
             self.jobs.transition(job.job_id, JobState.SKIPPED, note, error=note)
             return
-        to = {JobStatus.EXPIRED: JobState.EXPIRED, JobStatus.CANCELLED: JobState.CANCELLED}.get(
-            status, JobState.LOST
-        )
+        to = _unclaimed_end(status)
         self.jobs.transition(job.job_id, to, f"claim not sent: {reason}")
 
     # ---- results ----------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from web3 import Web3
 from chain.client import ProtocolClient
 from chain.client_types import ContractCallError
 from chain.deployment import Deployment
-from chain.protocol import JobStatus, decode_state
+from chain.protocol import JobStatus
 from chain.verify import ResultVerdict, verify_job
 from inference.ipfs.blockstore import BlockStore
 from inference.ipfs.cid import RAW, make_cid
@@ -139,9 +139,6 @@ class ValidatorDaemon:
             self.client, job_id, base=self.base, sources=self.sources, cache_dir=self.data_dir / "adapters"
         )
 
-    def _status(self, job_id: int) -> JobStatus:
-        return decode_state(self.market.functions.jobState(job_id).call()).status
-
     async def _check_result(self, job_id: int) -> None:
         verdict = await self._verify(job_id)
         self.stats.checked += 1
@@ -150,7 +147,7 @@ class ValidatorDaemon:
             return
         self.stats.failed += 1
         log.warning("job %d: result FAILED verification: %s", job_id, verdict.check.reason)
-        if await asyncio.to_thread(self._status, job_id) != JobStatus.RESULTED:
+        if await asyncio.to_thread(self.client.job_status, job_id) != JobStatus.RESULTED:
             return  # already disputed by another validator (we vote on it) or past the window
         evidence_cid = self._publish_evidence(job_id, verdict)
         terms = await asyncio.to_thread(self.client.terms, job_id)
@@ -202,7 +199,7 @@ class ValidatorDaemon:
         log.warning("job %d: voted %s (%s)", job_id, "FRAUD" if fraud else "no fraud", verdict.check.reason)
 
     async def _settle(self, job_id: int) -> None:
-        if await asyncio.to_thread(self._status, job_id) != JobStatus.DISPUTED:
+        if await asyncio.to_thread(self.client.job_status, job_id) != JobStatus.DISPUTED:
             return
         terms = await asyncio.to_thread(self.client.terms, job_id)
         try:

@@ -4,7 +4,6 @@ holds one base model for every adapter and loads nothing per job but the adapter
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from torch import nn
 from inference.adapter import AdapterWeights, adapter_weights_from_state_dict
 from inference.engine.lora_layer import MultiLoraLinear
 from inference.models import LoadedModel
+from inference.validate.strict_json import loads_object
 
 _LOCK = threading.Lock()  # hooks are added to a shared model: one recompute at a time
 
@@ -31,7 +31,7 @@ def load_peft_weights(folder: Path) -> AdapterWeights:
     """A PEFT folder already validated (inference.validate.validate_adapter_dir returns the same type for
     untrusted ones) -> AdapterWeights."""
     folder = Path(folder)
-    config = json.loads((folder / "adapter_config.json").read_text())
+    config = loads_object((folder / "adapter_config.json").read_bytes())
     return adapter_weights_from_state_dict(config, load_file(str(folder / "adapter_model.safetensors")))
 
 

@@ -3,56 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import tempfile
-from pathlib import Path
 
 from rich.console import Console
 
-from chain.verify import verify_job
-from inference.ipfs.sources import GatewaySource
-from inference.models import SMOLLM2, TINY_LLAMA, base_model_id, load_base_model
 from node.commands.common import CommandError, add_chain_options, client_from
 
 console = Console(highlight=False)
-
-
-def model_for(base_model: bytes, name: str | None) -> str:
-    """The base model name whose id is `base_model` (the job's terms name it only by its keccak id)."""
-    candidates = [name] if name else [SMOLLM2, TINY_LLAMA]
-    for candidate in candidates:
-        if base_model_id(candidate) == base_model:
-            return candidate
-    raise CommandError(
-        f"the job's base model id 0x{base_model.hex()} is none of {', '.join(candidates)}: pass --model NAME"
-    )
-
-
-async def _verify(client, job_id: int, base, gateways: list[str], cache: Path):
-    sources = [GatewaySource(url) for url in gateways]
-    try:
-        return await verify_job(client, job_id, base=base, sources=sources, cache_dir=cache)
-    finally:
-        for s in sources:
-            await s.close()
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     client = client_from(args, need_signer=False)
     if not args.gateway:
         raise CommandError("pass at least one --gateway URL serving the adapter and the node's evidence")
-    terms = client.terms(args.job_id)
-    base = load_base_model(model_for(terms.base_model, args.model))
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(args.cache_dir) if args.cache_dir else Path(tmp)
-        sources = [GatewaySource(url) for url in args.gateway]
-        try:
-            verdict = asyncio.run(
-                verify_job(client, args.job_id, base=base, sources=sources, cache_dir=cache)
-            )
-        except ValueError as e:
-            raise CommandError(str(e)) from None
+    try:
+        verdict = client.verify_result(
+            args.job_id, gateways=args.gateway, model=args.model, cache_dir=args.cache_dir
+        )
+    except ValueError as e:
+        raise CommandError(str(e)) from None
     c = verdict.check
     if args.json:
         print(json.dumps({
