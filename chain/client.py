@@ -324,15 +324,15 @@ class ProtocolClient:
         a = e["args"]
         tx_hash = e["transactionHash"].to_0x_hex()
         items, _sig = decode_results(self.market, self.w3.eth.get_transaction(tx_hash)["input"])
-        item = next(i for i in items if i.terms.job_id == job_id)
+        item = next(i for i in items if i.job_id == job_id)
         return JobResult(
             job_id,
             a["node"],
             item.output,
             bytes(a["outputHash"]),
             a["nodeAmount"],
-            item.terms.adapter_fees,
-            item.terms.protocol_amount,
+            item.adapter_fees,
+            item.protocol_amount,
             tx_hash,
             e["blockNumber"],
             bytes(a["proofHash"]),

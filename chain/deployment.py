@@ -55,7 +55,8 @@ class Deployment:
 
 CREATE2_DEPLOYER = "0x4e59b44847b379578588920cA78FbF26c0B4956C"  # the standard deterministic deployer
 SALTS = {
-    name: keccak(text=f"openlora.v2.{name}") for name in ("AdapterRegistry", "JobMarket", "ValidatorArbiter")
+    name: keccak(text=f"openlora.v2.{name}")
+    for name in ("AdapterRegistry", "MarketOps", "JobMarket", "ValidatorArbiter")
 }
 
 
@@ -178,13 +179,16 @@ def _call(w3: Web3, account: LocalAccount, fn) -> dict:
 def deploy(
     w3: Web3, deployer: LocalAccount, params: ProtocolParams | None = None, validators: list[str] = ()
 ) -> Deployment:
-    """Deploy AdapterRegistry, JobMarket (which creates its NodeRegistry) and the ValidatorArbiter at
-    deterministic CREATE2 addresses, the same ones contracts/script/Deploy.s.sol uses; allow `validators`."""
+    """Deploy AdapterRegistry, MarketOps, JobMarket (which creates its NodeRegistry) and the
+    ValidatorArbiter at deterministic CREATE2 addresses, the same ones contracts/script/Deploy.s.sol uses;
+    allow `validators`."""
     p = params or ProtocolParams()
     start_block = w3.eth.block_number
     owner = deployer.address
     adapters = _deploy2(w3, deployer, "AdapterRegistry", owner)
-    market = _deploy2(w3, deployer, "JobMarket", p.config(owner, adapters))
+    config = p.config(owner, adapters)
+    ops = _deploy2(w3, deployer, "MarketOps", config)
+    market = _deploy2(w3, deployer, "JobMarket", config, ops)
     arbiter = _deploy2(w3, deployer, "ValidatorArbiter", market, adapters, p.arbiter_quorum)
     market_c = w3.eth.contract(address=market, abi=load_artifact("JobMarket").abi)
     if market_c.functions.arbiter().call() != arbiter:

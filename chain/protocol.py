@@ -62,8 +62,8 @@ def adapter_info(adapter_id: int, a: tuple) -> AdapterInfo:
 
 
 def result_item(terms: Terms, output: bytes, proof_hash: bytes = ZERO32) -> tuple:
-    """A ResultItem tuple for submitResult(s) with an inline output."""
-    return (terms.as_abi(), output, "", ZERO32, proof_hash)
+    """A ResultEntry tuple for submitResult(s) with an inline output."""
+    return terms.result_entry(output, proof_hash)
 
 
 def decode_state(raw: tuple | list) -> JobState:

@@ -7,20 +7,53 @@ from dataclasses import dataclass
 from eth_utils import keccak
 
 from chain.signing import ResultBatch, SignedResult
-from chain.terms import Terms
+from chain.terms import BPS, ZERO32, adapter_fields, head_fields, key_hash
 
 
 @dataclass(frozen=True)
 class PostedResult:
-    terms: Terms
+    """One ResultEntry as posted: the job it names (by key) and the output."""
+
+    job_id: int
+    terms_hash: bytes
+    price: int
+    protocol_fee_bps: int
+    adapter_fees: int
     output: bytes
     output_cid: str
     output_hash: bytes
     proof_hash: bytes
 
+    @property
+    def protocol_amount(self) -> int:
+        return self.price * self.protocol_fee_bps // BPS
+
+
+def _posted(entry) -> PostedResult:
+    get = (
+        (lambda k, i: entry[k])
+        if isinstance(entry, dict) or hasattr(entry, "keys")
+        else (lambda k, i: entry[i])
+    )
+    head, words, rest = get("head", 0), list(get("adapters", 1)), bytes(get("restHash", 2))
+    data, given_hash, proof = bytes(get("output", 3)), bytes(get("outputHash", 4)), bytes(get("proofHash", 5))
+    job_id, price, _at, _deadline, bps = head_fields(head)
+    by_cid = given_hash != ZERO32
+    return PostedResult(
+        job_id,
+        key_hash(head, rest, words),
+        price,
+        bps,
+        sum(adapter_fields(w)[1] for w in words),
+        b"" if by_cid else data,
+        data.decode("utf-8", "replace") if by_cid else "",
+        given_hash if by_cid else keccak(data),
+        proof,
+    )
+
 
 def decode_results(market, tx_input: bytes | str) -> tuple[list[PostedResult], bytes]:
-    """The items and the signature of a submitResult / submitResults call."""
+    """The entries and the signature of a submitResult / submitResults call."""
     fn, params = market.decode_function_input(tx_input)
     name = fn.fn_name
     if name == "submitResult":
@@ -29,20 +62,7 @@ def decode_results(market, tx_input: bytes | str) -> tuple[list[PostedResult], b
         raw = list(params["items"])
     else:
         raise ValueError(f"transaction calls {name}, not submitResult(s)")
-    items = []
-    for it in raw:
-        get = (lambda k, i, it=it: it[k]) if isinstance(it, dict) else (lambda k, i, it=it: it[i])
-        output = bytes(get("output", 1))
-        items.append(
-            PostedResult(
-                Terms.from_abi(get("terms", 0)),
-                output,
-                get("outputCid", 2),
-                keccak(output) if output else bytes(get("outputHash", 3)),
-                bytes(get("proofHash", 4)),
-            )
-        )
-    return items, bytes(params["signature"])
+    return [_posted(e) for e in raw], bytes(params["signature"])
 
 
 def batch_of(chain_id: int, market_address: str, items: list[PostedResult]) -> ResultBatch:
@@ -50,5 +70,5 @@ def batch_of(chain_id: int, market_address: str, items: list[PostedResult]) -> R
     return ResultBatch(
         chain_id,
         market_address,
-        tuple(SignedResult(i.terms.job_id, i.terms.hash(), i.output_hash, i.proof_hash) for i in items),
+        tuple(SignedResult(i.job_id, i.terms_hash, i.output_hash, i.proof_hash) for i in items),
     )

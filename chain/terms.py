@@ -1,9 +1,16 @@
 """A job's terms (protocol v2): emitted once in JobSubmitted, re-supplied by every later call, hashed on
 chain.
 
-The market stores only a 192-bit prefix of `Terms.hash()`; a claim, result, release, reclaim, expiry or
-dispute names the exact job by giving the terms again. This module is the one place that knows their ABI
-shape, hash and money split; the node, SDK and CLI ask it."""
+The market stores only a 192-bit prefix of `Terms.hash()`. Release, reclaim, expiry, cancel and disputes name
+the job by its full terms; claims and results (the node's hot path, paid per job) by a compact key: the head
+word (job id, price, times, protocol fee), one word per adapter (id, fee) and the hash of the rest:
+
+    body_hash  = keccak(submitter, serviceWindow, maxTokens, inputHash, [weightBps, contentHash] per adapter)
+    rest_hash  = keccak(baseModel, body_hash)
+    hash       = keccak(head, rest_hash, adapter words...)          (every field a 32-byte word)
+
+This module is the one place that knows their ABI shape, hash, keys and money split; the node, SDK and CLI
+ask it (contracts/src/lib/JobTypes.sol is the chain's side: TermsHash, JobHead)."""
 
 from __future__ import annotations
 
@@ -16,6 +23,35 @@ from eth_utils import keccak, to_checksum_address
 BPS = 10_000
 ADAPTER_TERM_ABI = "(uint32,uint16,uint96,bytes32)"
 TERMS_ABI = f"(uint64,address,uint96,uint40,uint40,uint32,uint32,uint16,bytes32,bytes32,{ADAPTER_TERM_ABI}[])"
+ZERO32 = b"\x00" * 32
+
+
+def head_fields(head: int) -> tuple[int, int, int, int, int]:
+    """(job_id, price, submitted_at, deadline, protocol_fee_bps) of a head word."""
+    mask40 = (1 << 40) - 1
+    return (
+        head >> 192,
+        (head >> 96) & ((1 << 96) - 1),
+        (head >> 56) & mask40,
+        (head >> 16) & mask40,
+        head & 0xFFFF,
+    )
+
+
+def adapter_fields(word: int) -> tuple[int, int]:
+    """(adapter id, fee) of an adapter word."""
+    return word >> 96, word & ((1 << 96) - 1)
+
+
+def key_hash(head: int, rest_hash: bytes, adapter_words: list[int] | tuple[int, ...]) -> bytes:
+    """The terms hash from a key (what the market computes from a claim or result)."""
+    return keccak(
+        encode(["uint256", "bytes32"] + ["uint256"] * len(adapter_words), [head, rest_hash, *adapter_words])
+    )
+
+
+def rest_hash_of(base_model: bytes, body_hash: bytes) -> bytes:
+    return keccak(base_model + body_hash)
 
 
 @dataclass(frozen=True)
@@ -83,10 +119,51 @@ class Terms:
         adapters = tuple(AdapterTerm(a[0], a[1], a[2], bytes(a[3])) for a in t[10])
         return cls(t[0], to_checksum_address(t[1]), *t[2:8], bytes(t[8]), bytes(t[9]), adapters)
 
+    # ---- hash and keys (see the module docstring) ----
+    @property
+    def head(self) -> int:
+        return (
+            (self.job_id << 192)
+            | (self.price << 96)
+            | (self.submitted_at << 56)
+            | (self.deadline << 16)
+            | self.protocol_fee_bps
+        )
+
+    @property
+    def adapter_words(self) -> list[int]:
+        return [(a.id << 96) | a.fee for a in self.adapters]
+
+    def body_hash(self) -> bytes:
+        types = ["address", "uint32", "uint32", "bytes32"] + ["uint16", "bytes32"] * len(self.adapters)
+        values: list[Any] = [
+            to_checksum_address(self.submitter),
+            self.service_window,
+            self.max_tokens,
+            self.input_hash,
+        ]
+        for a in self.adapters:
+            values += [a.weight_bps, a.content_hash]
+        return keccak(encode(types, values))
+
+    def rest_hash(self) -> bytes:
+        return rest_hash_of(self.base_model, self.body_hash())
+
     def hash(self) -> bytes:
-        """keccak256 of the struct's ABI encoding (abi.encode(terms) without its leading offset word):
-        what the market stores a prefix of and what result signatures name as termsHash."""
-        return keccak(encode([TERMS_ABI], [self.as_abi()])[32:])
+        """What the market stores a prefix of and what result signatures name as termsHash."""
+        return key_hash(self.head, self.rest_hash(), self.adapter_words)
+
+    def claim_key(self) -> tuple:
+        """The ClaimKey tuple claimJob(s) takes: (head, adapter words, body hash)."""
+        return (self.head, self.adapter_words, self.body_hash())
+
+    def result_entry(self, output: bytes, proof_hash: bytes = ZERO32) -> tuple:
+        """The ResultEntry tuple submitResult(s) takes for an inline output."""
+        return (self.head, self.adapter_words, self.rest_hash(), output, ZERO32, proof_hash)
+
+    def result_entry_by_cid(self, cid: str, output_hash: bytes, proof_hash: bytes = ZERO32) -> tuple:
+        """The ResultEntry tuple for an output kept off chain (its CID and keccak256)."""
+        return (self.head, self.adapter_words, self.rest_hash(), cid.encode(), output_hash, proof_hash)
 
     # ---- money ----
     @property

@@ -128,7 +128,7 @@ class ChainSteps:
         )
         key = "claims:" + ",".join(str(j.job_id) for j in jobs)
         data = self.protocol.calldata(
-            self.protocol.market, "claimJobs", [self.terms_of(j).as_abi() for j in jobs]
+            self.protocol.market, "claimJobs", [self.terms_of(j).claim_key() for j in jobs]
         )
         for j in jobs:  # persisted before the send: a restart finds the batch by its key
             self.jobs.transition(j.job_id, JobState.CLAIMING, claim_key=key)

@@ -203,12 +203,15 @@ _CALL_NAMES = {"claimJobs": "claimJob", "submitResults": "submitResult"}
 
 
 def _job_ids(name: str, params: dict) -> list[int | None]:
+    # claims and results name their job by its key: the job id is the head word's top 64 bits
     if name == "claimJobs":
-        return [t["jobId"] for t in params["terms"]]
+        return [k["head"] >> 192 for k in params["keys"]]
+    if name == "claimJob":
+        return [params["k"]["head"] >> 192]
     if name == "submitResults":
-        return [i["terms"]["jobId"] for i in params["items"]]
+        return [i["head"] >> 192 for i in params["items"]]
     if name == "submitResult":
-        return [params["item"]["terms"]["jobId"]]
+        return [params["item"]["head"] >> 192]
     if "t" in params:
         return [params["t"]["jobId"]]
     return [None]

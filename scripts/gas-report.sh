@@ -95,6 +95,7 @@ out.update(
     {
         "source": source,
         "output_bytes": 256,
+        "proof_hash": "non-zero (a node with [verify].prove on); anvil.*_no_proof: without",
         "steady_state": "3 warm-up rounds 2 challenge windows apart; finalization (maturing) included",
         "anvil": anvil,
         "forge_isolate": forge,

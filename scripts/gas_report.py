@@ -35,6 +35,7 @@ PRICE = 10**16
 INPUT = b"Summarise: LoRA adapters are low-rank updates to a frozen base model."
 OUTPUT = bytes(0x41 + i % 26 for i in range(256))
 BASE = Web3.keccak(text="tiny-llama")
+PROOF_HASH = Web3.keccak(text="TOPLOC evidence bundle")
 PEER_ID = "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN"
 
 
@@ -58,6 +59,7 @@ class Chain:
             address=deployment["adapter_registry"], abi=abi("AdapterRegistry")
         )
         self.nonces: dict[str, int] = {}
+        self.proof = PROOF_HASH  # a node with [verify].prove on signs its TOPLOC proof's hash
 
     def send(self, key: str, fn, value: int = 0) -> dict:
         acct = Account.from_key(key)
@@ -110,6 +112,11 @@ class Chain:
         )
         return terms, r["gasUsed"]
 
+    def keys(self, t: tuple) -> tuple[tuple, tuple]:
+        """The ClaimKey and the ResultEntry (256-byte output, proof hash) for terms t, from keysOf."""
+        head, words, body, rest = self.market.functions.keysOf(t).call()
+        return (head, words, body), (head, words, rest, OUTPUT, b"\0" * 32, self.proof)
+
     def sign(self, terms_list: list[tuple]) -> bytes:
         result_type = self.market.functions.RESULT_TYPEHASH().call()
         batch_type = self.market.functions.BATCH_TYPEHASH().call()
@@ -120,7 +127,7 @@ class Chain:
             th = self.market.functions.hashTerms(t).call()
             leaf = encode(
                 ["bytes32", "uint256", "bytes32", "bytes32", "bytes32"],
-                [result_type, t[0], th, out_hash, b"\0" * 32],
+                [result_type, t[0], th, out_hash, self.proof],
             )
             leaves += Web3.keccak(leaf)
         struct = Web3.keccak(encode(["bytes32", "bytes32"], [batch_type, Web3.keccak(leaves)]))
@@ -130,16 +137,17 @@ class Chain:
 
     def lifecycle(self) -> dict:
         terms, g_submit = self.submit()
-        g_claim = self.send(K_OPERATOR, self.market.functions.claimJob(terms))["gasUsed"]
-        item = (terms, OUTPUT, "", b"\0" * 32, b"\0" * 32)
+        claim_key, entry = self.keys(terms)
+        g_claim = self.send(K_OPERATOR, self.market.functions.claimJob(claim_key))["gasUsed"]
         sig = self.sign([terms])
-        g_result = self.send(K_OPERATOR, self.market.functions.submitResult(item, sig))["gasUsed"]
+        g_result = self.send(K_OPERATOR, self.market.functions.submitResult(entry, sig))["gasUsed"]
         return {"submitJob": g_submit, "claimJob": g_claim, "submitResult": g_result}
 
     def batch(self, n: int) -> dict:
         ts = [self.submit()[0] for _ in range(n)]
-        rc = self.send(K_OPERATOR, self.market.functions.claimJobs(ts))
-        items = [(t, OUTPUT, "", b"\0" * 32, b"\0" * 32) for t in ts]
+        keys = [self.keys(t) for t in ts]
+        rc = self.send(K_OPERATOR, self.market.functions.claimJobs([k for k, _ in keys]))
+        items = [e for _, e in keys]
         rr = self.send(K_OPERATOR, self.market.functions.submitResults(items, self.sign(ts)))
         g_claim, g_result = rc["gasUsed"], rr["gasUsed"]
         return {
@@ -201,12 +209,17 @@ def main() -> int:
         for _ in range(3):
             chain.lifecycle()
             chain.advance(2 * window + 1)
-        report["lifecycle"] = chain.lifecycle()
-        for n in (10, 100):
-            chain.batch(n)  # warm-up at this batch size
+        # Headline: results carry a proof hash, as a node with [verify].prove on posts them; then the same
+        # without one (prove = off).
+        for suffix, proof in (("", PROOF_HASH), ("_no_proof", b"\0" * 32)):
+            chain.proof = proof
+            report["lifecycle" + suffix] = chain.lifecycle()
             chain.advance(2 * window + 1)
-            report[f"batch{n}"] = chain.batch(n)
-            chain.advance(2 * window + 1)
+            for n in (10, 100):
+                chain.batch(n)  # warm-up at this batch size
+                chain.advance(2 * window + 1)
+                report[f"batch{n}{suffix}"] = chain.batch(n)
+                chain.advance(2 * window + 1)
         print(json.dumps(report))
         return 0
     finally:

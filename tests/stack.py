@@ -158,7 +158,7 @@ class Stack:
             return None
         market = self.contract("JobMarket")
         items, _ = decode_results(market, self.w3.eth.get_transaction(event["transactionHash"])["input"])
-        return next(i.output for i in items if i.terms.job_id == job_id)
+        return next(i.output for i in items if i.job_id == job_id)
 
     def result_event(self, job_id: int):
         logs = self.contract("JobMarket").events.ResultSubmitted.get_logs(

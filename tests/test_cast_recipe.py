@@ -19,10 +19,7 @@ from chain.signing import ResultBatch, SignedResult
 from tests.stack import send
 
 RESULT_EVENT = "ResultSubmitted(uint256 indexed,address indexed,bytes32,bytes32,uint256)"
-RESULTS_SIG = (
-    "submitResults(((uint64,address,uint96,uint40,uint40,uint32,uint32,uint16,bytes32,bytes32,"
-    "(uint32,uint16,uint96,bytes32)[]),bytes,string,bytes32,bytes32)[],bytes)"
-)
+RESULTS_SIG = "submitResults((uint256,uint256[],bytes32,bytes,bytes32,bytes32)[],bytes)"
 
 
 def _cast(*args: str) -> str:
@@ -64,7 +61,7 @@ def test_cast_recipe_submits_and_reads_the_result() -> None:
         operator, signer = Account.from_key(dev_private_key(4)), Account.from_key(dev_private_key(5))
         nodes, m = client.nodes, client.market
         send(w3, operator, nodes.functions.register(signer.address, base, "12D3KooWRecipe"), value=2 * 10**18)
-        send(w3, operator, m.functions.claimJobs([job.terms.as_abi()]))
+        send(w3, operator, m.functions.claimJobs([job.terms.claim_key()]))
         output = b"Hello to you too"
         batch = ResultBatch(w3.eth.chain_id, market, (SignedResult.for_output(1, job.terms.hash(), output),))
         send(

@@ -55,7 +55,7 @@ def _squat(s, rogue, adapter_id: int, prompt: bytes, ttl: int) -> Terms:
             "nonce": s.w3.eth.get_transaction_count(s.submitter.address),
         }
     )
-    claim = market.functions.claimJob(terms.as_abi()).build_transaction(
+    claim = market.functions.claimJob(terms.claim_key()).build_transaction(
         {"from": rogue.address, "nonce": s.w3.eth.get_transaction_count(rogue.address), "gas": 400_000}
     )
     s.w3.eth.send_raw_transaction(s.submitter.sign_transaction(submit).raw_transaction)

@@ -78,7 +78,7 @@ async def test_job_is_served_signed_and_paid(tmp_path: Path, tiny: LoadedModel) 
         tx = s.w3.eth.get_transaction(event["transactionHash"])
         fn, params = market.decode_function_input(tx["input"])
         assert fn.fn_name == "submitResults"
-        (item,) = [i for i in params["items"] if i["terms"]["jobId"] == job_id]
+        (item,) = [i for i in params["items"] if i["head"] >> 192 == job_id]
         output = bytes(item["output"])
         assert args["node"] == s.operator.address
         assert bytes(args["outputHash"]) == keccak(output)
@@ -88,8 +88,8 @@ async def test_job_is_served_signed_and_paid(tmp_path: Path, tiny: LoadedModel) 
         # the batch signature in the result transaction recovers to the node's registered signing key
         signed = [
             (
-                i["terms"]["jobId"],
-                s.terms(i["terms"]["jobId"]).hash(),
+                i["head"] >> 192,
+                s.terms(i["head"] >> 192).hash(),
                 keccak(bytes(i["output"])),
                 bytes(i["proofHash"]),
             )

@@ -91,9 +91,13 @@ def test_terms_hash_and_batch_signature_match_the_market(chain) -> None:
         (event,) = market.events.JobSubmitted().process_receipt(receipt)
         t = Terms.from_abi(event["args"]["terms"])
         assert t.hash() == bytes(market.functions.hashTerms(t.as_abi()).call())
+        # the compact keys the node builds are the chain's own (keysOf)
+        head, words, body, rest = market.functions.keysOf(t.as_abi()).call()
+        assert (head, list(words), bytes(body)) == t.claim_key()
+        assert bytes(rest) == t.rest_hash()
         assert t.node_amount == Web3.to_wei(0.01, "ether") - fee - Web3.to_wei(0.0001, "ether")
         terms.append(t)
-    _send(w3, operator, market.functions.claimJobs([t.as_abi() for t in terms]))
+    _send(w3, operator, market.functions.claimJobs([t.claim_key() for t in terms]))
     outputs = [f"answer {i}".encode() for i in range(3)]
     batch = ResultBatch(
         w3.eth.chain_id,
@@ -105,7 +109,7 @@ def test_terms_hash_and_batch_signature_match_the_market(chain) -> None:
     assert one.digest() == bytes(
         market.functions.resultDigest(r0.job_id, r0.terms_hash, r0.output_hash, r0.proof_hash).call()
     )
-    items = [(t.as_abi(), o, "", b"\0" * 32, b"\0" * 32) for t, o in zip(terms, outputs, strict=True)]
+    items = [t.result_entry(o) for t, o in zip(terms, outputs, strict=True)]
     # a signature over a subset is refused for the whole batch
     wrong_signer = "0x" + keccak(text="WrongSigner(address,address)")[:4].hex()
     with pytest.raises(Exception, match=wrong_signer):

@@ -251,7 +251,7 @@ async def test_claim_made_pointless_by_a_rival_is_replaced_not_mined(tmp_path, t
             assert ours is not None and ours.claim_tx
             # the base fee jumps above our cap for a moment; the rival pays more and lands first
             await asyncio.to_thread(rpc, "anvil_setNextBlockBaseFeePerGas", [hex(3 * GWEI)])
-            claim = market.functions.claimJob(s.terms(job_id).as_abi()).build_transaction(
+            claim = market.functions.claimJob(s.terms(job_id).claim_key()).build_transaction(
                 {
                     "from": rival.address,
                     "gas": 300_000,

@@ -6,6 +6,7 @@ import {AdapterRegistry} from "../src/AdapterRegistry.sol";
 import {JobMarket} from "../src/JobMarket.sol";
 import {ValidatorArbiter} from "../src/ValidatorArbiter.sol";
 import {MarketBase} from "../src/market/MarketBase.sol";
+import {MarketOps} from "../src/market/MarketOps.sol";
 
 /// @title Deploy
 /// @notice Deploys protocol v2 at deterministic addresses through the standard CREATE2 deployer
@@ -21,6 +22,7 @@ contract Deploy {
     /// @notice The deterministic deployment proxy (Arachnid's), at the same address on every chain that has it.
     address public constant CREATE2_DEPLOYER = 0x4e59b44847b379578588920cA78FbF26c0B4956C;
     bytes32 public constant SALT_ADAPTER_REGISTRY = keccak256("openlora.v2.AdapterRegistry");
+    bytes32 public constant SALT_MARKET_OPS = keccak256("openlora.v2.MarketOps");
     bytes32 public constant SALT_JOB_MARKET = keccak256("openlora.v2.JobMarket");
     bytes32 public constant SALT_ARBITER = keccak256("openlora.v2.ValidatorArbiter");
 
@@ -35,6 +37,7 @@ contract Deploy {
     struct Addresses {
         address adapterRegistry;
         address nodeRegistry;
+        address marketOps;
         address jobMarket;
         address arbiter;
     }
@@ -98,9 +101,14 @@ contract Deploy {
         return abi.encodePacked(type(AdapterRegistry).creationCode, abi.encode(owner));
     }
 
-    /// @notice The JobMarket's init code for this config.
-    function jobMarketInitCode(MarketBase.Config memory c) public pure returns (bytes memory) {
-        return abi.encodePacked(type(JobMarket).creationCode, abi.encode(c));
+    /// @notice MarketOps' init code for this config (the market checks it was built with the same).
+    function marketOpsInitCode(MarketBase.Config memory c) public pure returns (bytes memory) {
+        return abi.encodePacked(type(MarketOps).creationCode, abi.encode(c));
+    }
+
+    /// @notice The JobMarket's init code for this config and its MarketOps.
+    function jobMarketInitCode(MarketBase.Config memory c, address ops) public pure returns (bytes memory) {
+        return abi.encodePacked(type(JobMarket).creationCode, abi.encode(c, ops));
     }
 
     /// @notice The ValidatorArbiter's init code.
@@ -116,8 +124,9 @@ contract Deploy {
     /// @notice Every address a deployment with these parameters has, on any chain.
     function predict(Params memory p) public pure returns (Addresses memory a) {
         a.adapterRegistry = predictAdapterRegistry(p.config.owner);
-        a.jobMarket = create2Address(SALT_JOB_MARKET, jobMarketInitCode(p.config));
-        // The market's constructor creates its NodeRegistry first (CREATE, nonce 1) and MarketOps second.
+        a.marketOps = create2Address(SALT_MARKET_OPS, marketOpsInitCode(p.config));
+        a.jobMarket = create2Address(SALT_JOB_MARKET, jobMarketInitCode(p.config, a.marketOps));
+        // The market's constructor creates its NodeRegistry (its first CREATE, nonce 1).
         a.nodeRegistry = _createAddress(a.jobMarket, 1);
         a.arbiter = create2Address(SALT_ARBITER, arbiterInitCode(a.jobMarket, a.adapterRegistry, p.quorum));
     }
@@ -135,7 +144,9 @@ contract Deploy {
         deployed = _ensure(
             "AdapterRegistry", SALT_ADAPTER_REGISTRY, adapterRegistryInitCode(p.config.owner), a.adapterRegistry
         );
-        deployed = _ensure("JobMarket", SALT_JOB_MARKET, jobMarketInitCode(p.config), a.jobMarket) || deployed;
+        deployed = _ensure("MarketOps", SALT_MARKET_OPS, marketOpsInitCode(p.config), a.marketOps) || deployed;
+        deployed =
+            _ensure("JobMarket", SALT_JOB_MARKET, jobMarketInitCode(p.config, a.marketOps), a.jobMarket) || deployed;
         address registry = address(JobMarket(payable(a.jobMarket)).nodeRegistry());
         if (registry != a.nodeRegistry) revert UnexpectedAddress("nodeRegistry", registry, a.nodeRegistry);
         deployed = _ensure(

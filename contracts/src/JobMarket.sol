@@ -1,24 +1,25 @@
 // SPDX-License-Identifier: MIT
 pragma solidity ^0.8.24;
 
-import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
-
 import {IArbiter} from "./IArbiter.sol";
 import {HeldBalance} from "./lib/HeldBalance.sol";
 import {
     AdapterRequest,
     AdapterTerm,
+    ClaimKey,
+    JobHead,
     JobRequest,
     JobSlot,
     JobStatus,
-    ResultItem,
+    ResultEntry,
     Terms,
-    TermsAt
+    TermsHash
 } from "./lib/JobTypes.sol";
 import {NodeRegistry} from "./NodeRegistry.sol";
 import {Disputes} from "./market/Disputes.sol";
 import {MarketBase} from "./market/MarketBase.sol";
 import {MarketOps} from "./market/MarketOps.sol";
+import {Settlement} from "./market/Settlement.sol";
 
 /// @title JobMarket (protocol v2)
 /// @notice Escrowed inference jobs for LoRA adapters. A job's terms are emitted once and kept on chain only as
@@ -29,25 +30,32 @@ import {MarketOps} from "./market/MarketOps.sol";
 ///         for a challenge window during which a validator may dispute a result (see Disputes).
 /// @dev Pull payments only. Result signatures are bound to chainId and this contract by the EIP-712 domain and
 ///      to the exact batch (job ids, terms hashes, output and proof hashes) by the signed struct.
-contract JobMarket is Disputes {
+contract JobMarket is Disputes, Settlement {
     using JobSlot for uint256;
 
-    /// @notice EIP-712 types: a batch of results, each naming its job, terms, output and proof.
-    bytes32 public constant RESULT_TYPEHASH =
-        keccak256("Result(uint256 jobId,bytes32 termsHash,bytes32 outputHash,bytes32 proofHash)");
-    bytes32 public constant BATCH_TYPEHASH = keccak256(
-        "ResultBatch(Result[] results)Result(uint256 jobId,bytes32 termsHash,bytes32 outputHash,bytes32 proofHash)"
-    );
+    /// @notice The NodeRegistry this market created (its first CREATE), so the registry's market is fixed.
+    NodeRegistry public immutable nodeRegistry;
 
-    /// @dev MarketOps, created here: cancel, releaseJob, reclaim, expire, withdrawAdapterFees, dispute and
-    ///      settleDispute delegatecall it (see MarketOps: keeps this contract under the EIP-170 size limit).
-    address private immutable _ops;
+    /// @notice MarketOps: cancel, releaseJob, reclaim, expire, withdrawAdapterFees, dispute and settleDispute
+    ///         delegatecall it (see MarketOps: keeps this contract under the EIP-170 size limit).
+    address public immutable marketOps;
+
+    /// @notice The MarketOps given was built with other parameters (or is no MarketOps).
+    error OpsMismatch(address ops);
 
     /// @param c Deployment parameters; the NodeRegistry is created here, so its market is fixed at deployment.
-    ///        The NodeRegistry is this contract's first CREATE (nonce 1), MarketOps its second (nonce 2).
-    constructor(Config memory c) MarketBase(c, new NodeRegistry(c.minStake, c.unstakeDelay)) {
+    /// @param ops A MarketOps deployed with the same `c` (deployed first, see script/Deploy.s.sol).
+    constructor(Config memory c, address ops) MarketBase(c) {
         _validate(c);
-        _ops = address(new MarketOps(c, nodeRegistry));
+        if (ops.code.length == 0 || MarketOps(payable(ops)).configHash() != keccak256(abi.encode(c))) {
+            revert OpsMismatch(ops);
+        }
+        nodeRegistry = new NodeRegistry(c.minStake, c.unstakeDelay);
+        marketOps = ops;
+    }
+
+    function _registry() internal view override returns (NodeRegistry) {
+        return nodeRegistry;
     }
 
     // ------------------------------------------------------------------ submitters
@@ -92,31 +100,31 @@ contract JobMarket is Disputes {
 
     // ------------------------------------------------------------------ nodes
 
-    /// @notice Claim one open job (reverts with the reason when it cannot be claimed). Locks claimStakeFor(price).
-    function claimJob(Terms calldata t) external nonReentrant {
-        (uint32 nodeId, bytes32 baseModel) = nodeRegistry.claimer(msg.sender);
-        if (nodeId == 0) revert NodeNotEligible(msg.sender);
-        uint256 stake = _claimItem(t, nodeId, baseModel);
+    /// @notice Claim one open job named by its ClaimKey (see TermsHash; `keysOf` builds it from the terms).
+    ///         Reverts with the reason when it cannot be claimed (TermsMismatch also for a job of another base
+    ///         model than the caller's). Locks claimStakeFor(price).
+    function claimJob(ClaimKey calldata k) external nonReentrant {
+        (uint32 nodeId, bytes32 baseModel) = _claimer();
+        bytes32 termsHash_ = _claimHash(k, baseModel);
+        uint256 stake = _claim(termsHash_, k.head, nodeId);
         if (stake == 0) {
-            // Say why (the checks of _claimItem, in order).
-            (uint256 slot,) = _slotFor(t);
-            _requireStatus(t, slot, JobStatus.Open);
-            if (block.timestamp >= t.deadline) revert DeadlinePassed(t.jobId, t.deadline);
-            revert NodeNotEligible(msg.sender);
+            _keySlot(termsHash_, k.head, JobStatus.Open);
+            revert DeadlinePassed(JobHead.jobId(k.head), uint64(JobHead.deadline(k.head)));
         }
         nodeRegistry.lockStake(msg.sender, stake);
     }
 
-    /// @notice Claim a batch of jobs. Jobs that are no longer open, past their deadline, for another base model
-    ///         or whose terms do not match are skipped (a rival got there first); reverts if none was claimed.
+    /// @notice Claim a batch of jobs, each named by its ClaimKey. Jobs that are no longer open, past their
+    ///         deadline, for another base model or whose key does not match are skipped (a rival got there
+    ///         first); reverts if none was claimed. Locks claimStakeFor(price) of each job claimed.
     /// @return claimed How many were claimed.
-    function claimJobs(Terms[] calldata terms) external nonReentrant returns (uint256 claimed) {
-        _checkBatch(terms.length);
-        (uint32 nodeId, bytes32 baseModel) = nodeRegistry.claimer(msg.sender);
-        if (nodeId == 0) revert NodeNotEligible(msg.sender);
+    function claimJobs(ClaimKey[] calldata keys) external nonReentrant returns (uint256 claimed) {
+        _checkBatch(keys.length);
+        (uint32 nodeId, bytes32 baseModel) = _claimer();
         uint256 stake;
-        for (uint256 i; i < terms.length; ++i) {
-            uint256 s = _claimItem(terms[i], nodeId, baseModel);
+        for (uint256 i; i < keys.length; ++i) {
+            ClaimKey calldata k = keys[i];
+            uint256 s = _claim(_claimHash(k, baseModel), k.head, nodeId);
             if (s != 0) {
                 stake += s;
                 ++claimed;
@@ -126,41 +134,41 @@ contract JobMarket is Disputes {
         nodeRegistry.lockStake(msg.sender, stake);
     }
 
-    /// @notice Post one result (a batch of one); the signature is over ResultBatch with this one Result
-    ///         (see resultDigest).
-    function submitResult(ResultItem calldata item, bytes calldata signature) external nonReentrant {
+    /// @notice Post one result (a batch of one: the signature is over ResultBatch with this one Result, see
+    ///         resultDigest). Reverts with the reason when the caller does not hold the job in time.
+    function submitResult(ResultEntry calldata item, bytes calldata signature) external nonReentrant {
         (uint32 nodeId, address signer) = nodeRegistry.claimantInfo(msg.sender);
-        Payout memory p = _newPayout(1);
-        (bytes32 leaf, bool ok) = _settleItem(item, nodeId, p);
-        if (!ok) {
-            (uint256 slot,) = _slotFor(item.terms);
-            _requireStatus(item.terms, slot, JobStatus.Claimed);
-            if (block.timestamp >= item.terms.deadline) revert DeadlinePassed(item.terms.jobId, item.terms.deadline);
-            revert NotClaimant(item.terms.jobId, msg.sender);
-        }
+        Payout memory p;
         bytes32[] memory leaves = new bytes32[](1);
-        leaves[0] = leaf;
+        (bytes32 termsHash_, bool ok) = _entry(item, nodeId, leaves, 0, p);
+        if (!ok) {
+            uint256 head = item.head;
+            _keySlot(termsHash_, head, JobStatus.Claimed);
+            if (block.timestamp >= JobHead.deadline(head)) {
+                revert DeadlinePassed(JobHead.jobId(head), uint64(JobHead.deadline(head)));
+            }
+            revert NotClaimant(JobHead.jobId(head), msg.sender);
+        }
         _checkSignature(leaves, signature, signer);
         _pay(p);
     }
 
-    /// @notice Post a batch of results with one EIP-712 signature by the node's registered signer over
-    ///         ResultBatch(Result[]) (see batchDigest). Items whose job the caller no longer holds (reclaimed,
-    ///         past deadline, already answered) are skipped; reverts if none settled. Payments are held for the
-    ///         challenge window, then withdrawable.
+    /// @notice Post a batch of results, each naming its job by its key (see ResultEntry), with one EIP-712
+    ///         signature by the node's registered signer over ResultBatch(Result[]) (see batchDigest). Items whose
+    ///         job the caller no longer holds (reclaimed, past deadline, already answered) are skipped; reverts if
+    ///         none settled. Payments are held for the challenge window, then withdrawable.
     /// @return settled How many results were accepted.
-    function submitResults(ResultItem[] calldata items, bytes calldata signature)
+    function submitResults(ResultEntry[] calldata items, bytes calldata signature)
         external
         nonReentrant
         returns (uint256 settled)
     {
         _checkBatch(items.length);
         (uint32 nodeId, address signer) = nodeRegistry.claimantInfo(msg.sender);
-        Payout memory p = _newPayout(items.length);
+        Payout memory p;
         bytes32[] memory leaves = new bytes32[](items.length);
         for (uint256 i; i < items.length; ++i) {
-            bool ok;
-            (leaves[i], ok) = _settleItem(items[i], nodeId, p);
+            (, bool ok) = _entry(items[i], nodeId, leaves, i, p);
             if (ok) ++settled;
         }
         if (settled == 0) revert NothingSettled();
@@ -294,13 +302,22 @@ contract JobMarket is Disputes {
     /// @notice Whether `t` are the job's terms as stored.
     function termsMatch(Terms calldata t) external view returns (bool) {
         uint256 slot = _jobs[t.jobId];
-        return slot != 0 && slot.matches(JobSlot.hashOf(t));
+        return slot != 0 && slot.matches(TermsHash.hashCalldata(t));
     }
 
-    /// @notice keccak256 of the terms' ABI encoding (abi.encode(terms) without its leading offset word): what
-    ///         results sign as termsHash.
-    function hashTerms(Terms calldata t) external pure returns (bytes32) {
-        return JobSlot.hashOf(t);
+    /// @notice The terms hash (see TermsHash): what the market stores a prefix of and results sign as termsHash.
+    function hashTerms(Terms calldata t) external view returns (bytes32) {
+        _viewOps();
+    }
+
+    /// @notice The compact keys claimJob(s) and submitResult(s) take for a job, built from its terms (for tools
+    ///         such as `cast` that hold the terms from JobSubmitted). Computed by MarketOps (pure).
+    function keysOf(Terms calldata t)
+        external
+        view
+        returns (uint256 head, uint256[] memory adapters, bytes32 bodyHash, bytes32 restHash)
+    {
+        _viewOps();
     }
 
     /// @notice The EIP-712 digest of a batch of one result.
@@ -310,7 +327,7 @@ contract JobMarket is Disputes {
         returns (bytes32)
     {
         bytes32[] memory leaves = new bytes32[](1);
-        leaves[0] = keccak256(abi.encode(RESULT_TYPEHASH, jobId, termsHash_, outputHash, proofHash));
+        leaves[0] = _leaf(jobId, termsHash_, outputHash, proofHash);
         return _batchDigest(leaves);
     }
 
@@ -329,21 +346,6 @@ contract JobMarket is Disputes {
     }
 
     // ------------------------------------------------------------------ internals
-
-    /// @dev What one batch of results pays out, accumulated in memory and written once per payee.
-    struct Payout {
-        uint256 nodeAmount;
-        uint256 protocolAmount;
-        uint256 stake;
-        uint256 nAdapters;
-        uint256[] adapterIds;
-        uint256[] adapterAmounts;
-    }
-
-    function _newPayout(uint256 items) private pure returns (Payout memory p) {
-        p.adapterIds = new uint256[](items * MAX_ADAPTERS);
-        p.adapterAmounts = new uint256[](items * MAX_ADAPTERS);
-    }
 
     function _submit(
         AdapterRequest[] memory reqs,
@@ -395,16 +397,10 @@ contract JobMarket is Disputes {
         _record(t, input, inputCid);
     }
 
-    /// @dev Stores the new job's slot and emits JobSubmitted; one encoding of the terms serves both the stored
-    ///      hash (JobSlot.hashOfMemory's definition) and the event.
+    /// @dev Stores the new job's slot (its TermsHash) and emits JobSubmitted with the terms' ABI encoding.
     function _record(Terms memory t, bytes calldata input, string memory inputCid) private {
-        bytes memory enc = abi.encode(t);
-        bytes32 h;
-        assembly ("memory-safe") {
-            h := keccak256(add(enc, 0x40), sub(mload(enc), 0x20))
-        }
-        _jobs[t.jobId] = JobSlot.pack(h, JobStatus.Open, 0, 0, 0);
-        _emitSubmitted(t.jobId, t.adapters[0].id, enc, input, inputCid);
+        _jobs[t.jobId] = JobSlot.pack(TermsHash.hash(t), JobStatus.Open, 0, 0, 0);
+        _emitSubmitted(t.jobId, t.adapters[0].id, abi.encode(t), input, inputCid);
     }
 
     /// @dev emit JobSubmitted(jobId, msg.sender, adapterId, t, input, inputCid), with the terms' data copied from
@@ -471,136 +467,61 @@ contract JobMarket is Disputes {
         }
     }
 
-    /// @dev Claims one job if it is open, in time, for the caller's base model and its terms match; returns the
-    ///      stake to lock (0 when skipped). Fields are read with one calldataload each (no ABI re-validation):
-    ///      once the hash of the raw bytes matched the stored hash of the canonical encoding, the bytes are
-    ///      canonical, so every field sits at its fixed offset (TermsAt). Before the match only the jobId word
-    ///      is read, to find the slot; a dirty one finds no job.
-    function _claimItem(Terms calldata t, uint32 nodeId, bytes32 baseModel) private returns (uint256 stake) {
-        bytes32 termsHash_ = JobSlot.hashOf(t);
-        uint256 jobId = TermsAt.jobId(t);
-        uint256 slot = _jobs[jobId];
-        if (!slot.matches(termsHash_) || slot.status() != JobStatus.Open) return 0;
-        if (block.timestamp >= TermsAt.deadline(t) || TermsAt.baseModel(t) != baseModel) return 0;
-        unchecked {
-            // submittedAt <= now: it is the block time of the submission, and time does not go back.
-            _jobs[jobId] =
-                JobSlot.pack(termsHash_, JobStatus.Claimed, nodeId, slot, block.timestamp - TermsAt.submittedAt(t));
-        }
-        stake = claimStakeFor(TermsAt.price(t));
-        emit JobClaimed(jobId, msg.sender);
+    function _claimer() private view returns (uint32 nodeId, bytes32 baseModel) {
+        (nodeId, baseModel) = nodeRegistry.claimer(msg.sender);
+        if (nodeId == 0) revert NodeNotEligible(msg.sender);
     }
 
-    /// @dev Accepts one result if the caller holds its job in time; adds its payments to `p`. Returns the
-    ///      EIP-712 struct hash of the item (signed whether or not it is accepted) and whether it was. Reads the
-    ///      terms' fields as _claimItem does (after the hash matched) and hashes in scratch memory, so a batch
-    ///      does not grow memory per item.
-    function _settleItem(ResultItem calldata it, uint32 nodeId, Payout memory p)
+    /// @dev The terms hash a claim key gives for a job of `baseModel` (the claiming node's).
+    function _claimHash(ClaimKey calldata k, bytes32 baseModel) private pure returns (bytes32) {
+        return TermsHash.ofKey(k.head, TermsHash.rest(baseModel, k.bodyHash), k.adapters);
+    }
+
+    /// @dev One result entry: its terms hash, output hash and signed leaf (stored at leaves[i]); settles it when
+    ///      the caller holds the job in time. Returns the terms hash and whether it settled.
+    function _entry(ResultEntry calldata it, uint32 nodeId, bytes32[] memory leaves, uint256 i, Payout memory p)
         private
-        returns (bytes32 leaf, bool ok)
+        returns (bytes32 termsHash_, bool ok)
     {
-        Terms calldata t = it.terms;
-        bytes32 termsHash_ = JobSlot.hashOf(t);
-        bytes32 outputHash = _outputHash(it);
-        bytes32 proofHash = it.proofHash;
-        uint256 jobId = TermsAt.jobId(t);
-        bytes32 typeHash = RESULT_TYPEHASH;
-        assembly ("memory-safe") {
-            let m := mload(0x40)
-            mstore(m, typeHash)
-            mstore(add(m, 0x20), jobId)
-            mstore(add(m, 0x40), termsHash_)
-            mstore(add(m, 0x60), outputHash)
-            mstore(add(m, 0x80), proofHash)
-            leaf := keccak256(m, 0xa0)
+        termsHash_ = TermsHash.ofKey(it.head, it.restHash, it.adapters);
+        bytes32 outputHash = it.outputHash;
+        if (outputHash == bytes32(0)) {
+            outputHash = _inlineHash(it.output);
+        } else if (it.output.length == 0 || it.output.length > MAX_CID_LENGTH) {
+            revert InvalidCid();
         }
-        uint256 slot = _jobs[jobId];
-        if (!slot.matches(termsHash_) || slot.status() != JobStatus.Claimed || slot.nodeId() != nodeId) {
-            return (leaf, false);
-        }
-        if (block.timestamp >= TermsAt.deadline(t)) return (leaf, false);
-        unchecked {
-            _jobs[jobId] =
-                JobSlot.pack(termsHash_, JobStatus.Resulted, nodeId, slot, block.timestamp - TermsAt.submittedAt(t));
-        }
-        uint256 nodeAmount = _accrue(t, p);
-        emit ResultSubmitted(jobId, msg.sender, outputHash, proofHash, nodeAmount);
-        return (leaf, true);
+        leaves[i] = _leaf(JobHead.jobId(it.head), termsHash_, outputHash, it.proofHash);
+        ok = _settle(termsHash_, it.head, it.adapters, nodeId, outputHash, it.proofHash, p);
     }
 
-    /// @dev Adds an accepted result's payments to the batch: node, adapters, protocol, stake to unlock.
-    function _accrue(Terms calldata t, Payout memory p) private view returns (uint256 nodeAmount) {
-        uint256 price = TermsAt.price(t);
-        uint256 protocolAmount = price * TermsAt.protocolFeeBps(t) / BPS;
-        uint256 fees;
-        uint256 n = TermsAt.adapterCount(t);
-        for (uint256 i; i < n; ++i) {
-            uint256 fee = TermsAt.adapterFee(t, i);
-            fees += fee;
-            _addAdapter(p, TermsAt.adapterId(t, i), fee);
-        }
-        // The market accepted these terms with price > fees + protocolAmount.
-        nodeAmount = price - fees - protocolAmount;
-        p.nodeAmount += nodeAmount;
-        p.protocolAmount += protocolAmount;
-        p.stake += claimStakeFor(price);
-    }
-
-    function _outputHash(ResultItem calldata it) private pure returns (bytes32 h) {
-        bytes calldata out = it.output;
-        uint256 len = out.length;
-        if (len != 0) {
-            if (len > MAX_INLINE_BYTES) revert PayloadTooLarge(len, MAX_INLINE_BYTES);
-            assembly ("memory-safe") {
-                let m := mload(0x40)
-                calldatacopy(m, out.offset, len)
-                h := keccak256(m, len)
-            }
-            return h;
-        }
-        _checkCid(it.outputCid);
-        h = it.outputHash;
-        if (h == bytes32(0)) revert ZeroHash();
-    }
-
-    function _addAdapter(Payout memory p, uint256 id, uint256 fee) private pure {
-        for (uint256 k; k < p.nAdapters; ++k) {
-            if (p.adapterIds[k] == id) {
-                p.adapterAmounts[k] += fee;
-                return;
-            }
-        }
-        p.adapterIds[p.nAdapters] = id;
-        p.adapterAmounts[p.nAdapters] = fee;
-        ++p.nAdapters;
-    }
-
-    /// @dev Writes a batch's payments: once for the node, once per adapter, once for the treasury; unlocks stake.
-    function _pay(Payout memory p) private {
-        _holdForNode(msg.sender, p.nodeAmount);
-        for (uint256 k; k < p.nAdapters; ++k) {
-            if (p.adapterAmounts[k] != 0) _holdForAdapter(p.adapterIds[k], p.adapterAmounts[k]);
-        }
-        if (p.protocolAmount != 0) _creditTreasury(p.protocolAmount);
-        nodeRegistry.unlockStake(msg.sender, p.stake);
-    }
-
-    function _checkSignature(bytes32[] memory leaves, bytes calldata signature, address signer) private view {
-        (address recovered, ECDSA.RecoverError err,) = ECDSA.tryRecover(_batchDigest(leaves), signature);
-        if (err != ECDSA.RecoverError.NoError) revert MalformedSignature();
-        if (recovered != signer) revert WrongSigner(recovered, signer);
-    }
-
-    function _batchDigest(bytes32[] memory leaves) private view returns (bytes32) {
-        return _hashTypedDataV4(keccak256(abi.encode(BATCH_TYPEHASH, keccak256(abi.encodePacked(leaves)))));
+    /// @dev The slot of the job a key names, or the reason it names none in state `want`.
+    function _keySlot(bytes32 termsHash_, uint256 head, JobStatus want) private view returns (uint256 slot) {
+        uint256 jobId = JobHead.jobId(head);
+        slot = _jobs[jobId];
+        if (slot == 0) revert UnknownJob(jobId);
+        if (!slot.matches(termsHash_)) revert TermsMismatch(jobId);
+        JobStatus s = slot.status();
+        if (s != want) revert WrongStatus(jobId, s);
     }
 
     /// @dev Runs the current call in MarketOps on this contract's state and returns or reverts with its result.
     function _delegateToOps() private {
-        address ops = _ops;
+        address ops = marketOps;
         assembly {
             calldatacopy(0, 0, calldatasize())
             let ok := delegatecall(gas(), ops, 0, calldatasize(), 0, 0)
+            returndatacopy(0, 0, returndatasize())
+            if iszero(ok) { revert(0, returndatasize()) }
+            return(0, returndatasize())
+        }
+    }
+
+    /// @dev Runs the current (pure) call in MarketOps on MarketOps' own, empty, state and returns its result.
+    function _viewOps() private view {
+        address ops = marketOps;
+        assembly {
+            calldatacopy(0, 0, calldatasize())
+            let ok := staticcall(gas(), ops, 0, calldatasize(), 0, 0)
             returndatacopy(0, 0, returndatasize())
             if iszero(ok) { revert(0, returndatasize()) }
             return(0, returndatasize())

@@ -5,7 +5,7 @@ import {Fixture} from "./utils/Fixture.sol";
 import {JobMarket} from "../src/JobMarket.sol";
 import {NodeRegistry} from "../src/NodeRegistry.sol";
 import {MarketBase} from "../src/market/MarketBase.sol";
-import {JobStatus, ResultItem, Terms} from "../src/lib/JobTypes.sol";
+import {ClaimKey, JobStatus, ResultItem, Terms} from "../src/lib/JobTypes.sol";
 
 /// @notice The attacks protocol v2 was built against (issue 15), each played out and shown to fail.
 contract AttacksTest is Fixture {
@@ -54,7 +54,7 @@ contract AttacksTest is Fixture {
         for (uint256 i; i < 4; ++i) {
             address op = i % 2 == 0 ? operator : operator2;
             vm.prank(op);
-            market.claimJob(t);
+            market.claimJob(_key(t));
             vm.warp(block.timestamp + SERVICE_WINDOW);
             vm.prank(submitter); // the submitter itself reclaims
             market.reclaim(t);
@@ -80,7 +80,7 @@ contract AttacksTest is Fixture {
         Terms memory t = _submit();
         for (uint256 i; i < 3; ++i) {
             vm.prank(self);
-            market.claimJob(t);
+            market.claimJob(_key(t));
             vm.warp(block.timestamp + SERVICE_WINDOW);
             market.reclaim(t);
         }
@@ -97,7 +97,7 @@ contract AttacksTest is Fixture {
     function test_attack_slash_farm_expire_bounded() public {
         Terms memory t = _submitAs(submitter, 2 ether, uint64(block.timestamp + 1 hours));
         vm.prank(operator);
-        market.claimJob(t);
+        market.claimJob(_key(t));
         vm.warp(t.deadline);
         market.expire(t);
         assertEq(_submitterTake(), 2 ether + 0.2 ether, "escrow + 10 %");
@@ -151,18 +151,18 @@ contract AttacksTest is Fixture {
         assertEq(nodes.getNode(operator).stake, stakeBefore - STAKE, "squatter slashed");
         assertEq(_status(t.jobId), uint256(JobStatus.Open), "reopened");
         vm.prank(operator2);
-        market.claimJob(t);
+        market.claimJob(_key(t));
         ResultItem[] memory items = _items(_one(t), "served");
         bytes memory sig = _signBatch(SIGNER2_KEY, items);
         vm.prank(operator2);
-        market.submitResult(items[0], sig);
+        market.submitResult(_entry(items[0]), sig);
         assertEq(_status(t.jobId), uint256(JobStatus.Resulted), "served by another node");
         assertLe(block.timestamp, t.submittedAt + 1 hours, "within the hour, not 30 days");
         // The squatter's late answer is refused.
         bytes memory lateSig = _signBatch(SIGNER_KEY, items);
         vm.expectRevert(abi.encodeWithSelector(MarketBase.WrongStatus.selector, t.jobId, JobStatus.Resulted));
         vm.prank(operator);
-        market.submitResult(items[0], lateSig);
+        market.submitResult(_entry(items[0]), lateSig);
     }
 
     /// The submitter cannot cancel a claimed job, but the squat can be broken without it.
@@ -187,18 +187,17 @@ contract AttacksTest is Fixture {
     function test_attack_claim_bytes_for_job_a_cannot_claim_job_b() public {
         Terms memory a = _submit();
         Terms memory b = _submitAs(submitter, PRICE * 2, a.deadline); // another job, other terms
-        bytes memory claimA = abi.encodeCall(JobMarket.claimJob, (a));
+        bytes memory claimA = abi.encodeCall(JobMarket.claimJob, (_key(a)));
         vm.prank(operator2);
-        market.claimJob(a); // a rival takes A first
+        market.claimJob(_key(a)); // a rival takes A first
         vm.prank(operator);
         (bool ok, bytes memory ret) = address(market).call(claimA);
         assertFalse(ok, "claim of a taken job accepted");
         assertEq(ret, abi.encodeWithSelector(MarketBase.WrongStatus.selector, a.jobId, JobStatus.Claimed), "why");
-        // Re-point the claim at job B by editing the jobId word (the first word of the terms).
-        bytes memory edited = claimA;
-        assembly ("memory-safe") {
-            mstore(add(edited, add(0x20, 0x24)), 2)
-        }
+        // Re-point the claim at job B by editing the jobId bits of the key's head word.
+        ClaimKey memory k = _key(a);
+        k.head = (uint256(b.jobId) << 192) | (k.head & type(uint192).max);
+        bytes memory edited = abi.encodeCall(JobMarket.claimJob, (k));
         vm.prank(operator);
         (ok, ret) = address(market).call(edited);
         assertFalse(ok, "edited claim accepted");
@@ -212,7 +211,7 @@ contract AttacksTest is Fixture {
     function test_attack_reorg_replayed_claim_names_the_old_terms() public {
         uint256 snap = vm.snapshotState();
         Terms memory checked = _submit(); // what the node saw: job 1, price PRICE
-        bytes memory claimTx = abi.encodeCall(JobMarket.claimJob, (checked));
+        bytes memory claimTx = abi.encodeCall(JobMarket.claimJob, (_key(checked)));
         vm.revertToState(snap);
         // The reorged chain: job 1 is someone else's, for a price of 1 wei over the fees (hostile to nodes).
         Terms memory other = _submitAs(stranger_(), 0.0012 ether, uint64(block.timestamp + 1 hours));
@@ -224,7 +223,7 @@ contract AttacksTest is Fixture {
         // The same bytes in a batch are skipped, and a batch of only those reverts NothingClaimed.
         vm.expectRevert(MarketBase.NothingClaimed.selector);
         vm.prank(operator);
-        market.claimJobs(_one(checked));
+        market.claimJobs(_keys(_one(checked)));
     }
 
     function stranger_() internal returns (address s) {
@@ -236,14 +235,14 @@ contract AttacksTest is Fixture {
     /// reorders them) finds the job held by the other node and reverts; a batch skips it.
     function test_attack_reorg_claim_reincluded_after_reclaim_and_reopen() public {
         Terms memory t = _submit();
-        bytes memory claimTx = abi.encodeCall(JobMarket.claimJob, (t));
+        bytes memory claimTx = abi.encodeCall(JobMarket.claimJob, (_key(t)));
         vm.prank(operator);
         (bool ok,) = address(market).call(claimTx);
         assertTrue(ok, "first claim");
         vm.warp(block.timestamp + SERVICE_WINDOW);
         market.reclaim(t);
         vm.prank(operator2);
-        market.claimJob(t);
+        market.claimJob(_key(t));
         vm.prank(operator);
         bytes memory ret;
         (ok, ret) = address(market).call(claimTx);
@@ -256,14 +255,14 @@ contract AttacksTest is Fixture {
         bytes memory sig = _signBatch(SIGNER_KEY, items);
         vm.expectRevert(MarketBase.NothingSettled.selector);
         vm.prank(operator);
-        market.submitResults(items, sig);
+        market.submitResults(_entries(items), sig);
     }
 
     /// A claim re-included after its job was cancelled and the id reused cannot happen (ids are never reused),
     /// and one re-included after a cancel reverts on the status.
     function test_attack_reorg_claim_after_cancel() public {
         Terms memory t = _submit();
-        bytes memory claimTx = abi.encodeCall(JobMarket.claimJob, (t));
+        bytes memory claimTx = abi.encodeCall(JobMarket.claimJob, (_key(t)));
         vm.prank(submitter);
         market.cancel(t);
         vm.prank(operator);
@@ -281,12 +280,13 @@ contract AttacksTest is Fixture {
             ts[i] = _submit();
         }
         vm.prank(operator);
-        market.claimJobs(ts);
+        market.claimJobs(_keys(ts));
     }
 
     function _expectWrongSigner(ResultItem[] memory items, bytes memory sig) internal {
         vm.prank(operator);
-        (bool ok, bytes memory ret) = address(market).call(abi.encodeCall(JobMarket.submitResults, (items, sig)));
+        (bool ok, bytes memory ret) =
+            address(market).call(abi.encodeCall(JobMarket.submitResults, (_entries(items), sig)));
         assertFalse(ok, "reused signature accepted");
         assertEq(bytes4(ret), MarketBase.WrongSigner.selector, "wrong signer");
     }
@@ -330,10 +330,10 @@ contract AttacksTest is Fixture {
         }
         // The signed batch itself goes through, once.
         vm.prank(operator);
-        assertEq(market.submitResults(signed, sig), 3, "signed batch");
+        assertEq(market.submitResults(_entries(signed), sig), 3, "signed batch");
         vm.expectRevert(MarketBase.NothingSettled.selector);
         vm.prank(operator);
-        market.submitResults(signed, sig);
+        market.submitResults(_entries(signed), sig);
     }
 
     /// A signature for job 1 in this market cannot post job 1's result in another market with the very same
@@ -344,7 +344,7 @@ contract AttacksTest is Fixture {
         ResultItem[] memory items = _items(_one(t), "x");
         bytes memory sig = _signBatch(SIGNER_KEY, items);
 
-        JobMarket m2 = new JobMarket(_config());
+        JobMarket m2 = _newMarket(_config());
         vm.deal(operator, 10 ether);
         NodeRegistry r2 = m2.nodeRegistry();
         vm.prank(operator);
@@ -353,13 +353,13 @@ contract AttacksTest is Fixture {
         m2.submitJob{value: PRICE}(adapterId, ADAPTER_FEE, input, MAX_TOKENS, t.deadline);
         assertTrue(m2.termsMatch(t), "identical terms in the other market");
         vm.prank(operator);
-        m2.claimJob(t);
+        m2.claimJob(_key(t));
         vm.prank(operator);
-        (bool ok, bytes memory ret) = address(m2).call(abi.encodeCall(JobMarket.submitResult, (items[0], sig)));
+        (bool ok, bytes memory ret) = address(m2).call(abi.encodeCall(JobMarket.submitResult, (_entry(items[0]), sig)));
         assertFalse(ok, "cross-market replay accepted");
         assertEq(bytes4(ret), MarketBase.WrongSigner.selector, "wrong signer");
         vm.prank(operator);
-        market.submitResult(items[0], sig);
+        market.submitResult(_entry(items[0]), sig);
         assertEq(_status(t.jobId), uint256(JobStatus.Resulted), "valid where it was signed");
     }
 
@@ -371,12 +371,12 @@ contract AttacksTest is Fixture {
         bytes memory sig = _signBatch(SIGNER2_KEY, items);
         vm.expectRevert(MarketBase.NothingSettled.selector);
         vm.prank(operator2);
-        market.submitResults(items, sig);
+        market.submitResults(_entries(items), sig);
         // Nor with the claimant's signature.
         bytes memory sig1 = _signBatch(SIGNER_KEY, items);
         vm.expectRevert(abi.encodeWithSelector(MarketBase.NotClaimant.selector, t.jobId, operator2));
         vm.prank(operator2);
-        market.submitResult(items[0], sig1);
+        market.submitResult(_entry(items[0]), sig1);
     }
 
     // ---------------------------------------------------------------- disputes

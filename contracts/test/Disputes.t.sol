@@ -125,7 +125,7 @@ contract DisputesTest is Fixture {
     }
 
     function test_dispute_without_arbiter_reverts() public {
-        JobMarket m = new JobMarket(_config());
+        JobMarket m = _newMarket(_config());
         Terms memory t = _terms(submitter, 1, PRICE, 100);
         vm.expectRevert(MarketBase.NoArbiter.selector);
         vm.prank(validator);

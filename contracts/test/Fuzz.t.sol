@@ -184,18 +184,18 @@ contract FuzzTest is Fixture {
         for (uint256 i; i < n; ++i) {
             if ((takenMask >> i) & 1 == 1) {
                 vm.prank(makeAddr("rival"));
-                market.claimJob(ts[i]);
+                market.claimJob(_key(ts[i]));
                 ++taken;
             }
         }
         if (taken == n) {
             vm.expectRevert(MarketBase.NothingClaimed.selector);
             vm.prank(operator);
-            market.claimJobs(ts);
+            market.claimJobs(_keys(ts));
             return;
         }
         vm.prank(operator);
-        assertEq(market.claimJobs(ts), n - taken, "claimed the free ones");
+        assertEq(market.claimJobs(_keys(ts)), n - taken, "claimed the free ones");
         assertEq(nodes.getNode(operator).locked, (n - taken) * market.claimStakeFor(PRICE), "stake per job");
         ResultItem[] memory items = _items(ts, _output(48));
         assertEq(_postBatch(items), n - taken, "settled ours only");
@@ -204,7 +204,7 @@ contract FuzzTest is Fixture {
         bytes memory again = _signBatch(SIGNER_KEY, items);
         vm.expectRevert(MarketBase.NothingSettled.selector);
         vm.prank(operator);
-        market.submitResults(items, again);
+        market.submitResults(_entries(items), again);
     }
 
     /// A batch signature covers exactly its items in order: swapping any two distinct items breaks it.
@@ -219,12 +219,13 @@ contract FuzzTest is Fixture {
             ts[k] = _submit();
         }
         vm.prank(operator);
-        market.claimJobs(ts);
+        market.claimJobs(_keys(ts));
         ResultItem[] memory items = _items(ts, "same output for all");
         bytes memory sig = _signBatch(SIGNER_KEY, items);
         (items[i], items[j]) = (items[j], items[i]);
         vm.prank(operator);
-        (bool ok, bytes memory ret) = address(market).call(abi.encodeCall(JobMarket.submitResults, (items, sig)));
+        (bool ok, bytes memory ret) =
+            address(market).call(abi.encodeCall(JobMarket.submitResults, (_entries(items), sig)));
         assertFalse(ok, "reordered batch accepted");
         assertEq(bytes4(ret), MarketBase.WrongSigner.selector, "wrong signer");
     }

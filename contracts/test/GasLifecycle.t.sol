@@ -34,14 +34,14 @@ contract GasLifecycleTest is Fixture {
         Terms memory t = _terms(submitter, jobId, PRICE, deadline);
 
         vm.prank(operator);
-        market.claimJob(t);
+        market.claimJob(_key(t));
         uint256 claimGas = vm.lastCallGas().gasTotalUsed;
 
         ResultItem[] memory one = new ResultItem[](1);
         one[0] = _item(t, output);
         bytes memory sig = _signBatch(SIGNER_KEY, one);
         vm.prank(operator);
-        market.submitResult(one[0], sig);
+        market.submitResult(_entry(one[0]), sig);
         uint256 resultGas = vm.lastCallGas().gasTotalUsed;
 
         emit log_named_uint("submitJob", submitGas);
@@ -78,7 +78,7 @@ contract GasLifecycleTest is Fixture {
             ts[i] = _submit();
         }
         vm.prank(operator);
-        market.claimJobs(ts);
+        market.claimJobs(_keys(ts));
         claimGas = vm.lastCallGas().gasTotalUsed;
         ResultItem[] memory items = new ResultItem[](n);
         for (uint256 i; i < n; ++i) {
@@ -86,7 +86,7 @@ contract GasLifecycleTest is Fixture {
         }
         bytes memory sig = _signBatch(SIGNER_KEY, items);
         vm.prank(operator);
-        market.submitResults(items, sig);
+        market.submitResults(_entries(items), sig);
         resultGas = vm.lastCallGas().gasTotalUsed;
     }
 }

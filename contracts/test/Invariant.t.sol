@@ -3,6 +3,7 @@ pragma solidity ^0.8.24;
 
 import {Fixture} from "./utils/Fixture.sol";
 import {Test} from "./utils/Test.sol";
+import {Keys} from "./utils/Keys.sol";
 import {Vm} from "./utils/Vm.sol";
 import {AdapterRegistry} from "../src/AdapterRegistry.sol";
 import {NodeRegistry} from "../src/NodeRegistry.sol";
@@ -192,7 +193,7 @@ contract Handler is Test {
         (bool ok, Terms memory t) = _find(jobSeed, JobStatus.Open);
         if (!ok) return;
         vm.prank(operators[opSeed % operators.length]);
-        try market.claimJob(t) {
+        try market.claimJob(Keys.claimKey(t)) {
             ++calls["ok:claim"];
         } catch {}
     }
@@ -206,7 +207,7 @@ contract Handler is Test {
             ts[i] = termsOf((start % _terms.length + i) % _terms.length);
         }
         vm.prank(operators[opSeed % operators.length]);
-        try market.claimJobs(ts) {
+        try market.claimJobs(Keys.claimKeys(ts)) {
             ++calls["ok:claimJobs"];
         } catch {}
     }
@@ -246,7 +247,7 @@ contract Handler is Test {
         (uint8 v, bytes32 r, bytes32 s) = vm.sign(keys[o], digest);
         vm.recordLogs();
         vm.prank(operators[o]);
-        try market.submitResults(items, abi.encodePacked(r, s, v)) {
+        try market.submitResults(Keys.entries(items), abi.encodePacked(r, s, v)) {
             ++calls["ok:submitResults"];
         } catch {}
         Vm.Log[] memory logs = vm.getRecordedLogs();

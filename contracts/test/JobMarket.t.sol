@@ -9,7 +9,16 @@ import {JobMarket} from "../src/JobMarket.sol";
 import {NodeRegistry} from "../src/NodeRegistry.sol";
 import {MarketBase} from "../src/market/MarketBase.sol";
 import {MarketOps} from "../src/market/MarketOps.sol";
-import {AdapterRequest, AdapterTerm, JobRequest, JobStatus, ResultItem, Terms} from "../src/lib/JobTypes.sol";
+import {
+    AdapterRequest,
+    AdapterTerm,
+    ClaimKey,
+    JobRequest,
+    JobStatus,
+    ResultEntry,
+    ResultItem,
+    Terms
+} from "../src/lib/JobTypes.sol";
 
 /// @dev Rejects every payment (a submitter or node that cannot receive ETH).
 contract Rejecter {
@@ -96,8 +105,10 @@ contract JobMarketTest is Fixture {
     }
 
     function _expectConfigRevert(MarketBase.Config memory c, bytes memory err) internal {
+        // MarketOps from valid parameters: the market's own checks run first and are what this tests.
+        address ops = address(new MarketOps(_config()));
         vm.expectRevert(err);
-        new JobMarket(c);
+        new JobMarket(c, ops);
     }
 
     function _invalid(string memory what) internal pure returns (bytes memory) {
@@ -163,7 +174,7 @@ contract JobMarketTest is Fixture {
         c.releasePenalty = MIN_CLAIM_STAKE;
         c.challengerRewardBps = 10_000;
         c.defaultServiceWindow = MIN_SERVICE_WINDOW;
-        JobMarket m = new JobMarket(c);
+        JobMarket m = _newMarket(c);
         assertEq(m.challengeWindow(), 7 days, "max window");
     }
 
@@ -274,13 +285,22 @@ contract JobMarketTest is Fixture {
         bytes32 h = market.hashTerms(expected);
         assertEq(prefix, h & ~bytes32(uint256(type(uint64).max)), "stored prefix");
         assertTrue(market.termsMatch(expected), "terms match");
-        // The canonical hash is the struct's ABI encoding after its leading offset word.
-        bytes memory enc = abi.encode(expected);
-        bytes memory body = new bytes(enc.length - 32);
-        for (uint256 i; i < body.length; ++i) {
-            body[i] = enc[i + 32];
-        }
-        assertEq(h, keccak256(body), "hash definition");
+        // The hash's definition (TermsHash), written out: body, rest, then head + rest + adapter words.
+        AdapterTerm memory a = expected.adapters[0];
+        bytes32 body = keccak256(
+            abi.encode(
+                expected.submitter,
+                expected.serviceWindow,
+                expected.maxTokens,
+                expected.inputHash,
+                a.weightBps,
+                a.contentHash
+            )
+        );
+        uint256 head = (uint256(expected.jobId) << 192) | (uint256(expected.price) << 96)
+            | (uint256(expected.submittedAt) << 56) | (uint256(expected.deadline) << 16) | expected.protocolFeeBps;
+        bytes32 rest = keccak256(abi.encode(expected.baseModel, body));
+        assertEq(h, keccak256(abi.encode(head, rest, (uint256(a.id) << 96) | a.fee)), "hash definition");
     }
 
     function test_submitJob_accepts_a_lower_registry_fee_and_records_it() public {
@@ -556,15 +576,15 @@ contract JobMarketTest is Fixture {
         _claim(unknown);
         vm.expectRevert(abi.encodeWithSelector(MarketBase.NodeNotEligible.selector, stranger));
         vm.prank(stranger);
-        market.claimJob(t);
+        market.claimJob(_key(t));
 
-        // Another base model.
+        // Another base model: the key is hashed with the node's own model, so it names no job.
         _registerNode(operator2, SIGNER2_KEY, 2 ether);
         vm.prank(operator2);
         nodes.update(vm.addr(SIGNER2_KEY), keccak256("other-model"), PEER_ID);
-        vm.expectRevert(abi.encodeWithSelector(MarketBase.NodeNotEligible.selector, operator2));
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.TermsMismatch.selector, t.jobId));
         vm.prank(operator2);
-        market.claimJob(t);
+        market.claimJob(_key(t));
 
         _claim(t);
         vm.expectRevert(abi.encodeWithSelector(MarketBase.WrongStatus.selector, t.jobId, JobStatus.Claimed));
@@ -581,13 +601,13 @@ contract JobMarketTest is Fixture {
         Terms memory t = _submitAs(submitter, 1 ether, _deadline()); // stake 1.5 ether > 1 ether
         vm.expectRevert(abi.encodeWithSelector(NodeRegistry.InsufficientFreeStake.selector, 1.5 ether, MIN_STAKE));
         vm.prank(operator2);
-        market.claimJob(t);
+        market.claimJob(_key(t));
         vm.prank(operator2);
         nodes.requestUnstake(1);
         Terms memory small = _submit();
         vm.expectRevert(abi.encodeWithSelector(MarketBase.NodeNotEligible.selector, operator2));
         vm.prank(operator2);
-        market.claimJob(small);
+        market.claimJob(_key(small));
     }
 
     function test_claimJobs_skips_taken_and_stale_jobs() public {
@@ -599,9 +619,9 @@ contract JobMarketTest is Fixture {
         ts[4] = ts[0]; // duplicate
         _registerNode(operator2, SIGNER2_KEY, 2 ether);
         vm.prank(operator2);
-        market.claimJob(ts[1]); // a rival got there first
+        market.claimJob(_key(ts[1])); // a rival got there first
         vm.prank(operator);
-        uint256 claimed = market.claimJobs(ts);
+        uint256 claimed = market.claimJobs(_keys(ts));
         assertEq(claimed, 2, "jobs 1 and 3");
         assertEq(nodes.getNode(operator).locked, 2 * STAKE, "one stake per claimed job");
         (, address n0,,) = market.jobState(ts[0].jobId);
@@ -615,23 +635,23 @@ contract JobMarketTest is Fixture {
     function test_claimJobs_reverts() public {
         vm.expectRevert(MarketBase.EmptyBatch.selector);
         vm.prank(operator);
-        market.claimJobs(new Terms[](0));
+        market.claimJobs(_keys(new Terms[](0)));
         vm.expectRevert(abi.encodeWithSelector(MarketBase.BatchTooLarge.selector, 257, 256));
         vm.prank(operator);
-        market.claimJobs(new Terms[](257));
+        market.claimJobs(_keys(new Terms[](257)));
         Terms memory t = _submit();
         vm.expectRevert(abi.encodeWithSelector(MarketBase.NodeNotEligible.selector, stranger));
         vm.prank(stranger);
-        market.claimJobs(_one(t));
+        market.claimJobs(_keys(_one(t)));
         _claim(t);
         vm.expectRevert(MarketBase.NothingClaimed.selector);
         vm.prank(operator);
-        market.claimJobs(_one(t));
+        market.claimJobs(_keys(_one(t)));
         Terms memory late = _submit();
         vm.warp(late.deadline);
         vm.expectRevert(MarketBase.NothingClaimed.selector);
         vm.prank(operator);
-        market.claimJobs(_one(late));
+        market.claimJobs(_keys(_one(late)));
     }
 
     function test_claimJobs_skips_other_base_model() public {
@@ -640,7 +660,7 @@ contract JobMarketTest is Fixture {
         Terms memory t = _request(submitter, PRICE, req, input, "", bytes32(0));
         vm.expectRevert(MarketBase.NothingClaimed.selector);
         vm.prank(operator);
-        market.claimJobs(_one(t));
+        market.claimJobs(_keys(_one(t)));
     }
 
     // ---------------------------------------------------------------- submitResult / submitResults
@@ -698,7 +718,7 @@ contract JobMarketTest is Fixture {
         vm.expectEmit(address(market));
         emit MarketBase.ResultSubmitted(t.jobId, operator, it.outputHash, it.proofHash, NODE_AMOUNT);
         vm.prank(operator);
-        market.submitResult(it, sig);
+        market.submitResult(_entry(it), sig);
     }
 
     function test_submitResult_inline_output_hash_is_computed_by_the_market() public {
@@ -710,7 +730,7 @@ contract JobMarketTest is Fixture {
         bytes32 digest = market.resultDigest(t.jobId, market.hashTerms(t), keccak256("real"), bytes32(0));
         bytes memory sig = _signDigest(SIGNER_KEY, digest);
         vm.prank(operator);
-        market.submitResult(it, sig);
+        market.submitResult(_entry(it), sig);
         assertEq(_status(t.jobId), uint256(JobStatus.Resulted), "accepted");
     }
 
@@ -720,58 +740,61 @@ contract JobMarketTest is Fixture {
         ResultItem memory it = _item(t, "x");
         vm.expectRevert(abi.encodeWithSelector(MarketBase.WrongStatus.selector, t.jobId, JobStatus.Open));
         vm.prank(operator);
-        market.submitResult(it, sig);
+        market.submitResult(_entry(it), sig);
         _claim(t);
         // Unknown job and wrong terms.
         ResultItem memory unknown = _item(_terms(submitter, 9, PRICE, t.deadline), "x");
         vm.expectRevert(abi.encodeWithSelector(MarketBase.UnknownJob.selector, 9));
         vm.prank(operator);
-        market.submitResult(unknown, sig);
+        market.submitResult(_entry(unknown), sig);
         ResultItem memory wrong = _item(_terms(submitter, t.jobId, PRICE - 1, t.deadline), "x");
         vm.expectRevert(abi.encodeWithSelector(MarketBase.TermsMismatch.selector, t.jobId));
         vm.prank(operator);
-        market.submitResult(wrong, sig);
+        market.submitResult(_entry(wrong), sig);
         // Not the claimant.
         _registerNode(operator2, SIGNER2_KEY, 2 ether);
         bytes memory sig2 = _signBatch(SIGNER2_KEY, _items(_one(t), "x"));
         vm.expectRevert(abi.encodeWithSelector(MarketBase.NotClaimant.selector, t.jobId, operator2));
         vm.prank(operator2);
-        market.submitResult(it, sig2);
+        market.submitResult(_entry(it), sig2);
         vm.expectRevert(abi.encodeWithSelector(MarketBase.NotClaimant.selector, t.jobId, stranger));
         vm.prank(stranger);
-        market.submitResult(it, sig);
+        market.submitResult(_entry(it), sig);
         // Signatures.
         bytes memory other = _signBatch(SIGNER2_KEY, _items(_one(t), "x"));
         vm.expectRevert(
             abi.encodeWithSelector(MarketBase.WrongSigner.selector, vm.addr(SIGNER2_KEY), vm.addr(SIGNER_KEY))
         );
         vm.prank(operator);
-        market.submitResult(it, other);
+        market.submitResult(_entry(it), other);
         vm.expectRevert(MarketBase.MalformedSignature.selector);
         vm.prank(operator);
-        market.submitResult(it, hex"1234");
+        market.submitResult(_entry(it), hex"1234");
         bytes memory badV = abi.encodePacked(bytes32(uint256(1)), bytes32(uint256(2)), uint8(29));
         vm.expectRevert(MarketBase.MalformedSignature.selector);
         vm.prank(operator);
-        market.submitResult(it, badV);
+        market.submitResult(_entry(it), badV);
         // Payload checks.
         ResultItem memory big = _item(t, new bytes(16 * 1024 + 1));
         vm.expectRevert(abi.encodeWithSelector(MarketBase.PayloadTooLarge.selector, 16 * 1024 + 1, 16 * 1024));
         vm.prank(operator);
-        market.submitResult(big, sig);
-        ResultItem memory noCid = _item(t, "");
+        market.submitResult(_entry(big), sig);
+        // An output by CID (outputHash given) needs a CID of 1..MAX_CID_LENGTH bytes.
+        ResultEntry memory noCid = _entry(it);
+        noCid.output = "";
+        noCid.outputHash = keccak256("kept off chain");
         vm.expectRevert(MarketBase.InvalidCid.selector);
         vm.prank(operator);
         market.submitResult(noCid, sig);
-        noCid.outputCid = INPUT_CID;
-        vm.expectRevert(MarketBase.ZeroHash.selector);
+        noCid.output = new bytes(129);
+        vm.expectRevert(MarketBase.InvalidCid.selector);
         vm.prank(operator);
         market.submitResult(noCid, sig);
         // Past the deadline.
         vm.warp(t.deadline);
         vm.expectRevert(abi.encodeWithSelector(MarketBase.DeadlinePassed.selector, t.jobId, t.deadline));
         vm.prank(operator);
-        market.submitResult(it, sig);
+        market.submitResult(_entry(it), sig);
     }
 
     function test_submitResult_uses_the_signer_registered_now() public {
@@ -784,10 +807,10 @@ contract JobMarketTest is Fixture {
         bytes memory oldSig = _signBatch(SIGNER_KEY, items);
         vm.expectRevert(abi.encodeWithSelector(MarketBase.WrongSigner.selector, vm.addr(SIGNER_KEY), vm.addr(newKey)));
         vm.prank(operator);
-        market.submitResult(items[0], oldSig);
+        market.submitResult(_entry(items[0]), oldSig);
         bytes memory newSig = _signBatch(newKey, items);
         vm.prank(operator);
-        market.submitResult(items[0], newSig);
+        market.submitResult(_entry(items[0]), newSig);
     }
 
     function test_submitResults_batch_pays_once_per_payee() public {
@@ -796,7 +819,7 @@ contract JobMarketTest is Fixture {
             ts[i] = _submit();
         }
         vm.prank(operator);
-        market.claimJobs(ts);
+        market.claimJobs(_keys(ts));
         ResultItem[] memory items = _items(ts, _output(64));
         items[1].proofHash = keccak256("proof-1");
         assertEq(_postBatch(items), 3, "all settled");
@@ -812,7 +835,7 @@ contract JobMarketTest is Fixture {
             ts[i] = _submit();
         }
         vm.prank(operator);
-        market.claimJobs(ts);
+        market.claimJobs(_keys(ts));
         // Job 1 is reclaimed by someone else first.
         vm.warp(block.timestamp + SERVICE_WINDOW);
         vm.prank(stranger);
@@ -832,25 +855,25 @@ contract JobMarketTest is Fixture {
     function test_submitResults_reverts() public {
         vm.expectRevert(MarketBase.EmptyBatch.selector);
         vm.prank(operator);
-        market.submitResults(new ResultItem[](0), "");
+        market.submitResults(_entries(new ResultItem[](0)), "");
         vm.expectRevert(abi.encodeWithSelector(MarketBase.BatchTooLarge.selector, 257, 256));
         vm.prank(operator);
-        market.submitResults(new ResultItem[](257), "");
+        market.submitResults(_entries(new ResultItem[](257)), "");
         Terms memory t = _submit();
         ResultItem[] memory items = _items(_one(t), "x");
         bytes memory sig = _signBatch(SIGNER_KEY, items);
         vm.expectRevert(MarketBase.NothingSettled.selector);
         vm.prank(operator);
-        market.submitResults(items, sig);
+        market.submitResults(_entries(items), sig);
         _claim(t);
         vm.expectRevert(MarketBase.MalformedSignature.selector);
         vm.prank(operator);
-        market.submitResults(items, "");
+        market.submitResults(_entries(items), "");
         vm.prank(operator);
-        assertEq(market.submitResults(items, sig), 1, "settled");
+        assertEq(market.submitResults(_entries(items), sig), 1, "settled");
         vm.expectRevert(MarketBase.NothingSettled.selector);
         vm.prank(operator);
-        market.submitResults(items, sig);
+        market.submitResults(_entries(items), sig);
     }
 
     // ---------------------------------------------------------------- releaseJob
@@ -870,11 +893,11 @@ contract JobMarketTest is Fixture {
         // Another node serves it.
         _registerNode(operator2, SIGNER2_KEY, 2 ether);
         vm.prank(operator2);
-        market.claimJob(t);
+        market.claimJob(_key(t));
         ResultItem[] memory items = _items(_one(t), "served");
         bytes memory sig = _signBatch(SIGNER2_KEY, items);
         vm.prank(operator2);
-        market.submitResult(items[0], sig);
+        market.submitResult(_entry(items[0]), sig);
         assertEq(market.heldOf(operator2), NODE_AMOUNT, "second node paid");
     }
 
@@ -1164,35 +1187,39 @@ contract JobMarketTest is Fixture {
         vm.chainId(999);
         vm.expectRevert();
         vm.prank(operator);
-        market.submitResult(items[0], sig);
+        market.submitResult(_entry(items[0]), sig);
         assertEq(_status(t.jobId), uint256(JobStatus.Claimed), "signature bound to its chain");
     }
 
     // ---------------------------------------------------------------- code size and MarketOps
 
-    function _opsAddress() internal view returns (address) {
-        // The market's second CREATE (the NodeRegistry is its first).
-        return address(
-            uint160(uint256(keccak256(abi.encodePacked(bytes1(0xd6), bytes1(0x94), address(market), bytes1(0x02)))))
-        );
-    }
-
     function test_code_sizes_fit_eip170_and_eip3860() public view {
         assertLe(address(market).code.length, 24_576, "JobMarket runtime (EIP-170)");
-        assertLe(_opsAddress().code.length, 24_576, "MarketOps runtime (EIP-170)");
+        assertLe(market.marketOps().code.length, 24_576, "MarketOps runtime (EIP-170)");
         assertLe(address(nodes).code.length, 24_576, "NodeRegistry runtime (EIP-170)");
         assertLe(address(adapters).code.length, 24_576, "AdapterRegistry runtime (EIP-170)");
-        assertLe(type(JobMarket).creationCode.length + abi.encode(_config()).length, 49_152, "JobMarket initcode");
+        assertLe(type(JobMarket).creationCode.length + abi.encode(_config()).length + 32, 49_152, "JobMarket initcode");
+        assertLe(type(MarketOps).creationCode.length + abi.encode(_config()).length, 49_152, "MarketOps initcode");
         address registryAt = address(
             uint160(uint256(keccak256(abi.encodePacked(bytes1(0xd6), bytes1(0x94), address(market), bytes1(0x01)))))
         );
         assertEq(registryAt, address(nodes), "registry is the market's first CREATE");
     }
 
+    function test_constructor_refuses_ops_built_with_other_parameters() public {
+        MarketBase.Config memory other = _config();
+        other.releasePenalty = RELEASE_PENALTY + 1;
+        address ops = address(new MarketOps(other));
+        vm.expectRevert(abi.encodeWithSelector(JobMarket.OpsMismatch.selector, ops));
+        new JobMarket(_config(), ops);
+        vm.expectRevert(abi.encodeWithSelector(JobMarket.OpsMismatch.selector, stranger));
+        new JobMarket(_config(), stranger);
+    }
+
     function test_marketOps_cannot_be_called_directly() public {
-        MarketOps ops = MarketOps(payable(_opsAddress()));
+        MarketOps ops = MarketOps(payable(market.marketOps()));
         assertTrue(address(ops).code.length > 0, "ops deployed");
-        assertEq(address(ops.nodeRegistry()), address(nodes), "ops uses the market's registry");
+        assertEq(ops.configHash(), keccak256(abi.encode(_config())), "ops built with the market's config");
         Terms memory t = _submit();
         vm.expectRevert(MarketOps.OnlyThroughMarket.selector);
         vm.prank(submitter);
@@ -1217,7 +1244,7 @@ contract JobMarketTest is Fixture {
 
     function test_dirty_jobId_word_claims_nothing() public {
         Terms memory t = _submit();
-        bytes memory data = abi.encodeCall(JobMarket.claimJob, (t));
+        bytes memory data = abi.encodeCall(JobMarket.claimJob, (_key(t)));
         assembly ("memory-safe") {
             // jobId word of the terms (selector, offset word, then the terms): set a bit above uint64.
             let w := add(data, add(0x20, 0x24))
@@ -1229,7 +1256,7 @@ contract JobMarketTest is Fixture {
         // In a batch it is skipped.
         Terms[] memory ts = new Terms[](1);
         ts[0] = t;
-        bytes memory batch = abi.encodeCall(JobMarket.claimJobs, (ts));
+        bytes memory batch = abi.encodeCall(JobMarket.claimJobs, (_keys(ts)));
         assembly ("memory-safe") {
             // selector, array offset, length, element offset, then the terms.
             let w := add(batch, add(0x20, 0x64))
@@ -1242,24 +1269,32 @@ contract JobMarketTest is Fixture {
         _claim(t); // the clean terms still work
     }
 
-    function test_non_canonical_terms_encoding_never_matches() public {
+    /// A key is hashed word for word: any other word (a dirty bit above an adapter's fee, an extra adapter word,
+    /// another body or price) names no job, in claims and in results.
+    function test_a_key_with_any_other_word_never_matches() public {
         Terms memory t = _submit();
-        bytes memory canonical = abi.encodeCall(JobMarket.claimJob, (t));
-        // Same values, but the adapters array one word further (offset 0x180, a zero word in between).
-        bytes memory head = new bytes(4 + 0x20 + 0x140);
-        for (uint256 i; i < head.length; ++i) {
-            head[i] = canonical[i];
+        ClaimKey memory k = _key(t);
+        ClaimKey[4] memory bad;
+        for (uint256 i; i < 4; ++i) {
+            bad[i] = _key(t);
         }
-        bytes memory tail = new bytes(canonical.length - head.length - 0x20);
-        for (uint256 i; i < tail.length; ++i) {
-            tail[i] = canonical[head.length + 0x20 + i];
+        bad[0].adapters[0] = k.adapters[0] | (uint256(1) << 200);
+        bad[1].adapters = new uint256[](2);
+        bad[1].adapters[0] = k.adapters[0];
+        bad[2].bodyHash = keccak256("another input");
+        bad[3].head = k.head + (uint256(1) << 96); // 1 wei more
+        for (uint256 i; i < 4; ++i) {
+            vm.expectRevert(abi.encodeWithSelector(MarketBase.TermsMismatch.selector, t.jobId));
+            vm.prank(operator);
+            market.claimJob(bad[i]);
         }
-        bytes memory odd = abi.encodePacked(head, uint256(0x180), uint256(0), tail);
-        assertTrue(market.termsMatch(t), "canonical matches");
-        vm.prank(operator);
-        (bool ok, bytes memory ret) = address(market).call(odd);
-        assertFalse(ok, "non-canonical terms claimed");
-        assertEq(ret, abi.encodeWithSelector(MarketBase.TermsMismatch.selector, t.jobId), "terms mismatch");
         assertEq(_status(t.jobId), uint256(JobStatus.Open), "still open");
+        _claim(t);
+        ResultEntry memory e = _entry(_item(t, "out"));
+        e.restHash = keccak256("other rest");
+        vm.expectRevert(abi.encodeWithSelector(MarketBase.TermsMismatch.selector, t.jobId));
+        vm.prank(operator);
+        market.submitResult(e, "");
+        assertEq(_status(t.jobId), uint256(JobStatus.Claimed), "still claimed");
     }
 }

@@ -68,7 +68,7 @@ class Job:
     adapter: str
     submitted: float
     chain_id: int = 0
-    terms: tuple | None = None  # the job's terms as claimJob takes them (protocol v2)
+    terms: tuple | None = None  # the job's ClaimKey as claimJob takes it (protocol v2)
     winner: str | None = None
     estimate_s: float = 0.0
     warm: bool = False
@@ -172,7 +172,7 @@ class AnvilArbiter:
         receipt = await self._send(self.submitter, fn, value=self.price)
         (event,) = self.market.events.JobSubmitted().process_receipt(receipt)
         job.chain_id = event["args"]["jobId"]
-        job.terms = Terms.from_abi(event["args"]["terms"]).as_abi()
+        job.terms = Terms.from_abi(event["args"]["terms"]).claim_key()
 
     async def is_claimed(self, job: Job, node: str) -> bool:
         from web3.exceptions import ContractLogicError

@@ -45,13 +45,37 @@ struct JobRequest {
     uint32 serviceWindow;
 }
 
-/// @notice One result in a `submitResults` batch.
+/// @notice A result with its job's full terms: what tests and tools build before turning it into a ResultEntry.
 struct ResultItem {
     Terms terms;
     /// @dev The output bytes inline (at most MAX_INLINE_BYTES), or empty when `outputCid` is given.
     bytes output;
     string outputCid;
     /// @dev keccak256 of the output; computed by the market for inline outputs (the value given is ignored).
+    bytes32 outputHash;
+    /// @dev Hash of the verification proof the node built while generating (zero when it built none).
+    bytes32 proofHash;
+}
+
+/// @notice What `claimJob(s)` re-supplies for a job instead of its whole terms (see TermsHash): the head word, the
+///         adapter words and the body hash. The base model is not given: the market uses the claiming node's, so a
+///         job for another base model simply does not match.
+struct ClaimKey {
+    uint256 head;
+    uint256[] adapters;
+    bytes32 bodyHash;
+}
+
+/// @notice One result for `submitResult(s)`: the job's key (head word and adapter words, all a result pays out
+///         with, and restHash = keccak256(baseModel, bodyHash) for everything else, see TermsHash), its output and
+///         proof hash.
+struct ResultEntry {
+    uint256 head;
+    uint256[] adapters;
+    bytes32 restHash;
+    /// @dev The output bytes inline (at most MAX_INLINE_BYTES) when outputHash is zero; otherwise the CID (at most
+    ///      MAX_CID_LENGTH bytes) of an output kept off chain whose keccak256 is outputHash.
+    bytes output;
     bytes32 outputHash;
     /// @dev Hash of the verification proof the node built while generating (zero when it built none).
     bytes32 proofHash;
@@ -77,27 +101,6 @@ enum JobStatus {
 ///         `submittedAt` (the claim's time while Claimed, the result's while Resulted or Disputed).
 library JobSlot {
     uint256 internal constant HASH_MASK = ~uint256(type(uint64).max);
-
-    /// @dev keccak256 of the terms' canonical ABI encoding (the struct's own encoding, as abi.encode(t) writes
-    ///      it after its leading offset word), hashed straight from calldata. A non-canonical encoding (another
-    ///      array offset, dirty padding) hashes differently, so it can never match a stored hash.
-    function hashOf(Terms calldata t) internal pure returns (bytes32 h) {
-        uint256 n = t.adapters.length;
-        assembly ("memory-safe") {
-            let len := add(0x180, mul(n, 0x80))
-            let ptr := mload(0x40)
-            calldatacopy(ptr, t, len)
-            h := keccak256(ptr, len)
-        }
-    }
-
-    /// @dev The same hash for terms built in memory (at submission).
-    function hashOfMemory(Terms memory t) internal pure returns (bytes32 h) {
-        bytes memory enc = abi.encode(t);
-        assembly ("memory-safe") {
-            h := keccak256(add(enc, 0x40), sub(mload(enc), 0x20))
-        }
-    }
 
     uint256 internal constant COMPENSATED = 1 << 23;
     uint256 internal constant OFFSET_MASK = COMPENSATED - 1;
@@ -134,51 +137,142 @@ library JobSlot {
     }
 }
 
-/// @title TermsAt
-/// @notice Fields of terms in calldata, read with one calldataload each at their offsets in the canonical ABI
-///         encoding (the layout JobSlot.hashOf hashes). Only for terms whose hash matched the stored one: those
-///         bytes are canonical, so each field is where this library reads it and carries no dirty bits.
-library TermsAt {
-    function _word(Terms calldata t, uint256 offset) private pure returns (uint256 v) {
+/// @title JobHead
+/// @notice The head word of a job's terms: everything claims and results read, in one word.
+///         Bits 255..192 jobId, 191..96 price, 95..56 submittedAt, 55..16 deadline, 15..0 protocolFeeBps.
+///         Adapter words: bits 127..96 the adapter id, 95..0 its fee (higher bits zero).
+library JobHead {
+    function pack(Terms memory t) internal pure returns (uint256) {
+        return (uint256(t.jobId) << 192) | (uint256(t.price) << 96) | (uint256(t.submittedAt) << 56)
+            | (uint256(t.deadline) << 16) | uint256(t.protocolFeeBps);
+    }
+
+    function jobId(uint256 head) internal pure returns (uint256) {
+        return head >> 192;
+    }
+
+    function price(uint256 head) internal pure returns (uint256) {
+        return (head >> 96) & type(uint96).max;
+    }
+
+    function submittedAt(uint256 head) internal pure returns (uint256) {
+        return (head >> 56) & type(uint40).max;
+    }
+
+    function deadline(uint256 head) internal pure returns (uint256) {
+        return (head >> 16) & type(uint40).max;
+    }
+
+    function protocolFeeBps(uint256 head) internal pure returns (uint256) {
+        return head & type(uint16).max;
+    }
+
+    function adapterWord(AdapterTerm memory a) internal pure returns (uint256) {
+        return (uint256(a.id) << 96) | uint256(a.fee);
+    }
+
+    function adapterId(uint256 word) internal pure returns (uint256) {
+        return word >> 96;
+    }
+
+    function adapterFee(uint256 word) internal pure returns (uint256) {
+        return word & type(uint96).max;
+    }
+}
+
+/// @title TermsHash
+/// @notice The hash of a job's terms, in two levels so that claims and results re-supply a few words, not the
+///         whole terms:
+///           bodyHash  = keccak256(submitter, serviceWindow, maxTokens, inputHash, then per adapter weightBps,
+///                       contentHash), each a 32-byte word;
+///           restHash  = keccak256(baseModel, bodyHash);
+///           termsHash = keccak256(head, restHash, adapter words...)   (JobHead's words).
+///         Every input is a whole word hashed as given, so there is no non-canonical encoding: any other word
+///         gives another hash. The market stores termsHash's top 192 bits (JobSlot).
+library TermsHash {
+    function hash(Terms memory t) internal pure returns (bytes32) {
+        uint256 n = t.adapters.length;
+        uint256[] memory words = new uint256[](n);
+        for (uint256 i; i < n; ++i) {
+            words[i] = JobHead.adapterWord(t.adapters[i]);
+        }
+        return ofWords(JobHead.pack(t), rest(t.baseModel, bodyHash(t)), words);
+    }
+
+    function bodyHash(Terms memory t) internal pure returns (bytes32 h) {
+        uint256 n = t.adapters.length;
+        bytes32[] memory w = new bytes32[](4 + 2 * n);
+        w[0] = bytes32(uint256(uint160(t.submitter)));
+        w[1] = bytes32(uint256(t.serviceWindow));
+        w[2] = bytes32(uint256(t.maxTokens));
+        w[3] = t.inputHash;
+        for (uint256 i; i < n; ++i) {
+            w[4 + 2 * i] = bytes32(uint256(t.adapters[i].weightBps));
+            w[5 + 2 * i] = t.adapters[i].contentHash;
+        }
         assembly ("memory-safe") {
-            v := calldataload(add(t, offset))
+            h := keccak256(add(w, 0x20), mul(mload(w), 0x20))
         }
     }
 
-    function jobId(Terms calldata t) internal pure returns (uint256) {
-        return _word(t, 0x00);
+    /// @dev The same hash for terms in calldata (read field by field, never decoded into memory as a whole).
+    function hashCalldata(Terms calldata t) internal pure returns (bytes32) {
+        uint256 n = t.adapters.length;
+        uint256[] memory words = new uint256[](n);
+        for (uint256 i; i < n; ++i) {
+            words[i] = (uint256(t.adapters[i].id) << 96) | uint256(t.adapters[i].fee);
+        }
+        uint256 head = (uint256(t.jobId) << 192) | (uint256(t.price) << 96) | (uint256(t.submittedAt) << 56)
+            | (uint256(t.deadline) << 16) | uint256(t.protocolFeeBps);
+        return ofWords(head, rest(t.baseModel, bodyHashCalldata(t)), words);
     }
 
-    function price(Terms calldata t) internal pure returns (uint256) {
-        return _word(t, 0x40);
+    function bodyHashCalldata(Terms calldata t) internal pure returns (bytes32 h) {
+        uint256 n = t.adapters.length;
+        bytes32[] memory w = new bytes32[](4 + 2 * n);
+        w[0] = bytes32(uint256(uint160(t.submitter)));
+        w[1] = bytes32(uint256(t.serviceWindow));
+        w[2] = bytes32(uint256(t.maxTokens));
+        w[3] = t.inputHash;
+        for (uint256 i; i < n; ++i) {
+            w[4 + 2 * i] = bytes32(uint256(t.adapters[i].weightBps));
+            w[5 + 2 * i] = t.adapters[i].contentHash;
+        }
+        assembly ("memory-safe") {
+            h := keccak256(add(w, 0x20), mul(mload(w), 0x20))
+        }
     }
 
-    function submittedAt(Terms calldata t) internal pure returns (uint256) {
-        return _word(t, 0x60);
+    function rest(bytes32 baseModel, bytes32 bodyHash_) internal pure returns (bytes32 h) {
+        assembly ("memory-safe") {
+            mstore(0x00, baseModel)
+            mstore(0x20, bodyHash_)
+            h := keccak256(0x00, 0x40)
+        }
     }
 
-    function deadline(Terms calldata t) internal pure returns (uint256) {
-        return _word(t, 0x80);
+    /// @dev termsHash from a key in calldata (hashed in scratch memory past the free pointer: nothing allocated).
+    function ofKey(uint256 head, bytes32 restHash, uint256[] calldata adapters) internal pure returns (bytes32 h) {
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            let len := mul(adapters.length, 0x20)
+            mstore(m, head)
+            mstore(add(m, 0x20), restHash)
+            calldatacopy(add(m, 0x40), adapters.offset, len)
+            h := keccak256(m, add(0x40, len))
+        }
     }
 
-    function protocolFeeBps(Terms calldata t) internal pure returns (uint256) {
-        return _word(t, 0xe0);
-    }
-
-    function baseModel(Terms calldata t) internal pure returns (bytes32) {
-        return bytes32(_word(t, 0x100));
-    }
-
-    /// @dev The adapters array: its length word at 0x160 (the offset word at 0x140 is 0x160), then 4 words each.
-    function adapterCount(Terms calldata t) internal pure returns (uint256) {
-        return _word(t, 0x160);
-    }
-
-    function adapterId(Terms calldata t, uint256 i) internal pure returns (uint256) {
-        return _word(t, 0x180 + i * 0x80);
-    }
-
-    function adapterFee(Terms calldata t, uint256 i) internal pure returns (uint256) {
-        return _word(t, 0x180 + i * 0x80 + 0x40);
+    function ofWords(uint256 head, bytes32 restHash, uint256[] memory adapters) internal pure returns (bytes32 h) {
+        assembly ("memory-safe") {
+            let m := mload(0x40)
+            let n := mload(adapters)
+            mstore(m, head)
+            mstore(add(m, 0x20), restHash)
+            for { let i := 0 } lt(i, n) { i := add(i, 1) } {
+                mstore(add(m, add(0x40, mul(i, 0x20))), mload(add(adapters, add(0x20, mul(i, 0x20)))))
+            }
+            h := keccak256(m, add(0x40, mul(n, 0x20)))
+        }
     }
 }

@@ -10,7 +10,7 @@ import {AdapterRegistry} from "../AdapterRegistry.sol";
 import {NodeRegistry} from "../NodeRegistry.sol";
 import {IArbiter} from "../IArbiter.sol";
 import {HeldBalance} from "../lib/HeldBalance.sol";
-import {JobSlot, JobStatus, Terms} from "../lib/JobTypes.sol";
+import {JobSlot, JobStatus, Terms, TermsHash} from "../lib/JobTypes.sol";
 
 /// @title MarketBase
 /// @notice Storage, parameters, events, errors and money movements shared by the JobMarket's parts.
@@ -67,7 +67,6 @@ abstract contract MarketBase is Ownable2Step, ReentrancyGuardTransient, EIP712 {
     uint256 public constant MAX_BATCH = 256;
 
     AdapterRegistry public immutable adapterRegistry;
-    NodeRegistry public immutable nodeRegistry;
     uint96 public immutable minClaimStake;
     uint16 public immutable claimStakeBps;
     uint16 public immutable compensationBps;
@@ -176,10 +175,8 @@ abstract contract MarketBase is Ownable2Step, ReentrancyGuardTransient, EIP712 {
     ///         JobMarket's ABI.
     error HeldUnderflow(uint256 amount, uint256 held);
 
-    /// @param registry The market's NodeRegistry (created by the JobMarket's constructor, passed on to MarketOps).
-    constructor(Config memory c, NodeRegistry registry) Ownable(c.owner) EIP712("OpenLoRA", "2") {
+    constructor(Config memory c) Ownable(c.owner) EIP712("OpenLoRA", "2") {
         adapterRegistry = AdapterRegistry(c.adapterRegistry);
-        nodeRegistry = registry;
         treasury = c.treasury;
         protocolFeeBps = c.protocolFeeBps;
         minClaimStake = c.minClaimStake;
@@ -219,7 +216,7 @@ abstract contract MarketBase is Ownable2Step, ReentrancyGuardTransient, EIP712 {
 
     /// @notice Accepts slashed stake from the node registry only.
     receive() external payable {
-        if (msg.sender != address(nodeRegistry)) revert UnexpectedPayment(msg.sender);
+        if (msg.sender != address(_registry())) revert UnexpectedPayment(msg.sender);
     }
 
     /// @notice Stake a claim on a job of this price locks (and a missed service window forfeits): the larger of
@@ -231,9 +228,13 @@ abstract contract MarketBase is Ownable2Step, ReentrancyGuardTransient, EIP712 {
 
     // ------------------------------------------------------------------ internals
 
+    /// @dev The market's NodeRegistry: the market's first CREATE (JobMarket keeps it as an immutable; MarketOps,
+    ///      running on the market by delegatecall, derives it from the market's address).
+    function _registry() internal view virtual returns (NodeRegistry);
+
     /// @dev The job's slot, checked against the terms given.
     function _slotFor(Terms calldata t) internal view returns (uint256 slot, bytes32 termsHash) {
-        termsHash = JobSlot.hashOf(t);
+        termsHash = TermsHash.hashCalldata(t);
         slot = _jobs[t.jobId];
         if (slot == 0) revert UnknownJob(t.jobId);
         if (!slot.matches(termsHash)) revert TermsMismatch(t.jobId);
@@ -287,7 +288,7 @@ abstract contract MarketBase is Ownable2Step, ReentrancyGuardTransient, EIP712 {
         returns (uint256 slashed, uint256 compensation, uint256 flags)
     {
         flags = slot;
-        slashed = nodeRegistry.slashLocked(operator, claimStakeFor(t.price));
+        slashed = _registry().slashLocked(operator, claimStakeFor(t.price));
         if (!slot.compensated()) {
             compensation = uint256(t.price) * compensationBps / BPS;
             if (compensation > slashed) compensation = slashed;

@@ -2,7 +2,7 @@
 pragma solidity ^0.8.24;
 
 import {HeldBalance} from "../lib/HeldBalance.sol";
-import {JobSlot, JobStatus, Terms} from "../lib/JobTypes.sol";
+import {JobSlot, JobStatus, Terms, TermsHash} from "../lib/JobTypes.sol";
 import {NodeRegistry} from "../NodeRegistry.sol";
 import {MarketBase} from "./MarketBase.sol";
 
@@ -14,7 +14,8 @@ import {MarketBase} from "./MarketBase.sol";
 ///         reentrancy lock, emit the market's events and revert with the market's errors. The market's ABI is
 ///         unchanged. Called directly (not through the market) every function reverts.
 /// @dev Inherits MarketBase only, declaring no state of its own, so its storage layout is the market's. Its
-///      immutables are the market's: built from the same Config and the market's NodeRegistry.
+///      immutables are the market's: deployed first with the same Config (the market's constructor checks
+///      configHash); the NodeRegistry, which the market creates, is derived from the market's address.
 contract MarketOps is MarketBase {
     using JobSlot for uint256;
 
@@ -22,11 +23,22 @@ contract MarketOps is MarketBase {
     error OnlyThroughMarket();
 
     address private immutable _self;
+    /// @notice keccak256(abi.encode(config)) of the parameters this was built with; the JobMarket's constructor
+    ///         checks it equals its own, so both run with the same immutables.
+    bytes32 public immutable configHash;
 
-    /// @param c The market's deployment parameters.
-    /// @param registry The market's NodeRegistry.
-    constructor(Config memory c, NodeRegistry registry) MarketBase(c, registry) {
+    /// @param c The market's deployment parameters (deployed before the market, whose constructor checks them).
+    constructor(Config memory c) MarketBase(c) {
         _self = address(this);
+        configHash = keccak256(abi.encode(c));
+    }
+
+    /// @dev The market's NodeRegistry is its first CREATE (nonce 1): its address follows from the market's
+    ///      (this code only runs by delegatecall, where address(this) is the market).
+    function _registry() internal view override returns (NodeRegistry) {
+        return NodeRegistry(
+            payable(address(uint160(uint256(keccak256(abi.encodePacked(bytes2(0xd694), address(this), bytes1(0x01)))))))
+        );
     }
 
     modifier delegated() {
@@ -50,14 +62,14 @@ contract MarketOps is MarketBase {
     function releaseJob(Terms calldata t) external delegated nonReentrant {
         (uint256 slot, bytes32 termsHash) = _slotFor(t);
         _requireStatus(t, slot, JobStatus.Claimed);
-        if (nodeRegistry.operatorOf(slot.nodeId()) != msg.sender) revert NotClaimant(t.jobId, msg.sender);
+        if (_registry().operatorOf(slot.nodeId()) != msg.sender) revert NotClaimant(t.jobId, msg.sender);
         // Only inside the service window: past it the claim is reclaimable and must not escape its slash for
         // the small release penalty by front-running reclaim.
         uint256 reclaimableAt = uint256(t.submittedAt) + slot.offset() + t.serviceWindow;
         if (block.timestamp >= reclaimableAt) revert ServiceWindowPassed(t.jobId, reclaimableAt);
         uint256 stake = claimStakeFor(t.price);
-        uint256 penalty = nodeRegistry.slashLocked(msg.sender, releasePenalty);
-        nodeRegistry.unlockStake(msg.sender, stake - releasePenalty);
+        uint256 penalty = _registry().slashLocked(msg.sender, releasePenalty);
+        _registry().unlockStake(msg.sender, stake - releasePenalty);
         if (penalty != 0) _creditTreasury(penalty);
         bool reopened = _reopenOrRefund(t, termsHash, slot);
         emit JobReleased(t.jobId, msg.sender, penalty, reopened);
@@ -71,7 +83,7 @@ contract MarketOps is MarketBase {
         _requireStatus(t, slot, JobStatus.Claimed);
         uint256 reclaimableAt = uint256(t.submittedAt) + slot.offset() + t.serviceWindow;
         if (block.timestamp < reclaimableAt) revert ServiceWindowOpen(t.jobId, reclaimableAt);
-        address operator = nodeRegistry.operatorOf(slot.nodeId());
+        address operator = _registry().operatorOf(slot.nodeId());
         (uint256 slashed, uint256 compensation, uint256 flags) = _slashClaim(t, slot, operator);
         bool reopened = _reopenOrRefund(t, termsHash, flags);
         emit JobReclaimed(t.jobId, operator, slashed, compensation, reopened);
@@ -87,7 +99,7 @@ contract MarketOps is MarketBase {
         uint256 slashed;
         uint256 flags = slot;
         if (status == JobStatus.Claimed) {
-            (slashed,, flags) = _slashClaim(t, slot, nodeRegistry.operatorOf(slot.nodeId()));
+            (slashed,, flags) = _slashClaim(t, slot, _registry().operatorOf(slot.nodeId()));
         }
         _jobs[t.jobId] = JobSlot.pack(termsHash, JobStatus.Expired, 0, flags, 0);
         _balances[t.submitter] += t.price;
@@ -136,7 +148,7 @@ contract MarketOps is MarketBase {
         }
         // Take the job's payments back out of the held balances (still held: see HeldBalance).
         uint256 epoch = _epoch(resultAt);
-        address operator = nodeRegistry.operatorOf(slot.nodeId());
+        address operator = _registry().operatorOf(slot.nodeId());
         (uint256 nodeAmount,,) = _split(t);
         _heldNode[operator] = HeldBalance.debit(_heldNode[operator], epoch, nodeAmount);
         for (uint256 i; i < t.adapters.length; ++i) {
@@ -167,11 +179,11 @@ contract MarketOps is MarketBase {
         Dispute memory d = _disputes[t.jobId];
         uint256 timeoutAt = uint256(d.openedAt) + disputeTimeout;
         if (d.verdict == 0 && block.timestamp < timeoutAt) revert NotRuled(t.jobId, timeoutAt);
-        address operator = nodeRegistry.operatorOf(slot.nodeId());
+        address operator = _registry().operatorOf(slot.nodeId());
         (uint256 nodeAmount,, uint256 protocolAmount) = _split(t);
         if (d.verdict == 1) {
             _jobs[t.jobId] = JobSlot.pack(termsHash, JobStatus.Refunded, slot.nodeId(), slot, slot.offset());
-            uint256 slashed = nodeRegistry.slashAny(operator, claimStakeFor(t.price));
+            uint256 slashed = _registry().slashAny(operator, claimStakeFor(t.price));
             // The protocol fee was paid out at the result: the slash covers it so the refund is whole.
             uint256 fromSlash = slashed < protocolAmount ? slashed : protocolAmount;
             uint256 refund = uint256(t.price) - protocolAmount + fromSlash;
@@ -189,5 +201,30 @@ contract MarketOps is MarketBase {
             }
             emit DisputeSettled(t.jobId, false, 0, 0, 0);
         }
+    }
+
+    // ------------------------------------------------------------------ pure helpers (JobMarket forwards to these)
+
+    /// @notice The terms hash (see TermsHash); JobMarket.hashTerms forwards here.
+    function hashTerms(Terms calldata t) external pure returns (bytes32) {
+        return TermsHash.hashCalldata(t);
+    }
+
+    /// @notice The compact keys claimJob(s) and submitResult(s) take for a job, built from its terms (for tools
+    ///         such as `cast` that hold the terms from JobSubmitted).
+    function keysOf(Terms calldata t)
+        external
+        pure
+        returns (uint256 head, uint256[] memory adapters, bytes32 bodyHash, bytes32 restHash)
+    {
+        uint256 n = t.adapters.length;
+        adapters = new uint256[](n);
+        for (uint256 i; i < n; ++i) {
+            adapters[i] = (uint256(t.adapters[i].id) << 96) | uint256(t.adapters[i].fee);
+        }
+        head = (uint256(t.jobId) << 192) | (uint256(t.price) << 96) | (uint256(t.submittedAt) << 56)
+            | (uint256(t.deadline) << 16) | uint256(t.protocolFeeBps);
+        bodyHash = TermsHash.bodyHashCalldata(t);
+        restHash = TermsHash.rest(t.baseModel, bodyHash);
     }
 }

@@ -7,7 +7,18 @@ import {NodeRegistry} from "../../src/NodeRegistry.sol";
 import {JobMarket} from "../../src/JobMarket.sol";
 import {ValidatorArbiter} from "../../src/ValidatorArbiter.sol";
 import {MarketBase} from "../../src/market/MarketBase.sol";
-import {AdapterRequest, AdapterTerm, JobRequest, JobStatus, ResultItem, Terms} from "../../src/lib/JobTypes.sol";
+import {MarketOps} from "../../src/market/MarketOps.sol";
+import {
+    AdapterRequest,
+    AdapterTerm,
+    ClaimKey,
+    JobRequest,
+    JobStatus,
+    ResultEntry,
+    ResultItem,
+    Terms
+} from "../../src/lib/JobTypes.sol";
+import {Keys} from "./Keys.sol";
 import {Vm} from "./Vm.sol";
 
 /// @notice A deployed v2 protocol with one adapter, one staked node and two validators, plus helpers that
@@ -76,9 +87,14 @@ abstract contract Fixture is Test {
         });
     }
 
+    /// @dev A market and its MarketOps, deployed as script/Deploy.s.sol does (MarketOps first, same config).
+    function _newMarket(MarketBase.Config memory c) internal returns (JobMarket) {
+        return new JobMarket(c, address(new MarketOps(c)));
+    }
+
     function setUp() public virtual {
         adapters = new AdapterRegistry(deployer);
-        market = new JobMarket(_config());
+        market = _newMarket(_config());
         nodes = market.nodeRegistry();
         arbiter = new ValidatorArbiter(address(market), address(adapters), 1);
         market.setArbiter(address(arbiter));
@@ -128,7 +144,7 @@ abstract contract Fixture is Test {
 
     function _claim(Terms memory t) internal {
         vm.prank(operator);
-        market.claimJob(t);
+        market.claimJob(_key(t));
     }
 
     function _item(Terms memory t, bytes memory output) internal pure returns (ResultItem memory it) {
@@ -177,7 +193,7 @@ abstract contract Fixture is Test {
         one[0] = it;
         bytes memory sig = _signBatch(SIGNER_KEY, one);
         vm.prank(operator);
-        market.submitResult(it, sig);
+        market.submitResult(_entry(it), sig);
     }
 
     /// @dev Submits a request and returns the terms decoded from its JobSubmitted event (what a node reads).
@@ -218,6 +234,24 @@ abstract contract Fixture is Test {
         }
     }
 
+    function _key(Terms memory t) internal pure returns (ClaimKey memory) {
+        return Keys.claimKey(t);
+    }
+
+    function _entry(ResultItem memory it) internal pure returns (ResultEntry memory) {
+        return Keys.entry(it);
+    }
+
+    /// @dev The compact keys claimJobs takes (see Keys).
+    function _keys(Terms[] memory ts) internal pure returns (ClaimKey[] memory) {
+        return Keys.claimKeys(ts);
+    }
+
+    /// @dev The submitResults entries for full-terms items (see Keys).
+    function _entries(ResultItem[] memory items) internal pure returns (ResultEntry[] memory) {
+        return Keys.entries(items);
+    }
+
     function _one(Terms memory t) internal pure returns (Terms[] memory ts) {
         ts = new Terms[](1);
         ts[0] = t;
@@ -227,7 +261,7 @@ abstract contract Fixture is Test {
     function _postBatch(ResultItem[] memory items) internal returns (uint256) {
         bytes memory sig = _signBatch(SIGNER_KEY, items);
         vm.prank(operator);
-        return market.submitResults(items, sig);
+        return market.submitResults(_entries(items), sig);
     }
 
     /// @dev Registers a second node (operator2 with SIGNER2_KEY) on the same base model.
