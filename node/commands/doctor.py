@@ -21,7 +21,7 @@ from node.config import ConfigError, NodeConfig, load_config
 
 console = Console(highlight=False)
 EXIT_OK, EXIT_PROBLEMS = 0, 1
-# Gas of one job for the node when it is alone in its batches (claimJobs + submitResults, ~48k + ~83k with
+# Gas of one job for the node when it is alone in its batches (claimJobs + submitResults, ~44k + ~77k with
 # a 256-byte output, less per job in larger batches; see
 # docs/protocol.md), with room for longer outputs.
 GAS_PER_JOB = 250_000
