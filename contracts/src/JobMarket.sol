@@ -302,7 +302,7 @@ contract JobMarket is Disputes, Settlement {
     /// @notice Whether `t` are the job's terms as stored.
     function termsMatch(Terms calldata t) external view returns (bool) {
         uint256 slot = _jobs[t.jobId];
-        return slot != 0 && slot.matches(TermsHash.hashCalldata(t));
+        return slot != 0 && slot.matches(TermsHash.hash(t));
     }
 
     /// @notice The terms hash (see TermsHash): what the market stores a prefix of and results sign as termsHash.

@@ -191,43 +191,19 @@ library JobHead {
 ///         gives another hash. The market stores termsHash's top 192 bits (JobSlot).
 library TermsHash {
     function hash(Terms memory t) internal pure returns (bytes32) {
+        return ofWords(JobHead.pack(t), rest(t.baseModel, bodyHash(t)), adapterWords(t));
+    }
+
+    /// @dev One JobHead adapter word per adapter, in order.
+    function adapterWords(Terms memory t) internal pure returns (uint256[] memory words) {
         uint256 n = t.adapters.length;
-        uint256[] memory words = new uint256[](n);
+        words = new uint256[](n);
         for (uint256 i; i < n; ++i) {
             words[i] = JobHead.adapterWord(t.adapters[i]);
         }
-        return ofWords(JobHead.pack(t), rest(t.baseModel, bodyHash(t)), words);
     }
 
     function bodyHash(Terms memory t) internal pure returns (bytes32 h) {
-        uint256 n = t.adapters.length;
-        bytes32[] memory w = new bytes32[](4 + 2 * n);
-        w[0] = bytes32(uint256(uint160(t.submitter)));
-        w[1] = bytes32(uint256(t.serviceWindow));
-        w[2] = bytes32(uint256(t.maxTokens));
-        w[3] = t.inputHash;
-        for (uint256 i; i < n; ++i) {
-            w[4 + 2 * i] = bytes32(uint256(t.adapters[i].weightBps));
-            w[5 + 2 * i] = t.adapters[i].contentHash;
-        }
-        assembly ("memory-safe") {
-            h := keccak256(add(w, 0x20), mul(mload(w), 0x20))
-        }
-    }
-
-    /// @dev The same hash for terms in calldata (read field by field, never decoded into memory as a whole).
-    function hashCalldata(Terms calldata t) internal pure returns (bytes32) {
-        uint256 n = t.adapters.length;
-        uint256[] memory words = new uint256[](n);
-        for (uint256 i; i < n; ++i) {
-            words[i] = (uint256(t.adapters[i].id) << 96) | uint256(t.adapters[i].fee);
-        }
-        uint256 head = (uint256(t.jobId) << 192) | (uint256(t.price) << 96) | (uint256(t.submittedAt) << 56)
-            | (uint256(t.deadline) << 16) | uint256(t.protocolFeeBps);
-        return ofWords(head, rest(t.baseModel, bodyHashCalldata(t)), words);
-    }
-
-    function bodyHashCalldata(Terms calldata t) internal pure returns (bytes32 h) {
         uint256 n = t.adapters.length;
         bytes32[] memory w = new bytes32[](4 + 2 * n);
         w[0] = bytes32(uint256(uint160(t.submitter)));

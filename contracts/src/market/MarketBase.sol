@@ -234,7 +234,7 @@ abstract contract MarketBase is Ownable2Step, ReentrancyGuardTransient, EIP712 {
 
     /// @dev The job's slot, checked against the terms given.
     function _slotFor(Terms calldata t) internal view returns (uint256 slot, bytes32 termsHash) {
-        termsHash = TermsHash.hashCalldata(t);
+        termsHash = TermsHash.hash(t);
         slot = _jobs[t.jobId];
         if (slot == 0) revert UnknownJob(t.jobId);
         if (!slot.matches(termsHash)) revert TermsMismatch(t.jobId);

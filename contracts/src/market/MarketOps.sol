@@ -2,7 +2,7 @@
 pragma solidity ^0.8.24;
 
 import {HeldBalance} from "../lib/HeldBalance.sol";
-import {JobSlot, JobStatus, Terms, TermsHash} from "../lib/JobTypes.sol";
+import {JobHead, JobSlot, JobStatus, Terms, TermsHash} from "../lib/JobTypes.sol";
 import {NodeRegistry} from "../NodeRegistry.sol";
 import {MarketBase} from "./MarketBase.sol";
 
@@ -207,7 +207,7 @@ contract MarketOps is MarketBase {
 
     /// @notice The terms hash (see TermsHash); JobMarket.hashTerms forwards here.
     function hashTerms(Terms calldata t) external pure returns (bytes32) {
-        return TermsHash.hashCalldata(t);
+        return TermsHash.hash(t);
     }
 
     /// @notice The compact keys claimJob(s) and submitResult(s) take for a job, built from its terms (for tools
@@ -217,14 +217,10 @@ contract MarketOps is MarketBase {
         pure
         returns (uint256 head, uint256[] memory adapters, bytes32 bodyHash, bytes32 restHash)
     {
-        uint256 n = t.adapters.length;
-        adapters = new uint256[](n);
-        for (uint256 i; i < n; ++i) {
-            adapters[i] = (uint256(t.adapters[i].id) << 96) | uint256(t.adapters[i].fee);
-        }
-        head = (uint256(t.jobId) << 192) | (uint256(t.price) << 96) | (uint256(t.submittedAt) << 56)
-            | (uint256(t.deadline) << 16) | uint256(t.protocolFeeBps);
-        bodyHash = TermsHash.bodyHashCalldata(t);
-        restHash = TermsHash.rest(t.baseModel, bodyHash);
+        Terms memory m = t;
+        head = JobHead.pack(m);
+        adapters = TermsHash.adapterWords(m);
+        bodyHash = TermsHash.bodyHash(m);
+        restHash = TermsHash.rest(m.baseModel, bodyHash);
     }
 }

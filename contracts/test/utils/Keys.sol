@@ -13,13 +13,6 @@ library Keys {
         }
     }
 
-    function adapterWords(Terms memory t) internal pure returns (uint256[] memory words) {
-        words = new uint256[](t.adapters.length);
-        for (uint256 i; i < words.length; ++i) {
-            words[i] = JobHead.adapterWord(t.adapters[i]);
-        }
-    }
-
     /// @dev The submitResults entries for full-terms items (a CID output becomes output = CID, outputHash given).
     function entries(ResultItem[] memory items) internal pure returns (ResultEntry[] memory es) {
         es = new ResultEntry[](items.length);
@@ -29,14 +22,14 @@ library Keys {
     }
 
     function claimKey(Terms memory t) internal pure returns (ClaimKey memory) {
-        return ClaimKey({head: JobHead.pack(t), adapters: adapterWords(t), bodyHash: TermsHash.bodyHash(t)});
+        return ClaimKey({head: JobHead.pack(t), adapters: TermsHash.adapterWords(t), bodyHash: TermsHash.bodyHash(t)});
     }
 
     function entry(ResultItem memory it) internal pure returns (ResultEntry memory) {
         bool byCid = it.output.length == 0;
         return ResultEntry({
             head: JobHead.pack(it.terms),
-            adapters: adapterWords(it.terms),
+            adapters: TermsHash.adapterWords(it.terms),
             restHash: TermsHash.rest(it.terms.baseModel, TermsHash.bodyHash(it.terms)),
             output: byCid ? bytes(it.outputCid) : it.output,
             outputHash: byCid ? it.outputHash : bytes32(0),
