@@ -1149,6 +1149,35 @@ contract JobMarketTest is Fixture {
 
     // ---------------------------------------------------------------- views
 
+    function test_keysOf_gives_the_keys_claims_and_results_take() public {
+        AdapterRequest[] memory two = new AdapterRequest[](2);
+        vm.prank(publisher);
+        uint256 second = adapters.register(CID, keccak256("second"), BASE_MODEL, 8, 65_536, 7);
+        two[0] = AdapterRequest({id: uint32(adapterId), weightBps: 6_000, maxFee: ADAPTER_FEE});
+        two[1] = AdapterRequest({id: uint32(second), weightBps: 4_000, maxFee: 7});
+        JobRequest memory req =
+            JobRequest({adapters: two, maxTokens: MAX_TOKENS, deadline: _deadline(), serviceWindow: 0});
+        Terms memory t = _request(submitter, PRICE, req, input, "", bytes32(0));
+        (uint256 head, uint256[] memory words, bytes32 body, bytes32 rest) = market.keysOf(t);
+        ClaimKey memory k = _key(t);
+        assertEq(head, k.head, "head");
+        assertEq(words.length, 2, "one word per adapter");
+        assertEq(words[0], (uint256(adapterId) << 96) | ADAPTER_FEE, "adapter word 0");
+        assertEq(words[1], (uint256(second) << 96) | 7, "adapter word 1");
+        assertEq(body, k.bodyHash, "body");
+        assertEq(rest, keccak256(abi.encode(BASE_MODEL, body)), "rest");
+        assertEq(head >> 192, t.jobId, "job id bits");
+        assertEq((head >> 96) & type(uint96).max, PRICE, "price bits");
+        assertEq(market.hashTerms(t), keccak256(abi.encode(head, rest, words[0], words[1])), "terms hash");
+        // the keys claim and post the two-adapter job; each publisher is credited its fee
+        _claim(t);
+        _complete(t, "merged");
+        (, uint256 held0) = market.adapterFees(adapterId);
+        (, uint256 held1) = market.adapterFees(second);
+        assertEq(held0, ADAPTER_FEE, "first publisher's fee held");
+        assertEq(held1, 7, "second publisher's fee held");
+    }
+
     function test_views() public {
         Terms memory t = _submit();
         bytes32 h = market.hashTerms(t);
