@@ -21,8 +21,6 @@ from eth_abi import encode
 from eth_utils import keccak, to_checksum_address
 
 BPS = 10_000
-ADAPTER_TERM_ABI = "(uint32,uint16,uint96,bytes32)"
-TERMS_ABI = f"(uint64,address,uint96,uint40,uint40,uint32,uint32,uint16,bytes32,bytes32,{ADAPTER_TERM_ABI}[])"
 ZERO32 = b"\x00" * 32
 
 
