@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from inference.ipfs.blockstore import BlockStore
-from inference.ipfs.cid import RAW, make_cid, parse_cid
+from inference.ipfs.cid import make_cid, parse_cid
 from inference.ipfs.dagpb import PBLink, PBNode, encode_node
 from inference.ipfs.fetcher import (
     BlockIntegrityError,
@@ -30,14 +30,11 @@ from inference.ipfs.fetcher import (
 )
 from inference.ipfs.gateway_server import TrustlessGateway
 from inference.ipfs.unixfs import DataType, ImportedDag, UnixFSData, import_directory, import_file
+from tests.local_http import honest_gateway, raw_leaves, serve
 
 MODEL = hashlib.shake_256(b"fetcher-test-model").digest(3 * 262_144 + 1000)  # 4 chunks
 FILES = {"adapter_config.json": b'{"r": 4}', "adapter_model.safetensors": MODEL}
 FAST = FetchOptions(timeout_s=5, attempts=3, backoff_s=0.01)
-
-
-def leaves(dag: ImportedDag) -> list[str]:
-    return [c for c in dag.blocks if parse_cid(c).codec == RAW]
 
 
 @pytest.fixture
@@ -47,12 +44,8 @@ def dag() -> ImportedDag:
 
 @pytest.fixture
 async def honest(tmp_path: Path, dag: ImportedDag) -> AsyncIterator[TrustlessGateway]:
-    store = BlockStore(tmp_path / "honest")
-    store.put_dag(dag)
-    gateway = TrustlessGateway(store)
-    await gateway.start()
-    yield gateway
-    await gateway.stop()
+    async with honest_gateway(tmp_path / "honest", dag) as gateway:
+        yield gateway
 
 
 Handler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
@@ -73,11 +66,8 @@ class HostileGateway:
     async def __aenter__(self) -> str:
         app = web.Application()
         app.router.add_get("/ipfs/{cid}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        self._runner, url = await serve(app)
+        return url
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._runner is not None
@@ -138,7 +128,7 @@ async def test_tampered_block_behind_a_gateway_is_refused(
 ) -> None:
     bad_store = BlockStore(tmp_path / "tampered")
     bad_store.put_dag(dag)
-    victim = leaves(dag)[1]
+    victim = raw_leaves(dag)[1]
     path = bad_store.path_for(victim)
     data = bytearray(path.read_bytes())
     data[1000] ^= 0x01
@@ -287,7 +277,7 @@ async def test_dag_over_the_cap_is_refused_before_downloading_it(
     async with GatewaySource(honest.url) as source:
         with pytest.raises(SizeLimitError):
             await fetch_file(file_dag.root, [source], max_bytes=len(MODEL) - 1)
-    assert honest.requests[f"raw:{leaves(file_dag)[0]}"] == 0
+    assert honest.requests[f"raw:{raw_leaves(file_dag)[0]}"] == 0
 
 
 async def test_transient_errors_are_retried_with_backoff(honest: TrustlessGateway) -> None:
@@ -315,7 +305,7 @@ async def test_slow_source_times_out_and_the_next_is_used(honest: TrustlessGatew
     options = FetchOptions(timeout_s=0.2, attempts=1)
     async with HostileGateway(stall) as url, GatewaySource(url) as slow, GatewaySource(honest.url) as good:
         with pytest.raises(SourcesExhaustedError) as err:
-            await fetch_file(leaves(dag)[0], [slow], max_bytes=1 << 20, options=options)
+            await fetch_file(raw_leaves(dag)[0], [slow], max_bytes=1 << 20, options=options)
         assert err.value.failures[slow.name].reason == "timeout"
         assert await fetch_adapter_dir(dag.root, [slow, good], max_bytes=dag.size, options=options) == FILES
 
@@ -325,7 +315,7 @@ async def test_car_that_goes_bad_falls_back_to_blocks(
 ) -> None:
     bad_store = BlockStore(tmp_path / "tampered")
     bad_store.put_dag(dag)
-    victim = leaves(dag)[-1]
+    victim = raw_leaves(dag)[-1]
     bad_store.path_for(victim).write_bytes(b"\0" * 100)
     liar = TrustlessGateway(bad_store)
     await liar.start()
@@ -347,7 +337,7 @@ async def test_third_party_sources_without_max_size_work() -> None:
         name = "peers"
 
         async def get_block(self, cid: str) -> bytes:
-            if cid == leaves(dag)[0]:
+            if cid == raw_leaves(dag)[0]:
                 raise LookupError("no peer has it")
             return dag.blocks[cid]
 
@@ -365,7 +355,7 @@ class _ReversedSource:
 
     def __init__(self, dag: ImportedDag) -> None:
         self.blocks = dag.blocks
-        self.order = leaves(dag)
+        self.order = raw_leaves(dag)
         self.delivered: list[str] = []
         self._turn = asyncio.Condition()
 

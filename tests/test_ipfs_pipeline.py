@@ -34,16 +34,13 @@ from inference.ipfs.gateway_server import TrustlessGateway
 from inference.ipfs.protowire import decode_varint
 from inference.ipfs.unixfs import ImportedDag, import_directory, import_file
 from inference.store import AdapterStore
+from tests.local_http import honest_gateway, raw_leaves, serve
 
 # 41 leaves under one root: hashed in many verification batches (1 MiB each) and written in several
 # batches, so a bad block can sit in the middle of the pipeline.
 MODEL = hashlib.shake_256(b"pipeline-test-model").digest(40 * 262_144 + 12_345)
 FILES = {"adapter_config.json": b'{"r": 8}', "adapter_model.safetensors": MODEL}
 FAST = FetchOptions(timeout_s=5, attempts=1, backoff_s=0.01)
-
-
-def raw_leaves(dag: ImportedDag) -> list[str]:
-    return [c for c in dag.blocks if parse_cid(c).codec == RAW]
 
 
 @pytest.fixture
@@ -53,12 +50,8 @@ def dag() -> ImportedDag:
 
 @pytest.fixture
 async def honest(tmp_path: Path, dag: ImportedDag) -> AsyncIterator[TrustlessGateway]:
-    store = BlockStore(tmp_path / "honest")
-    store.put_dag(dag)
-    gateway = TrustlessGateway(store)
-    await gateway.start()
-    yield gateway
-    await gateway.stop()
+    async with honest_gateway(tmp_path / "honest", dag) as gateway:
+        yield gateway
 
 
 CarHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -87,11 +80,8 @@ class CarGateway:
     async def __aenter__(self) -> str:
         app = web.Application()
         app.router.add_get("/ipfs/{cid}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        self._runner, url = await serve(app)
+        return url
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._runner is not None

@@ -19,6 +19,7 @@ from inference.models import LoadedModel
 from inference.publish import PublishError, package_adapter, publish_to_store
 from inference.store import AdapterStore
 from tests.factories import make_peft_adapter
+from tests.local_http import serve
 
 
 @pytest.fixture(scope="module")
@@ -136,11 +137,8 @@ class KuboAddApi:
 
         app = web.Application()
         app.router.add_post("/api/v0/add", self.add)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        self._runner, url = await serve(app)
+        return url
 
     async def __aexit__(self, *exc: object) -> None:
         await self._runner.cleanup()

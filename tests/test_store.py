@@ -20,6 +20,7 @@ from inference.ipfs.fetcher import FetchError, FetchOptions, GatewaySource, Sour
 from inference.ipfs.gateway_server import TrustlessGateway
 from inference.ipfs.unixfs import DataType, ImportedDag, UnixFSData, import_directory, import_file
 from inference.store import AdapterIntegrityError, AdapterStore
+from tests.local_http import serve
 
 FAST = FetchOptions(timeout_s=5, attempts=2, backoff_s=0.01)
 
@@ -120,11 +121,8 @@ class Hostile:
     async def start(self) -> str:
         app = web.Application()
         app.router.add_get("/ipfs/{cid}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
+        self._runner, url = await serve(app)
+        return url
 
     async def stop(self) -> None:
         assert self._runner is not None
