@@ -12,8 +12,6 @@ from web3 import AsyncWeb3
 from web3.contract import AsyncContract
 
 from chain.deployment import Deployment
-from chain.signing import ZERO32
-from chain.terms import Terms
 
 ZERO_ADDRESS = "0x" + "00" * 20
 
@@ -59,11 +57,6 @@ def adapter_info(adapter_id: int, a: tuple) -> AdapterInfo:
     """From AdapterRegistry.getAdapter's tuple (publisher, contentHash, baseModel, rank, size, fee, retired,
     cid)."""
     return AdapterInfo(adapter_id, a[0], bytes(a[1]), bytes(a[2]), a[3], a[4], a[5], a[6], a[7])
-
-
-def result_item(terms: Terms, output: bytes, proof_hash: bytes = ZERO32) -> tuple:
-    """A ResultEntry tuple for submitResult(s) with an inline output."""
-    return terms.result_entry(output, proof_hash)
 
 
 def decode_state(raw: tuple | list) -> JobState:

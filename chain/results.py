@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from eth_utils import keccak
 
-from chain.signing import ResultBatch, SignedResult
-from chain.terms import BPS, ZERO32, adapter_fields, head_fields, key_hash
+from chain.signing import ZERO32, ResultBatch, SignedResult
+from chain.terms import BPS, adapter_fields, head_fields, key_hash
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ from typing import Any
 from eth_abi import encode
 from eth_utils import keccak, to_checksum_address
 
+from chain.signing import ZERO32
+
 BPS = 10_000
-ZERO32 = b"\x00" * 32
 
 
 def head_fields(head: int) -> tuple[int, int, int, int, int]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from web3.logs import DISCARD
 
-from chain.protocol import PAID_STATUSES, JobStatus, result_item
+from chain.protocol import PAID_STATUSES, JobStatus
 from chain.signing import ZERO32, ResultBatch, SignedResult
 from chain.terms import Terms
 from chain.tx import SimulationError, TxFailedError
@@ -236,7 +236,7 @@ class ChainSteps:
             ),
         )
         signature = batch.sign(self.signer.key)
-        items = [result_item(t, j.output, p) for t, j, p in zip(terms, jobs, proofs, strict=True)]
+        items = [t.result_entry(j.output, p) for t, j, p in zip(terms, jobs, proofs, strict=True)]
         key = "results:" + ",".join(str(j.job_id) for j in jobs)
         data = self.protocol.calldata(self.protocol.market, "submitResults", items, signature)
         for j in jobs:

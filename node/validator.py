@@ -29,6 +29,7 @@ from inference.ipfs.cid import RAW, make_cid
 from inference.ipfs.gateway_server import TrustlessGateway
 from inference.ipfs.sources import BlockSource
 from inference.models import LoadedModel
+from inference.validate.strict_json import loads_object
 
 log = logging.getLogger("openlora.validator")
 
@@ -80,7 +81,7 @@ class ValidatorDaemon:
     # ---- state ----
     def _cursor(self) -> int:
         try:
-            return int(json.loads(self._cursor_path.read_text())["next_block"])
+            return int(loads_object(self._cursor_path.read_bytes())["next_block"])
         except (FileNotFoundError, KeyError, ValueError):
             return self.client.deployment.start_block
 

@@ -25,6 +25,10 @@ from eth_account import Account
 from web3 import Web3
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from chain.terms import Terms  # noqa: E402
+
 # Anvil's well-known dev keys: deployer/owner/publisher, node operator, node signer, submitter.
 K_DEPLOYER = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
 K_OPERATOR = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
@@ -96,20 +100,7 @@ class Chain:
             value=PRICE,
         )
         ev = self.market.events.JobSubmitted().process_receipt(r)[0]
-        t = ev["args"]["terms"]
-        terms = (
-            t["jobId"],
-            t["submitter"],
-            t["price"],
-            t["submittedAt"],
-            t["deadline"],
-            t["serviceWindow"],
-            t["maxTokens"],
-            t["protocolFeeBps"],
-            t["baseModel"],
-            t["inputHash"],
-            [(a["id"], a["weightBps"], a["fee"], a["contentHash"]) for a in t["adapters"]],
-        )
+        terms = Terms.from_abi(ev["args"]["terms"]).as_abi()
         return terms, r["gasUsed"]
 
     def keys(self, t: tuple) -> tuple[tuple, tuple]:

@@ -207,6 +207,16 @@ class Stack:
         return parse_config(data, base=self.workdir)
 
 
+async def wait_until(predicate, timeout: float, what: str) -> None:
+    """Poll `predicate` (it may make RPC calls: run in a thread) until true; AssertionError naming `what`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await asyncio.to_thread(predicate):
+            return
+        await asyncio.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 async def wait_job_state(book: JobBook, job_id: int, states: set[JobState], timeout: float = 60.0) -> Job:
     """The job once the node's book has it in one of `states` (AssertionError with its state on timeout)."""
     deadline = time.monotonic() + timeout

@@ -14,7 +14,7 @@ from web3 import HTTPProvider, Web3
 from chain.client import ProtocolClient
 from chain.deployment import deploy
 from chain.devnet import Anvil, dev_private_key, find_tool
-from chain.protocol import JobStatus, result_item
+from chain.protocol import JobStatus
 from chain.signing import ResultBatch, SignedResult
 from tests.stack import send
 
@@ -65,7 +65,7 @@ def test_cast_recipe_submits_and_reads_the_result() -> None:
         output = b"Hello to you too"
         batch = ResultBatch(w3.eth.chain_id, market, (SignedResult.for_output(1, job.terms.hash(), output),))
         send(
-            w3, operator, m.functions.submitResults([result_item(job.terms, output)], batch.sign(signer.key))
+            w3, operator, m.functions.submitResults([job.terms.result_entry(output)], batch.sign(signer.key))
         )
 
         state = _cast("call", market, "jobState(uint256)(uint8,address,uint256,bytes32)", "1", *rpc).split()

@@ -20,18 +20,9 @@ from inference.ipfs.sources import GatewaySource
 from inference.models import LoadedModel, tiny_llama
 from node.validator import ValidatorDaemon
 from tests.factories import make_peft_adapter
-from tests.stack import PRICE, protocol_stack, running_node, send
+from tests.stack import PRICE, protocol_stack, running_node, send, wait_until
 
 pytest.importorskip("toploc", reason="TOPLOC is built by `make setup`")
-
-
-async def _until(predicate, timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if await asyncio.to_thread(predicate):
-            return
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_cheating_node_is_disputed_slashed_and_the_honest_one_paid(
@@ -82,10 +73,10 @@ async def test_cheating_node_is_disputed_slashed_and_the_honest_one_paid(
                 await s.wait_result(bad)
                 assert s.result_event(bad)["args"]["node"] == rogue.address
                 rogue_stake = nodes.functions.getNode(rogue.address).call()[2]
-                await _until(
+                await wait_until(
                     lambda: s.status(bad) == JobStatus.REFUNDED, 90, "the fraud to be ruled and settled"
                 )
-                await _until(
+                await wait_until(
                     lambda: all(d.stats.checked >= 2 for d in daemons), 60, "both results re-checked"
                 )
             finally:

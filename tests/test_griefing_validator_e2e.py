@@ -20,7 +20,7 @@ from inference.ipfs.sources import GatewaySource
 from inference.models import LoadedModel, tiny_llama
 from node.validator import ValidatorDaemon
 from tests.factories import make_peft_adapter
-from tests.stack import protocol_stack, running_node, send
+from tests.stack import protocol_stack, running_node, send, wait_until
 
 pytest.importorskip("toploc", reason="TOPLOC is built by `make setup`")
 
@@ -34,15 +34,6 @@ class LyingValidator(ValidatorDaemon):
         return dataclasses.replace(
             verdict, check=dataclasses.replace(verdict.check, passed=False, reason="griefing: claims fraud")
         )
-
-
-async def _until(predicate, timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        if await asyncio.to_thread(predicate):
-            return
-        await asyncio.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_a_griefing_validator_loses_its_bond_to_the_honest_node(
@@ -74,8 +65,10 @@ async def test_a_griefing_validator_loses_its_bond_to_the_honest_node(
             try:
                 job = s.submit(adapter, "an honest answer please", max_tokens=8)
                 await s.wait_result(job)
-                await _until(lambda: lying.stats.disputed >= 1, 60, "the liar to dispute the honest result")
-                await _until(
+                await wait_until(
+                    lambda: lying.stats.disputed >= 1, 60, "the liar to dispute the honest result"
+                )
+                await wait_until(
                     lambda: s.status(job) == JobStatus.FINAL, 90, "the dispute to be ruled and settled"
                 )
             finally:

@@ -12,8 +12,8 @@ from web3 import Web3
 
 from chain.artifacts import load_artifact
 from chain.results import batch_of, decode_results
-from chain.signing import ResultBatch, SignedResult
-from chain.terms import ZERO32, AdapterTerm, Terms, adapter_fields, head_fields
+from chain.signing import ZERO32, ResultBatch, SignedResult
+from chain.terms import AdapterTerm, Terms, adapter_fields, head_fields
 
 SUBMITTER = "0x72E1e87203fC4330068d7b8812B0191d5CbA040F"
 
