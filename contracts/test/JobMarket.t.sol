@@ -829,6 +829,27 @@ contract JobMarketTest is Fixture {
         assertEq(nodes.getNode(operator).locked, 0, "all stake unlocked");
     }
 
+    /// A batch collects at most 16 distinct adapters in memory; the rest are credited as they come. Every
+    /// publisher still gets exactly its fee, including one whose adapter appears again past the limit.
+    function test_submitResults_credits_every_adapter_past_the_in_memory_limit() public {
+        uint256 n = 18;
+        uint256[] memory ids = new uint256[](n);
+        Terms[] memory ts = new Terms[](n + 1);
+        for (uint256 i; i < n; ++i) {
+            vm.prank(publisher);
+            ids[i] = adapters.register(CID, keccak256(abi.encode(i)), BASE_MODEL, 8, 65_536, uint96(1_000 + i));
+            ts[i] = _request(submitter, PRICE, _req1(ids[i], uint96(1_000 + i), _deadline()), input, "", bytes32(0));
+        }
+        ts[n] = _request(submitter, PRICE, _req1(ids[n - 1], uint96(1_000 + n - 1), _deadline()), input, "", bytes32(0));
+        vm.prank(operator);
+        market.claimJobs(_keys(ts));
+        assertEq(_postBatch(_items(ts, "out")), n + 1, "all settled");
+        for (uint256 i; i < n; ++i) {
+            (, uint256 held) = market.adapterFees(ids[i]);
+            assertEq(held, (1_000 + i) * (i == n - 1 ? 2 : 1), "each publisher's fee held once per job");
+        }
+    }
+
     function test_submitResults_skips_items_not_held_and_signs_all() public {
         Terms[] memory ts = new Terms[](3);
         for (uint256 i; i < 3; ++i) {
