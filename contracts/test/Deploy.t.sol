@@ -7,6 +7,15 @@ import {AdapterRegistry} from "../src/AdapterRegistry.sol";
 import {JobMarket} from "../src/JobMarket.sol";
 import {ValidatorArbiter} from "../src/ValidatorArbiter.sol";
 
+/// @notice A stand-in that answers MarketOps' configHash for any config: what a rogue deployer would pass.
+contract RogueOps {
+    bytes32 public immutable configHash;
+
+    constructor(bytes32 h) {
+        configHash = h;
+    }
+}
+
 /// @notice The deployment script's CREATE2 path, on the real deterministic deployer's runtime code.
 contract DeployTest is Test {
     /// @dev Runtime code of Arachnid's deterministic deployment proxy (as Anvil and most chains have it).
@@ -116,5 +125,24 @@ contract DeployTest is Test {
         Deploy.Params memory p = _params(address(script));
         vm.expectRevert(abi.encodeWithSelector(Deploy.NoCreate2Deployer.selector, script.CREATE2_DEPLOYER()));
         script.deploy(p);
+    }
+
+    /// The market trusts the MarketOps its deployer names (it only checks configHash), so a rogue one that
+    /// spoofs the hash is accepted on chain, but the market then sits at another address than the parameters
+    /// predict: the operator's address check (docs/deploy.md) is what catches it.
+    function test_a_rogue_market_ops_moves_the_market_off_its_predicted_address() public {
+        Deploy.Params memory p = _params(address(script));
+        Deploy.Addresses memory want = script.predict(p);
+        address rogue = address(new RogueOps(keccak256(abi.encode(p.config))));
+        JobMarket accepted = new JobMarket(p.config, rogue);
+        assertEq(accepted.marketOps(), rogue, "the constructor cannot tell a spoofed configHash");
+        bytes memory init = script.jobMarketInitCode(p.config, rogue);
+        address at = script.create2Address(script.SALT_JOB_MARKET(), init);
+        assertTrue(at != want.jobMarket, "a market on a rogue MarketOps has another address");
+        assertEq(
+            script.create2Address(script.SALT_JOB_MARKET(), script.jobMarketInitCode(p.config, want.marketOps)),
+            want.jobMarket,
+            "the genuine MarketOps gives the predicted address"
+        );
     }
 }
